@@ -1,0 +1,125 @@
+//! The command line: clap definitions, dispatch, and the one place errors are printed.
+//!
+//! Errors are printed as `error: ` and their whole chain (`{:#}`), then the process exits with
+//! status 1; `main` never returns an `Err`, which would print a backtrace when
+//! `RUST_BACKTRACE` is set.
+
+mod generate;
+mod perplexity;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Engine;
+use crate::model::{DeviceSpec, LoadOptions, WeightDtype};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rwkv-chat",
+    version,
+    about = "Chat with RWKV-4 language models on your own machine"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Continue a prompt and stream the text to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure how well a model predicts a text file (lower is better).
+    Perplexity(perplexity::PerplexityArgs),
+}
+
+/// How to find and load a model; shared by every command that runs one.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model directory (Hugging Face layout) or a weights file (.safetensors, .bin, .pth).
+    #[arg(long, short = 'm')]
+    pub model: PathBuf,
+    /// Weight precision in memory: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Tokens per prompt-processing step; results do not depend on it.
+    #[arg(long, default_value_t = crate::model::DEFAULT_CHUNK_SIZE, value_parser = positive)]
+    pub chunk_size: usize,
+    /// A tokenizer.json to use instead of the one beside the model (or the built-in one).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<Engine> {
+        let opts = LoadOptions {
+            dtype: self.dtype,
+            device: self.device,
+        };
+        let mut engine = Engine::load(&self.model, opts, self.tokenizer.as_deref())?;
+        engine.model.chunk_size = self.chunk_size;
+        Ok(engine)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Perplexity(args)) => perplexity::run(args),
+        None => {
+            let mut help = <Cli as clap::CommandFactory>::command();
+            help.print_help()?;
+            Ok(())
+        }
+    }
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+/// Command-line runs log warnings to stderr (`RUST_LOG` selects more).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `rwkv-chat generate ... | head` closing the pipe early is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes and flushes at once, so streamed text appears as it is generated.
+fn emit(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}

@@ -1,0 +1,12 @@
+//! rwkv-chat: a terminal chat for RWKV-4 language models running on the user's own machine.
+//!
+//! The library holds everything; `main.rs` only calls [`cli::main`], so tests drive the same
+//! code the binary runs.
+
+pub mod cli;
+pub mod engine;
+pub mod eval;
+pub mod model;
+pub mod sampler;
+pub mod text;
+pub mod tokenizer;

@@ -1,0 +1,587 @@
+//! Finding and opening RWKV-4 checkpoints in every layout users meet: Hugging Face directories
+//! (safetensors or PyTorch `.bin`, single or sharded) and raw BlinkDL `.pth` files.
+//!
+//! Opening reads only headers: names, shapes and dtypes are checked against the config before
+//! any tensor data is read, so a bad file fails fast and never drives a large allocation.
+//! Names are normalised to the Hugging Face scheme (`rwkv.blocks.N.attention.key.weight`), so
+//! the model code deals with one naming only.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::Config;
+use super::error::LoadError;
+
+/// How the tensors of a checkpoint are stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    /// PyTorch zip pickles (`.bin` or `.pth`), read by candle's pickle reader, which interprets
+    /// the pickle opcodes itself and never executes code.
+    Pickle,
+}
+
+/// The weight files of a model, with the config and tokenizer found beside them.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub weights: Vec<PathBuf>,
+    pub format: Format,
+    pub config: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Weight files a Hugging Face directory may hold, in the order they are preferred.
+const HF_CANDIDATES: [&str; 4] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+];
+
+impl ModelFiles {
+    /// Resolves `--model PATH`: a model directory, or a single weights file.
+    pub fn locate(path: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => LoadError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => LoadError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let (dir, weights) = if meta.is_dir() {
+            (path.to_owned(), Self::weights_in_dir(path)?)
+        } else {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+            let weights = if path.to_string_lossy().ends_with(".index.json") {
+                read_shard_index(path)?
+            } else {
+                vec![path.to_owned()]
+            };
+            (dir, weights)
+        };
+        let format = detect_format(&weights[0])?;
+        let beside = |name: &str| {
+            let p = dir.join(name);
+            p.is_file().then_some(p)
+        };
+        Ok(Self {
+            weights,
+            format,
+            config: beside("config.json"),
+            tokenizer: beside("tokenizer.json").or_else(|| beside("20B_tokenizer.json")),
+        })
+    }
+
+    fn weights_in_dir(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+        for name in HF_CANDIDATES {
+            let p = dir.join(name);
+            if p.is_file() {
+                return if name.ends_with(".index.json") {
+                    read_shard_index(&p)
+                } else {
+                    Ok(vec![p])
+                };
+            }
+        }
+        // A raw BlinkDL download is one `.pth` file; more than one is ambiguous.
+        let mut pths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pth") && p.is_file())
+            .collect();
+        pths.sort();
+        match pths.len() {
+            0 => Err(LoadError::NoWeights {
+                dir: dir.to_owned(),
+            }),
+            1 => Ok(pths),
+            _ => Err(LoadError::AmbiguousWeights {
+                dir: dir.to_owned(),
+                files: pths,
+            }),
+        }
+    }
+}
+
+/// Reads a `*.index.json` shard index and returns its shard files, refusing names that would
+/// leave the model directory.
+fn read_shard_index(index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
+        path: index.to_owned(),
+        source,
+    })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| LoadError::BadIndex {
+        index: index.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if files.is_empty() {
+        return Err(LoadError::BadIndex {
+            index: index.to_owned(),
+            reason: "its weight_map is empty".into(),
+        });
+    }
+    files
+        .into_iter()
+        .map(|file| {
+            let plain = Path::new(file)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || file.is_empty() {
+                return Err(LoadError::BadShard {
+                    index: index.to_owned(),
+                    file: file.clone(),
+                    problem: "points outside the model directory".into(),
+                });
+            }
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(LoadError::BadShard {
+                    index: index.to_owned(),
+                    file: file.clone(),
+                    problem: "does not exist".into(),
+                });
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Zip archives (PyTorch's format since 1.6) start with `PK`; a file named like a PyTorch file
+/// is read as one too, anything else as safetensors, so that the reader's own check reports
+/// what is wrong in the terms of the format the user expects.
+fn detect_format(path: &Path) -> Result<Format, LoadError> {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    let mut file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let n = file.read(&mut magic).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let pytorch_name = path
+        .extension()
+        .is_some_and(|e| e == "pth" || e == "bin" || e == "pt");
+    Ok(if (n == 2 && &magic == b"PK") || pytorch_name {
+        Format::Pickle
+    } else {
+        Format::Safetensors
+    })
+}
+
+/// What is known of one tensor before its data is read.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub file: usize,
+    pub stored_name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+enum Reader {
+    Safetensors(MmapedSafetensors),
+    Pickle(candle_core::pickle::PthTensors),
+}
+
+/// An opened checkpoint: tensor infos by Hugging Face name, data read on demand.
+pub struct Checkpoint {
+    pub files: ModelFiles,
+    readers: Vec<Reader>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl Checkpoint {
+    pub fn open(files: ModelFiles) -> Result<Self, LoadError> {
+        let mut readers = Vec::with_capacity(files.weights.len());
+        let mut tensors = HashMap::new();
+        for (index, path) in files.weights.iter().enumerate() {
+            let corrupt = |e: candle_core::Error| LoadError::Corrupt {
+                path: path.clone(),
+                format: match files.format {
+                    Format::Safetensors => "safetensors",
+                    Format::Pickle => "PyTorch zip",
+                },
+                reason: error_reason(&e),
+            };
+            let reader = match files.format {
+                Format::Safetensors => {
+                    // SAFETY: the mapping is read-only; a model file changed by another
+                    // process while loaded is outside what the tool promises to survive.
+                    let st = unsafe { MmapedSafetensors::new(path) }.map_err(corrupt)?;
+                    for (name, view) in st.tensors() {
+                        let dtype = match DType::try_from(view.dtype()) {
+                            Ok(d) => d,
+                            Err(_) => {
+                                return Err(LoadError::BadDtype {
+                                    path: path.clone(),
+                                    name,
+                                    dtype: format!("{:?}", view.dtype()),
+                                });
+                            }
+                        };
+                        tensors.insert(
+                            hf_name(&name),
+                            TensorInfo {
+                                file: index,
+                                shape: view.shape().to_vec(),
+                                dtype,
+                                stored_name: name,
+                            },
+                        );
+                    }
+                    Reader::Safetensors(st)
+                }
+                Format::Pickle => {
+                    let pth = candle_core::pickle::PthTensors::new(path, None).map_err(corrupt)?;
+                    for (name, info) in pth.tensor_infos() {
+                        tensors.insert(
+                            hf_name(name),
+                            TensorInfo {
+                                file: index,
+                                shape: info.layout.dims().to_vec(),
+                                dtype: info.dtype,
+                                stored_name: name.clone(),
+                            },
+                        );
+                    }
+                    Reader::Pickle(pth)
+                }
+            };
+            readers.push(reader);
+        }
+        let first = files.weights[0].clone();
+        if let Some(version) = detect_other_version(tensors.keys().map(String::as_str)) {
+            return Err(LoadError::UnsupportedVersion {
+                path: first,
+                version,
+            });
+        }
+        if !tensors.contains_key(EMBEDDING) {
+            return Err(LoadError::NotRwkv4 { path: first });
+        }
+        Ok(Self {
+            files,
+            readers,
+            tensors,
+        })
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The file a tensor lives in, or the first weights file for a missing one.
+    pub fn path_of(&self, name: &str) -> &Path {
+        let index = self.tensors.get(name).map_or(0, |t| t.file);
+        &self.files.weights[index]
+    }
+
+    /// The config: `config.json` checked against the tensor shapes, or inferred from them.
+    pub fn config(&self) -> Result<Config, LoadError> {
+        let inferred = self.infer_config()?;
+        let Some(path) = &self.files.config else {
+            return Ok(inferred);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg: Config = serde_json::from_str(&text).map_err(|e| LoadError::BadConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(kind) = cfg.model_type.as_deref()
+            && let Some(version) = version_of_model_type(kind)
+        {
+            return Err(LoadError::UnsupportedVersion {
+                path: path.clone(),
+                version,
+            });
+        }
+        let checks = [
+            ("vocab_size", cfg.vocab_size, inferred.vocab_size),
+            ("hidden_size", cfg.hidden_size, inferred.hidden_size),
+            (
+                "num_hidden_layers",
+                cfg.num_hidden_layers,
+                inferred.num_hidden_layers,
+            ),
+            (
+                "attention_hidden_size",
+                cfg.attention_size(),
+                inferred.attention_size(),
+            ),
+            ("intermediate_size", cfg.ffn_size(), inferred.ffn_size()),
+        ];
+        for (field, config_value, weights_value) in checks {
+            if config_value != weights_value {
+                return Err(LoadError::ConfigMismatch {
+                    config: path.clone(),
+                    weights: self.files.weights[0].clone(),
+                    field,
+                    config_value,
+                    weights_value,
+                });
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn infer_config(&self) -> Result<Config, LoadError> {
+        let dims = |name: &str, rank: usize| -> Result<Vec<usize>, LoadError> {
+            let info = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| LoadError::MissingTensor {
+                    path: self.path_of(name).to_owned(),
+                    name: name.to_owned(),
+                })?;
+            if info.shape.len() != rank || info.shape.contains(&0) {
+                return Err(LoadError::BadRank {
+                    path: self.path_of(name).to_owned(),
+                    name: name.to_owned(),
+                    rank,
+                    found: info.shape.clone(),
+                });
+            }
+            Ok(info.shape.clone())
+        };
+        let emb = dims(EMBEDDING, 2)?;
+        let layers = self
+            .tensors
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix("rwkv.blocks.")?
+                    .strip_suffix(".ln1.weight")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |n| n + 1);
+        if layers == 0 {
+            return Err(LoadError::MissingTensor {
+                path: self.files.weights[0].clone(),
+                name: "rwkv.blocks.0.ln1.weight".into(),
+            });
+        }
+        let att = dims("rwkv.blocks.0.attention.key.weight", 2)?;
+        let ffn = dims("rwkv.blocks.0.feed_forward.key.weight", 2)?;
+        let mut cfg = Config::new(emb[0], emb[1], layers);
+        cfg.attention_hidden_size = Some(att[0]);
+        cfg.intermediate_size = Some(ffn[0]);
+        Ok(cfg)
+    }
+
+    /// Reads a tensor after checking its shape, as f32 on `device`.
+    ///
+    /// Vectors are stored as `[n]` or `[1, 1, n]` depending on the layout; `shape` of one
+    /// element accepts any of those forms and returns `[n]`.
+    pub fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, LoadError> {
+        let path = self.path_of(name).to_owned();
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: path.clone(),
+                name: name.to_owned(),
+            })?;
+        let fits = if shape.len() == 1 {
+            info.shape.iter().product::<usize>() == shape[0]
+                && info.shape.iter().rev().skip(1).all(|&d| d == 1)
+        } else {
+            info.shape == shape
+        };
+        if !fits {
+            return Err(LoadError::BadShape {
+                path,
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        if !matches!(
+            info.dtype,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(LoadError::BadDtype {
+                path,
+                name: name.to_owned(),
+                dtype: format!("{:?}", info.dtype),
+            });
+        }
+        let read = match &self.readers[info.file] {
+            Reader::Safetensors(st) => st
+                .get(&info.stored_name)
+                .and_then(|view| view.load(&Device::Cpu)),
+            Reader::Pickle(pth) => pth.get(&info.stored_name).and_then(|t| {
+                t.ok_or_else(|| candle_core::Error::Msg("tensor vanished from the archive".into()))
+            }),
+        };
+        let corrupt = |e: candle_core::Error| LoadError::Corrupt {
+            path: path.clone(),
+            format: match self.files.format {
+                Format::Safetensors => "safetensors",
+                Format::Pickle => "PyTorch zip",
+            },
+            reason: format!("tensor `{name}`: {}", error_reason(&e)),
+        };
+        read.and_then(|t| t.reshape(shape)?.to_dtype(DType::F32)?.to_device(device))
+            .map_err(corrupt)
+    }
+}
+
+/// candle errors can carry a backtrace in their `Display`; users get the first line only.
+fn error_reason(e: &candle_core::Error) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+pub const EMBEDDING: &str = "rwkv.embeddings.weight";
+
+/// Maps a raw BlinkDL name (`blocks.3.att.time_mix_k`) to its Hugging Face name
+/// (`rwkv.blocks.3.attention.time_mix_key`); Hugging Face names pass through unchanged.
+pub fn hf_name(name: &str) -> String {
+    if name.starts_with("rwkv.") || name == "head.weight" {
+        return name.to_owned();
+    }
+    if let Some(rest) = name.strip_prefix("emb.") {
+        return format!("rwkv.embeddings.{rest}");
+    }
+    if let Some(rest) = name.strip_prefix("ln_out.") {
+        return format!("rwkv.ln_out.{rest}");
+    }
+    let Some(rest) = name.strip_prefix("blocks.") else {
+        return name.to_owned();
+    };
+    let rest = rest
+        .replacen(".ln0.", ".pre_ln.", 1)
+        .replacen(".att.", ".attention.", 1)
+        .replacen(".ffn.", ".feed_forward.", 1);
+    let rest = match rest.rsplit_once(".time_mix_") {
+        Some((head, "k")) => format!("{head}.time_mix_key"),
+        Some((head, "v")) => format!("{head}.time_mix_value"),
+        Some((head, "r")) => format!("{head}.time_mix_receptance"),
+        _ => rest,
+    };
+    format!("rwkv.blocks.{rest}")
+}
+
+/// Recognises the later RWKV generations by the tensors only they have.
+fn detect_other_version<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+    let mut v5 = false;
+    let mut v6 = false;
+    let mut v7 = false;
+    for name in names.by_ref() {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let leaf = if leaf == "weight" || leaf == "bias" {
+            name.rsplit('.').nth(1).unwrap_or(name)
+        } else {
+            leaf
+        };
+        match leaf {
+            "time_faaaa" | "ln_x" | "gate" => v5 = true,
+            "time_maa_x" | "time_maa_w1" | "time_decay_w1" => v6 = true,
+            "w0" | "a0" | "v0" | "k_k" | "k_a" | "r_k" | "x_r" => v7 = true,
+            _ => {}
+        }
+    }
+    if v7 {
+        Some("RWKV-7 (Goose)")
+    } else if v6 {
+        Some("RWKV-6 (Finch, World)")
+    } else if v5 {
+        Some("RWKV-5 (Eagle, World)")
+    } else {
+        None
+    }
+}
+
+fn version_of_model_type(kind: &str) -> Option<&'static str> {
+    match kind {
+        "rwkv5" => Some("RWKV-5 (Eagle, World)"),
+        "rwkv6" => Some("RWKV-6 (Finch, World)"),
+        "rwkv7" => Some("RWKV-7 (Goose)"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_names_map_to_hugging_face_names() {
+        let cases = [
+            ("emb.weight", "rwkv.embeddings.weight"),
+            ("blocks.0.ln0.bias", "rwkv.blocks.0.pre_ln.bias"),
+            ("blocks.1.ln2.weight", "rwkv.blocks.1.ln2.weight"),
+            (
+                "blocks.3.att.time_mix_k",
+                "rwkv.blocks.3.attention.time_mix_key",
+            ),
+            (
+                "blocks.3.ffn.time_mix_r",
+                "rwkv.blocks.3.feed_forward.time_mix_receptance",
+            ),
+            (
+                "blocks.0.att.output.weight",
+                "rwkv.blocks.0.attention.output.weight",
+            ),
+            ("ln_out.weight", "rwkv.ln_out.weight"),
+            ("head.weight", "head.weight"),
+            (
+                "rwkv.blocks.0.attention.key.weight",
+                "rwkv.blocks.0.attention.key.weight",
+            ),
+        ];
+        for (raw, hf) in cases {
+            assert_eq!(hf_name(raw), hf, "{raw}");
+        }
+    }
+
+    #[test]
+    fn later_generations_are_recognised() {
+        assert_eq!(
+            detect_other_version(["blocks.0.att.time_faaaa", "emb.weight"].into_iter()),
+            Some("RWKV-5 (Eagle, World)")
+        );
+        assert_eq!(
+            detect_other_version(
+                ["blocks.0.att.time_maa_x", "blocks.0.att.time_faaaa"].into_iter()
+            ),
+            Some("RWKV-6 (Finch, World)")
+        );
+        assert_eq!(
+            detect_other_version(["blocks.0.att.r_k", "blocks.0.att.w0"].into_iter()),
+            Some("RWKV-7 (Goose)")
+        );
+        assert_eq!(
+            detect_other_version(["blocks.0.att.time_mix_k", "emb.weight"].into_iter()),
+            None
+        );
+    }
+}

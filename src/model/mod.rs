@@ -1,0 +1,580 @@
+//! RWKV-4 on candle: the model, its recurrent [`State`], and loading from any checkpoint layout.
+//!
+//! The residual stream stays in f32 whatever the weights' dtype; only the matrix products run
+//! in the weights' dtype, and the layer rescaling of transformers keeps their outputs in range.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+mod wkv;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::{Checkpoint, ModelFiles};
+pub use config::Config;
+pub use error::LoadError;
+use wkv::{Accumulators, WkvParams};
+
+/// How the large matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn candle(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F16 => DType::F16,
+            WeightDtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(WeightDtype::F32),
+            "f16" | "fp16" | "float16" => Ok(WeightDtype::F16),
+            "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
+            _ => Err(format!("unknown dtype `{s}` (expected f32, f16 or bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Where the model runs: `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    pub fn open(self) -> Result<Device, LoadError> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) if cfg!(feature = "cuda") => {
+                Device::new_cuda(n).map_err(|e| LoadError::Tensor(format!("cannot open cuda:{n}: {e}")))
+            }
+            DeviceSpec::Cuda(_) => Err(LoadError::Tensor(
+                "this rwkv-chat was built without CUDA; rebuild with `cargo build --release --features cuda`"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// What to load and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub dtype: WeightDtype,
+    pub device: DeviceSpec,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDtype::F32,
+            device: DeviceSpec::Cpu,
+        }
+    }
+}
+
+/// The recurrent state of one layer after some tokens. Vectors of `hidden_size` (shifts) or
+/// `attention_hidden_size` (accumulators), in f32 on the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerState {
+    /// The channel mix's input (after `ln2`) at the previous token: its token shift.
+    pub ffn_x: Vec<f32>,
+    /// The time mix's input (after `ln1`) at the previous token: its token shift.
+    pub att_x: Vec<f32>,
+    /// WKV numerator, `sum exp(k_i - max) * v_i` over past tokens with decay (`aa`).
+    pub att_num: Vec<f32>,
+    /// WKV denominator, `sum exp(k_i - max)` with decay (`bb`).
+    pub att_den: Vec<f32>,
+    /// The exponent both sums are scaled by (`pp`), so that neither overflows.
+    pub att_max: Vec<f32>,
+}
+
+/// Everything the model remembers of the tokens it has read: `5 * layers * hidden` numbers,
+/// whatever the length of the text. Saving it is saving the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub layers: Vec<LayerState>,
+}
+
+impl State {
+    /// The state before any token: zeros, and a running maximum of `-1e30` so the first
+    /// token's weight is exactly one.
+    pub fn new(cfg: &Config) -> Self {
+        let (h, a) = (cfg.hidden_size, cfg.attention_size());
+        let layer = LayerState {
+            ffn_x: vec![0.0; h],
+            att_x: vec![0.0; h],
+            att_num: vec![0.0; a],
+            att_den: vec![0.0; a],
+            att_max: vec![-1e30; a],
+        };
+        Self {
+            layers: vec![layer; cfg.num_hidden_layers],
+        }
+    }
+
+    /// Bytes the state takes in memory or on disk (before any header).
+    pub fn size_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                4 * (l.ffn_x.len()
+                    + l.att_x.len()
+                    + l.att_num.len()
+                    + l.att_den.len()
+                    + l.att_max.len())
+            })
+            .sum()
+    }
+
+    /// True when the state has the shape `cfg` describes.
+    pub fn fits(&self, cfg: &Config) -> bool {
+        let (h, a) = (cfg.hidden_size, cfg.attention_size());
+        self.layers.len() == cfg.num_hidden_layers
+            && self.layers.iter().all(|l| {
+                l.ffn_x.len() == h
+                    && l.att_x.len() == h
+                    && l.att_num.len() == a
+                    && l.att_den.len() == a
+                    && l.att_max.len() == a
+            })
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn new(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        size: usize,
+        eps: f64,
+        dev: &Device,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            weight: ckpt.tensor(&format!("{prefix}.weight"), &[size], dev)?,
+            bias: ckpt.tensor(&format!("{prefix}.bias"), &[size], dev)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A token-shift mix: `x * mix + prev * (1 - mix)`, with `1 - mix` computed once at load.
+struct Mix {
+    mix: Tensor,
+    rest: Tensor,
+}
+
+impl Mix {
+    fn new(ckpt: &Checkpoint, name: &str, size: usize, dev: &Device) -> Result<Self, LoadError> {
+        let mix = ckpt.tensor(name, &[size], dev)?;
+        let rest = mix.affine(-1.0, 1.0)?;
+        Ok(Self { mix, rest })
+    }
+
+    fn forward(&self, x: &Tensor, prev: &Tensor) -> candle_core::Result<Tensor> {
+        x.broadcast_mul(&self.mix)? + prev.broadcast_mul(&self.rest)?
+    }
+}
+
+/// A bias-free projection `[out, in]`, held in the chosen weight dtype.
+struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    fn new(
+        ckpt: &Checkpoint,
+        name: &str,
+        (out, inp): (usize, usize),
+        scale: f64,
+        opts: &Built,
+    ) -> Result<Self, LoadError> {
+        let mut weight = ckpt.tensor(name, &[out, inp], &opts.device)?;
+        if scale != 1.0 {
+            weight = weight.affine(scale, 0.0)?;
+        }
+        Ok(Self {
+            weight: weight.to_dtype(opts.dtype)?,
+        })
+    }
+
+    /// `x [T, in]` in f32 to `[T, out]` in f32.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = self.weight.dtype();
+        x.to_dtype(dtype)?
+            .matmul(&self.weight.t()?)?
+            .to_dtype(DType::F32)
+    }
+}
+
+struct Built {
+    dtype: DType,
+    device: Device,
+}
+
+struct TimeMix {
+    mix_k: Mix,
+    mix_v: Mix,
+    mix_r: Mix,
+    key: Linear,
+    value: Linear,
+    receptance: Linear,
+    output: Linear,
+    wkv: WkvParams,
+}
+
+struct ChannelMix {
+    mix_k: Mix,
+    mix_r: Mix,
+    key: Linear,
+    receptance: Linear,
+    value: Linear,
+}
+
+struct Block {
+    pre_ln: Option<LayerNorm>,
+    ln1: LayerNorm,
+    ln2: LayerNorm,
+    attention: TimeMix,
+    feed_forward: ChannelMix,
+}
+
+/// An RWKV-4 language model ready to run.
+pub struct Rwkv {
+    cfg: Config,
+    embeddings: Tensor,
+    blocks: Vec<Block>,
+    ln_out: LayerNorm,
+    head: Linear,
+    dtype: WeightDtype,
+    device: Device,
+    /// Tokens per sequence-mode call; longer inputs are split. Larger is faster for prompts
+    /// and takes `chunk * 4 * hidden` floats of scratch.
+    pub chunk_size: usize,
+}
+
+pub const DEFAULT_CHUNK_SIZE: usize = 128;
+
+impl Rwkv {
+    /// Opens and loads a model directory or weights file.
+    pub fn load(path: &Path, opts: LoadOptions) -> Result<Self, LoadError> {
+        let ckpt = Checkpoint::open(ModelFiles::locate(path)?)?;
+        let cfg = ckpt.config()?;
+        Self::new(&cfg, &ckpt, opts)
+    }
+
+    /// Builds the model from an opened checkpoint, names mirroring the Hugging Face layout.
+    pub fn new(cfg: &Config, ckpt: &Checkpoint, opts: LoadOptions) -> Result<Self, LoadError> {
+        let device = opts.device.open()?;
+        let built = Built {
+            dtype: opts.dtype.candle(),
+            device: device.clone(),
+        };
+        let (h, a, f, v) = (
+            cfg.hidden_size,
+            cfg.attention_size(),
+            cfg.ffn_size(),
+            cfg.vocab_size,
+        );
+        let eps = cfg.layer_norm_epsilon;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("rwkv.blocks.{i}");
+            // transformers divides these two by 2^(i / rescale_every) for inference and halves
+            // the residual stream to match; powers of two keep it exact.
+            let scale = match cfg.rescale_every {
+                0 => 1.0,
+                every => 0.5f64.powi((i / every) as i32),
+            };
+            let att = format!("{p}.attention");
+            let ffn = format!("{p}.feed_forward");
+            let time_decay = ckpt.tensor(&format!("{att}.time_decay"), &[a], &Device::Cpu)?;
+            let time_first = ckpt.tensor(&format!("{att}.time_first"), &[a], &Device::Cpu)?;
+            let decay = time_decay
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|w| -w.exp())
+                .collect();
+            blocks.push(Block {
+                pre_ln: if i == 0 {
+                    Some(LayerNorm::new(
+                        ckpt,
+                        &format!("{p}.pre_ln"),
+                        h,
+                        eps,
+                        &device,
+                    )?)
+                } else {
+                    None
+                },
+                ln1: LayerNorm::new(ckpt, &format!("{p}.ln1"), h, eps, &device)?,
+                ln2: LayerNorm::new(ckpt, &format!("{p}.ln2"), h, eps, &device)?,
+                attention: TimeMix {
+                    mix_k: Mix::new(ckpt, &format!("{att}.time_mix_key"), h, &device)?,
+                    mix_v: Mix::new(ckpt, &format!("{att}.time_mix_value"), h, &device)?,
+                    mix_r: Mix::new(ckpt, &format!("{att}.time_mix_receptance"), h, &device)?,
+                    key: Linear::new(ckpt, &format!("{att}.key.weight"), (a, h), 1.0, &built)?,
+                    value: Linear::new(ckpt, &format!("{att}.value.weight"), (a, h), 1.0, &built)?,
+                    receptance: Linear::new(
+                        ckpt,
+                        &format!("{att}.receptance.weight"),
+                        (a, h),
+                        1.0,
+                        &built,
+                    )?,
+                    output: Linear::new(
+                        ckpt,
+                        &format!("{att}.output.weight"),
+                        (h, a),
+                        scale,
+                        &built,
+                    )?,
+                    wkv: WkvParams {
+                        decay,
+                        first: time_first.to_vec1::<f32>()?,
+                    },
+                },
+                feed_forward: ChannelMix {
+                    mix_k: Mix::new(ckpt, &format!("{ffn}.time_mix_key"), h, &device)?,
+                    mix_r: Mix::new(ckpt, &format!("{ffn}.time_mix_receptance"), h, &device)?,
+                    key: Linear::new(ckpt, &format!("{ffn}.key.weight"), (f, h), 1.0, &built)?,
+                    receptance: Linear::new(
+                        ckpt,
+                        &format!("{ffn}.receptance.weight"),
+                        (h, h),
+                        1.0,
+                        &built,
+                    )?,
+                    value: Linear::new(
+                        ckpt,
+                        &format!("{ffn}.value.weight"),
+                        (h, f),
+                        scale,
+                        &built,
+                    )?,
+                },
+            });
+        }
+        let embeddings = ckpt
+            .tensor(checkpoint::EMBEDDING, &[v, h], &device)?
+            .to_dtype(built.dtype)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embeddings,
+            blocks,
+            ln_out: LayerNorm::new(ckpt, "rwkv.ln_out", h, eps, &device)?,
+            head: Linear::new(ckpt, "head.weight", (v, h), 1.0, &built)?,
+            dtype: opts.dtype,
+            device,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_state(&self) -> State {
+        State::new(&self.cfg)
+    }
+
+    /// Feeds `tokens` through the state and returns the logits `[vocab]` after the last one.
+    /// Long inputs are split into chunks of `chunk_size`; the result does not depend on it.
+    pub fn forward(&self, tokens: &[u32], state: &mut State) -> candle_core::Result<Tensor> {
+        if tokens.is_empty() {
+            candle_core::bail!("forward needs at least one token");
+        }
+        let mut last = None;
+        for chunk in tokens.chunks(self.chunk_size.max(1)) {
+            last = Some(self.forward_chunk(chunk, state, false)?);
+        }
+        last.ok_or_else(|| candle_core::Error::Msg("no tokens".into()))?
+            .squeeze(0)
+    }
+
+    /// Feeds one chunk in sequence mode: the projections of all tokens are one matrix product
+    /// each, only the WKV recurrence steps through time. Returns logits `[T, vocab]` when
+    /// `all_logits`, else `[1, vocab]` for the last token.
+    pub fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
+        if !state.fits(&self.cfg) {
+            candle_core::bail!("the state does not fit this model");
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary ({} ids)",
+                self.cfg.vocab_size
+            );
+        }
+        let t = tokens.len();
+        let ids = Tensor::from_slice(tokens, t, &self.device)?;
+        let mut x = self
+            .embeddings
+            .index_select(&ids, 0)?
+            .to_dtype(DType::F32)?;
+        let every = self.cfg.rescale_every;
+        for (i, (block, st)) in self.blocks.iter().zip(state.layers.iter_mut()).enumerate() {
+            x = block.forward(&x, st)?;
+            if every > 0 && (i + 1) % every == 0 {
+                x = x.affine(0.5, 0.0)?;
+            }
+        }
+        let x = if all_logits {
+            x
+        } else {
+            x.narrow(0, t - 1, 1)?
+        };
+        self.head.forward(&self.ln_out.forward(&x)?)
+    }
+}
+
+/// The previous token's row for each row of `x` `[T, n]`: `prev` then rows `0..T-1`.
+fn shift(x: &Tensor, prev: &[f32]) -> candle_core::Result<Tensor> {
+    let (t, n) = x.dims2()?;
+    let first = Tensor::from_slice(prev, (1, n), x.device())?;
+    if t == 1 {
+        Ok(first)
+    } else {
+        Tensor::cat(&[&first, &x.narrow(0, 0, t - 1)?], 0)
+    }
+}
+
+fn last_row(x: &Tensor) -> candle_core::Result<Vec<f32>> {
+    let t = x.dim(0)?;
+    x.get(t - 1)?.to_vec1::<f32>()
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, st: &mut LayerState) -> candle_core::Result<Tensor> {
+        let x = match &self.pre_ln {
+            Some(ln) => ln.forward(x)?,
+            None => x.clone(),
+        };
+        let xa = self.ln1.forward(&x)?;
+        let x = (&x + self.attention.forward(&xa, st)?)?;
+        st.att_x = last_row(&xa)?;
+        let xf = self.ln2.forward(&x)?;
+        let x = (&x + self.feed_forward.forward(&xf, &st.ffn_x)?)?;
+        st.ffn_x = last_row(&xf)?;
+        Ok(x)
+    }
+}
+
+impl TimeMix {
+    fn forward(&self, xa: &Tensor, st: &mut LayerState) -> candle_core::Result<Tensor> {
+        let prev = shift(xa, &st.att_x)?;
+        let k = self.key.forward(&self.mix_k.forward(xa, &prev)?)?;
+        let v = self.value.forward(&self.mix_v.forward(xa, &prev)?)?;
+        let r =
+            candle_nn::ops::sigmoid(&self.receptance.forward(&self.mix_r.forward(xa, &prev)?)?)?;
+        let shape = k.shape().clone();
+        let k = k.flatten_all()?.to_vec1::<f32>()?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; k.len()];
+        let acc = Accumulators {
+            num: &mut st.att_num,
+            den: &mut st.att_den,
+            max: &mut st.att_max,
+        };
+        wkv::wkv(&self.wkv, &k, &v, acc, &mut out);
+        let wkv = Tensor::from_vec(out, shape, xa.device())?;
+        self.output.forward(&(r * wkv)?)
+    }
+}
+
+impl ChannelMix {
+    fn forward(&self, xf: &Tensor, prev: &[f32]) -> candle_core::Result<Tensor> {
+        let prev = shift(xf, prev)?;
+        let k = self
+            .key
+            .forward(&self.mix_k.forward(xf, &prev)?)?
+            .relu()?
+            .sqr()?;
+        let r =
+            candle_nn::ops::sigmoid(&self.receptance.forward(&self.mix_r.forward(xf, &prev)?)?)?;
+        r * self.value.forward(&k)?
+    }
+}
+
+/// `log(sum(exp(logits)))` along the last dimension, computed stably.
+pub fn logsumexp(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?;
+    let sum = logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?;
+    (sum + max)?.squeeze(D::Minus1)
+}

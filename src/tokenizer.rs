@@ -1,0 +1,217 @@
+//! Text to token ids and back. Encoding is the `tokenizers` crate's; decoding is done here from
+//! each token's bytes, so that a stream of tokens turns into text as soon as it forms whole
+//! UTF-8 characters (byte-level BPE splits emoji and CJK characters across tokens).
+
+use std::path::{Path, PathBuf};
+
+use crate::model::LoadError;
+
+/// The GPT-NeoX 20B tokenizer used by every RWKV-4 Pile and Raven model.
+const NEOX_20B: &[u8] = include_bytes!("assets/20B_tokenizer.json");
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The bytes each id stands for.
+    pieces: Vec<Vec<u8>>,
+    /// Where it came from, for messages: a file, or the built-in tokenizer.
+    pub source: String,
+}
+
+impl Tokenizer {
+    /// The GPT-NeoX 20B tokenizer built into the binary.
+    pub fn neox() -> Self {
+        // A test checks that the embedded file parses, so this cannot fail at run time.
+        Self::from_bytes(NEOX_20B, "built-in GPT-NeoX 20B tokenizer".into())
+            .unwrap_or_else(|e| unreachable!("embedded tokenizer: {e}"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, path.display().to_string()).map_err(|reason| {
+            LoadError::BadTokenizer {
+                path: path.to_owned(),
+                reason,
+            }
+        })
+    }
+
+    /// The tokenizer beside a model, else the built-in one; refused when it has ids the model
+    /// cannot embed.
+    pub fn for_model(beside: Option<&PathBuf>, model_vocab: usize) -> Result<Self, LoadError> {
+        let tok = match beside {
+            Some(path) => Self::from_file(path)?,
+            None => Self::neox(),
+        };
+        if tok.vocab_size() > model_vocab {
+            return Err(LoadError::TokenizerMismatch {
+                path: beside
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(&tok.source)),
+                tokenizer_vocab: tok.vocab_size(),
+                model_vocab,
+            });
+        }
+        Ok(tok)
+    }
+
+    fn from_bytes(bytes: &[u8], source: String) -> Result<Self, String> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let size = inner.get_vocab_size(true);
+        let mut pieces = vec![Vec::new(); size];
+        let unicode_to_byte = byte_level_decoding_table();
+        for (token, id) in inner.get_vocab(false) {
+            if let Some(slot) = pieces.get_mut(id as usize) {
+                *slot = token
+                    .chars()
+                    .flat_map(|c| match unicode_to_byte(c) {
+                        Some(b) => vec![b],
+                        None => c.to_string().into_bytes(),
+                    })
+                    .collect();
+            }
+        }
+        // Added tokens (`<|endoftext|>`, runs of spaces) are stored as plain text.
+        for (id, added) in inner.get_added_tokens_decoder() {
+            if let Some(slot) = pieces.get_mut(id as usize) {
+                *slot = added.content.clone().into_bytes();
+            }
+        }
+        Ok(Self {
+            inner,
+            pieces,
+            source,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The bytes of one token; empty for an id the tokenizer does not know.
+    pub fn piece(&self, id: u32) -> &[u8] {
+        self.pieces.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Decodes a whole sequence (invalid UTF-8 becomes U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.piece(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    pub fn stream(&self) -> StreamDecoder<'_> {
+        StreamDecoder {
+            tokenizer: self,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// GPT-2's byte-level BPE writes each byte as a printable character; this undoes that.
+fn byte_level_decoding_table() -> impl Fn(char) -> Option<u8> {
+    let mut table = std::collections::HashMap::new();
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut next = 256u32;
+    for b in 0..=255u32 {
+        let c = if printable(b) {
+            b
+        } else {
+            let c = next;
+            next += 1;
+            c
+        };
+        if let Some(c) = char::from_u32(c) {
+            table.insert(c, b as u8);
+        }
+    }
+    move |c| table.get(&c).copied()
+}
+
+/// Turns tokens into text incrementally, holding back the bytes of an unfinished character.
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder<'_> {
+    /// Adds one token and returns the text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> String {
+        self.pending.extend_from_slice(self.tokenizer.piece(id));
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(text) => {
+                    out.push_str(text);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    match e.error_len() {
+                        // An unfinished character at the end: wait for the next token.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        // Bytes that can never become a character.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is left at the end of the stream; an unfinished character becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+
+    /// True while bytes of an unfinished character are held back.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_tokenizer_parses() {
+        let tok = Tokenizer::neox();
+        assert_eq!(tok.vocab_size(), 50277);
+        assert_eq!(tok.piece(0), b"<|endoftext|>");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let tok = Tokenizer::neox();
+        let mut stream = tok.stream();
+        // Find a token that is a lone continuation byte, which can never start a character.
+        let lone = (0..tok.vocab_size() as u32)
+            .find(|&id| tok.piece(id) == [0x80])
+            .expect("byte-level vocab has every byte");
+        assert_eq!(stream.push(lone), "\u{FFFD}");
+        assert!(!stream.has_pending());
+    }
+}

@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: fixture paths, golden outputs, running the binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn tiny() -> PathBuf {
+    fixture("tiny-rwkv4")
+}
+
+pub struct Golden {
+    pub input_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub prompt: String,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Golden {
+    pub fn load() -> Self {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tiny().join("golden.json")).unwrap()).unwrap();
+        let ids = |key: &str| -> Vec<u32> {
+            json[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let tensors =
+            candle_core::safetensors::load(tiny().join("golden.safetensors"), &Device::Cpu)
+                .unwrap();
+        Self {
+            input_ids: ids("input_ids"),
+            greedy_ids: ids("greedy_ids"),
+            prompt: json["prompt"].as_str().unwrap().to_owned(),
+            tensors,
+        }
+    }
+
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        self.tensors[name]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    pub fn i64s(&self, name: &str) -> Vec<i64> {
+        self.tensors[name].flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// A `[layers, hidden]` state tensor as rows.
+    pub fn rows(&self, name: &str) -> Vec<Vec<f32>> {
+        self.tensors[name]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs the real binary with a backtrace-friendly environment, so a panic or an `Err` from
+/// `main` would show in stderr.
+pub fn rwkv_chat(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rwkv-chat"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run rwkv-chat")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failed run with one clean message: exit status 1, no panic, no backtrace.
+pub fn assert_user_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+    for bad in ["panicked", "backtrace", "Backtrace", "stack backtrace"] {
+        assert!(!err.contains(bad), "`{bad}` in: {err}");
+    }
+}
+
+/// All tensors of the tiny model under their Hugging Face names, for writing variants.
+pub fn tiny_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(tiny().join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+pub fn write_model(dir: &Path, tensors: &HashMap<String, Tensor>) {
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
+}

@@ -1,0 +1,257 @@
+//! The model against the reference outputs of transformers (cross-checked with ChatRWKV's
+//! engine), for every checkpoint layout the fixture ships.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Golden, max_abs_diff, tiny};
+use rwkv_chat::engine::Engine;
+use rwkv_chat::model::{LoadOptions, Rwkv, State, WeightDtype, logsumexp};
+
+fn layouts() -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("safetensors", tiny().join("model.safetensors")),
+        ("sharded .bin", tiny().join("pytorch_model.bin.index.json")),
+        ("raw bf16 .pth", tiny().join("rwkv4-raw.pth")),
+    ]
+}
+
+fn load(path: &std::path::Path, dtype: WeightDtype) -> Rwkv {
+    Rwkv::load(
+        path,
+        LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn greedy(model: &Rwkv, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut state = model.new_state();
+    let mut logits: Vec<f32> = model
+        .forward(prompt, &mut state)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut out = vec![];
+    for _ in 0..n {
+        let id = argmax(&logits);
+        out.push(id);
+        logits = model.forward(&[id], &mut state).unwrap().to_vec1().unwrap();
+    }
+    out
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    xs.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap()
+}
+
+type Pick = fn(&rwkv_chat::model::LayerState) -> &Vec<f32>;
+
+fn state_field(state: &State, pick: Pick) -> Vec<f32> {
+    state
+        .layers
+        .iter()
+        .flat_map(|l| pick(l).iter().copied())
+        .collect()
+}
+
+#[test]
+fn every_layout_matches_the_reference() {
+    let golden = Golden::load();
+    for (layout, path) in layouts() {
+        let model = load(&path, WeightDtype::F32);
+        let mut state = model.new_state();
+        let all = model
+            .forward_chunk(&golden.input_ids, &mut state, true)
+            .unwrap();
+
+        let last: Vec<f32> = all.get(all.dim(0).unwrap() - 1).unwrap().to_vec1().unwrap();
+        let diff = max_abs_diff(&last, &golden.f32s("logits_last"));
+        assert!(diff < 1e-4, "{layout}: last logits differ by {diff}");
+
+        let argmaxes: Vec<i64> = all
+            .argmax(1)
+            .unwrap()
+            .to_dtype(candle_core::DType::I64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            argmaxes,
+            golden.i64s("logits_argmax"),
+            "{layout}: argmax per position"
+        );
+
+        let lse: Vec<f32> = logsumexp(&all).unwrap().to_vec1().unwrap();
+        let diff = max_abs_diff(&lse, &golden.f32s("logits_logsumexp"));
+        assert!(diff < 1e-4, "{layout}: logsumexp differs by {diff}");
+
+        let fields: [(&str, Pick); 5] = [
+            ("state_ffn_x", |l| &l.ffn_x),
+            ("state_att_x", |l| &l.att_x),
+            ("state_att_num", |l| &l.att_num),
+            ("state_att_den", |l| &l.att_den),
+            ("state_att_max", |l| &l.att_max),
+        ];
+        for (name, pick) in fields {
+            let diff = max_abs_diff(&state_field(&state, pick), &golden.f32s(name));
+            assert!(diff < 1e-4, "{layout}: {name} differs by {diff}");
+        }
+
+        assert_eq!(
+            greedy(&model, &golden.input_ids, golden.greedy_ids.len()),
+            golden.greedy_ids,
+            "{layout}: greedy continuation"
+        );
+    }
+}
+
+#[test]
+fn a_directory_of_shards_loads_like_the_index() {
+    // `RWKV/rwkv-raven-1b5` holds sharded .bin files and no safetensors.
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "config.json",
+        "pytorch_model.bin.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(tiny().join(name), dir.path().join(name)).unwrap();
+    }
+    let golden = Golden::load();
+    let engine = Engine::load(dir.path(), LoadOptions::default(), None).unwrap();
+    assert_eq!(
+        engine.tokenizer.encode(&golden.prompt).unwrap(),
+        golden.input_ids
+    );
+    assert_eq!(
+        greedy(&engine.model, &golden.input_ids, 4),
+        golden.greedy_ids[..4]
+    );
+}
+
+#[test]
+fn a_lone_pth_uses_the_built_in_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tiny().join("rwkv4-raw.pth"),
+        dir.path().join("RWKV-4-Tiny.pth"),
+    )
+    .unwrap();
+    let golden = Golden::load();
+    let engine = Engine::load(dir.path(), LoadOptions::default(), None).unwrap();
+    assert!(engine.files.tokenizer.is_none());
+    assert_eq!(
+        engine.tokenizer.encode(&golden.prompt).unwrap(),
+        golden.input_ids
+    );
+    assert_eq!(
+        greedy(&engine.model, &golden.input_ids, 4),
+        golden.greedy_ids[..4]
+    );
+}
+
+#[test]
+fn step_mode_equals_sequence_mode() {
+    let golden = Golden::load();
+    let model = load(&tiny(), WeightDtype::F32);
+    let mut seq = model.new_state();
+    let seq_logits: Vec<f32> = model
+        .forward(&golden.input_ids, &mut seq)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut step = model.new_state();
+    let mut step_logits = vec![];
+    for &id in &golden.input_ids {
+        step_logits = model.forward(&[id], &mut step).unwrap().to_vec1().unwrap();
+    }
+    let diff = max_abs_diff(&seq_logits, &step_logits);
+    assert!(diff < 1e-5, "logits differ by {diff}");
+    for (a, b) in seq.layers.iter().zip(&step.layers) {
+        for (x, y) in [
+            (&a.att_x, &b.att_x),
+            (&a.ffn_x, &b.ffn_x),
+            (&a.att_num, &b.att_num),
+            (&a.att_den, &b.att_den),
+            (&a.att_max, &b.att_max),
+        ] {
+            assert!(max_abs_diff(x, y) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn any_chunking_equals_one_call() {
+    let golden = Golden::load();
+    let mut model = load(&tiny(), WeightDtype::F32);
+    let mut whole_state = model.new_state();
+    let whole: Vec<f32> = model
+        .forward_chunk(&golden.input_ids, &mut whole_state, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for chunk in [1, 2, 3, 5, 7, 11, 12, 100] {
+        model.chunk_size = chunk;
+        let mut state = model.new_state();
+        let got: Vec<f32> = model
+            .forward(&golden.input_ids, &mut state)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diff = max_abs_diff(&got, &whole);
+        assert!(diff < 1e-5, "chunk {chunk}: logits differ by {diff}");
+        for (a, b) in state.layers.iter().zip(&whole_state.layers) {
+            assert!(max_abs_diff(&a.att_num, &b.att_num) < 1e-5, "chunk {chunk}");
+            assert!(max_abs_diff(&a.att_x, &b.att_x) < 1e-6, "chunk {chunk}");
+        }
+    }
+    // Splitting by hand, at uneven points, too.
+    let ids = &golden.input_ids;
+    let mut state = model.new_state();
+    model.forward(&ids[..4], &mut state).unwrap();
+    model.forward(&ids[4..5], &mut state).unwrap();
+    let got: Vec<f32> = model
+        .forward(&ids[5..], &mut state)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(max_abs_diff(&got, &whole) < 1e-5);
+}
+
+/// Half-precision weights cost accuracy; these are the measured differences to f32 on the
+/// fixture prompt, with the tolerance each is held to.
+#[test]
+fn half_precision_weights_stay_close_to_f32() {
+    let golden = Golden::load();
+    let reference = golden.f32s("logits_last");
+    // Measured on this machine: f16 8.5e-3, bf16 5.4e-2. The fixture's weights are exact in
+    // bf16, so the error is the activations rounded to the weights' dtype for each product.
+    for (dtype, tolerance) in [(WeightDtype::F16, 2e-2), (WeightDtype::Bf16, 1e-1)] {
+        let model = load(&tiny(), dtype);
+        let mut state = model.new_state();
+        let logits: Vec<f32> = model
+            .forward(&golden.input_ids, &mut state)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diff = max_abs_diff(&logits, &reference);
+        println!("{dtype}: max |logit - f32 reference| = {diff:e}");
+        assert!(diff < tolerance, "{dtype}: {diff}");
+        assert_eq!(
+            argmax(&logits) as i64,
+            *golden.i64s("logits_argmax").last().unwrap(),
+            "{dtype}: top-1"
+        );
+    }
+}
