@@ -255,3 +255,74 @@ fn half_precision_weights_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn sharded_safetensors_load_like_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = common::tiny_tensors();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, names) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let part: std::collections::HashMap<String, candle_core::Tensor> = names
+            .iter()
+            .map(|&n| (n.clone(), tensors[n].clone()))
+            .collect();
+        candle_core::safetensors::save(&part, dir.path().join(shard)).unwrap();
+        for n in names {
+            weight_map.insert((*n).clone(), shard.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(tiny().join("config.json"), dir.path().join("config.json")).unwrap();
+    let golden = Golden::load();
+    let model = load(dir.path(), WeightDtype::F32);
+    assert_eq!(greedy(&model, &golden.input_ids, 16), golden.greedy_ids);
+}
+
+/// transformers halves the residual stream every `rescale_every` blocks and divides the
+/// matching weights. LayerNorm makes that invisible except through its epsilon, so with a
+/// negligible epsilon rescaling after every block must give the outputs of no rescaling.
+#[test]
+fn rescaling_is_invisible_in_f32() {
+    let golden = Golden::load();
+    let config = std::fs::read_to_string(tiny().join("config.json")).unwrap();
+    let config = config.replace(
+        "\"layer_norm_epsilon\": 1e-05",
+        "\"layer_norm_epsilon\": 1e-12",
+    );
+    let run = |every: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            tiny().join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let config = config.replace(
+            "\"rescale_every\": 6",
+            &format!("\"rescale_every\": {every}"),
+        );
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        let model = load(dir.path(), WeightDtype::F32);
+        assert_eq!(model.config().rescale_every, every);
+        assert_eq!(model.config().layer_norm_epsilon, 1e-12);
+        let mut state = model.new_state();
+        let logits: Vec<f32> = model
+            .forward(&golden.input_ids, &mut state)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        logits
+    };
+    let diff = max_abs_diff(&run(1), &run(0));
+    assert!(diff < 1e-5, "{diff}");
+}
