@@ -3,10 +3,14 @@
 //! The library holds everything; `main.rs` only calls [`cli::main`], so tests drive the same
 //! code the binary runs.
 
+pub mod chat;
 pub mod cli;
 pub mod engine;
 pub mod eval;
 pub mod model;
+pub mod paths;
 pub mod sampler;
+pub mod session;
+pub mod store;
 pub mod text;
 pub mod tokenizer;

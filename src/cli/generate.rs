@@ -32,37 +32,39 @@ pub struct GenerateArgs {
     pub format: OutputFormat,
 }
 
-/// Sampling flags shared by `generate` and `chat`.
+/// Sampling flags shared by `generate` and `chat`; a flag left out keeps the base value
+/// (for `chat`, the session's settings).
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
-    /// 0 always picks the most likely token.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0.85)]
-    pub top_p: f32,
+    /// 0 always picks the most likely token [generate default: 1.0].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Sample from the most likely tokens covering this probability [generate default: 0.85].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Keep only the K most likely tokens (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.0)]
-    pub presence_penalty: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub frequency_penalty: f32,
-    #[arg(long, default_value_t = 0.996)]
-    pub penalty_decay: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    #[arg(long)]
+    pub penalty_decay: Option<f32>,
     /// Random seed; the same seed and settings give the same text.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 impl SamplingArgs {
-    pub fn params(&self) -> anyhow::Result<SamplingParams> {
+    pub fn apply(&self, base: &SamplingParams) -> anyhow::Result<SamplingParams> {
         let params = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            penalty_decay: self.penalty_decay,
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            presence_penalty: self.presence_penalty.unwrap_or(base.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(base.frequency_penalty),
+            penalty_decay: self.penalty_decay.unwrap_or(base.penalty_decay),
         };
         params.validate().map_err(anyhow::Error::msg)?;
         Ok(params)
@@ -72,7 +74,12 @@ impl SamplingArgs {
 const END_OF_TEXT: u32 = 0;
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let params = args.sampling.params()?;
+    let base = SamplingParams {
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        ..SamplingParams::default()
+    };
+    let params = args.sampling.apply(&base)?;
     let prompt = match args.prompt {
         Some(p) => p,
         None if std::io::stdin().is_terminal() => {
@@ -93,7 +100,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let model = &engine.model;
     let mut state = model.new_state();
-    let mut sampler = Sampler::new(params, args.sampling.seed, vec![]);
+    let mut sampler = Sampler::new(params, args.sampling.seed.unwrap_or(0), vec![]);
     let mut decoder = engine.tokenizer.stream();
     let stdout = std::io::stdout();
     let to_terminal = stdout.is_terminal();

@@ -4,8 +4,10 @@
 //! status 1; `main` never returns an `Err`, which would print a backtrace when
 //! `RUST_BACKTRACE` is set.
 
+mod chat;
 mod generate;
 mod perplexity;
+mod sessions;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +35,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure how well a model predicts a text file (lower is better).
     Perplexity(perplexity::PerplexityArgs),
+    /// Chat line by line in a saved session (the TUI's engine, without the screen).
+    Chat(chat::ChatArgs),
+    /// List, show, export, rename, delete or fork saved sessions.
+    Sessions(sessions::SessionsArgs),
 }
 
 /// How to find and load a model; shared by every command that runs one.
@@ -84,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
+        Some(Command::Chat(args)) => chat::run(args),
+        Some(Command::Sessions(args)) => sessions::run(args),
         None => {
             let mut help = <Cli as clap::CommandFactory>::command();
             help.print_help()?;

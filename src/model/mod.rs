@@ -299,9 +299,32 @@ struct Block {
     feed_forward: ChannelMix,
 }
 
+/// What a saved state must match to be used with a model: the shape, and a checksum of some
+/// of the weights' values (not of the files), so the same weights in another layout or dtype
+/// on disk count as the same model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub layers: u32,
+    pub hidden: u32,
+    pub attention: u32,
+    pub vocab: u32,
+    pub weights: u32,
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RWKV-4 {}x{} vocab {} (weights {:08x})",
+            self.layers, self.hidden, self.vocab, self.weights
+        )
+    }
+}
+
 /// An RWKV-4 language model ready to run.
 pub struct Rwkv {
     cfg: Config,
+    fingerprint: Fingerprint,
     embeddings: Tensor,
     blocks: Vec<Block>,
     ln_out: LayerNorm,
@@ -418,11 +441,35 @@ impl Rwkv {
         let embeddings = ckpt
             .tensor(checkpoint::EMBEDDING, &[v, h], &device)?
             .to_dtype(built.dtype)?;
+        let ln_out = LayerNorm::new(ckpt, "rwkv.ln_out", h, eps, &device)?;
+        let mut crc = crc32fast::Hasher::new();
+        for block in &blocks {
+            for x in block
+                .attention
+                .wkv
+                .decay
+                .iter()
+                .chain(&block.attention.wkv.first)
+            {
+                crc.update(&x.to_le_bytes());
+            }
+        }
+        for x in ln_out.weight.to_vec1::<f32>()? {
+            crc.update(&x.to_le_bytes());
+        }
+        let fingerprint = Fingerprint {
+            layers: cfg.num_hidden_layers as u32,
+            hidden: h as u32,
+            attention: a as u32,
+            vocab: v as u32,
+            weights: crc.finalize(),
+        };
         Ok(Self {
             cfg: cfg.clone(),
+            fingerprint,
             embeddings,
             blocks,
-            ln_out: LayerNorm::new(ckpt, "rwkv.ln_out", h, eps, &device)?,
+            ln_out,
             head: Linear::new(ckpt, "head.weight", (v, h), 1.0, &built)?,
             dtype: opts.dtype,
             device,
@@ -432,6 +479,10 @@ impl Rwkv {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
     }
 
     pub fn dtype(&self) -> WeightDtype {

@@ -1,0 +1,559 @@
+//! One conversation with the model: its transcript, the recurrent state after it, and the
+//! states at recent turn boundaries, so that regenerate, edit and fork cost nothing.
+//!
+//! The transcript is stored as the exact text fed for each message, and each message is
+//! tokenized on its own. The state after a reply is always what feeding those texts gives
+//! (the reply's sampled tokens are replaced by the canonical tokens of its text where they
+//! differ), so a state rebuilt from the transcript is the state that was saved.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::preset::Preset;
+use super::stop::StopMatcher;
+use crate::engine::Engine;
+use crate::model::State;
+use crate::sampler::{Sampler, SamplingParams};
+
+const END_OF_TEXT: u32 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Bot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    /// What is shown: the normalised user message, or the reply without the stop text.
+    pub text: String,
+    /// The exact text fed to the model for this message, format included.
+    pub fed: String,
+}
+
+/// Everything needed to rebuild the state from scratch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// The preset's introduction, as fed when the session started.
+    pub intro: String,
+    /// User and bot messages, alternating, starting with the user.
+    pub messages: Vec<Message>,
+}
+
+impl Transcript {
+    /// A checksum of what was fed: a saved state is only used with the transcript it belongs to.
+    pub fn checksum(&self) -> u32 {
+        self.prefix_checksum(self.messages.len())
+    }
+
+    /// The checksum of the intro and the first `messages` messages.
+    pub fn prefix_checksum(&self, messages: usize) -> u32 {
+        let mut crc = crc32fast::Hasher::new();
+        for segment in self.segments().take(messages + 1) {
+            crc.update(&(segment.len() as u64).to_le_bytes());
+            crc.update(segment.as_bytes());
+        }
+        crc.finalize()
+    }
+
+    /// The texts fed, in order; each is tokenized on its own.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.intro.as_str()).chain(self.messages.iter().map(|m| m.fed.as_str()))
+    }
+
+    pub fn turns(&self) -> usize {
+        self.messages.len().div_ceil(2)
+    }
+}
+
+/// The states around one turn, kept so it can be replayed differently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TurnCheckpoint {
+    /// Index in the transcript of the user message that starts the turn.
+    pub at: usize,
+    pub tokens_before_user: usize,
+    pub before_user: State,
+    pub tokens_before_reply: usize,
+    pub before_reply: State,
+    /// The logits the reply's first token is sampled from.
+    pub reply_logits: Vec<f32>,
+}
+
+/// What is saved beside the transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub tokens: usize,
+    pub state: State,
+    pub checkpoints: Vec<TurnCheckpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop sequence of the preset: the model ended its turn.
+    Stop,
+    EndOfText,
+    MaxTokens,
+    Cancelled,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Stop => "stop",
+            StopReason::EndOfText => "end_of_text",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One reply and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    pub text: String,
+    pub stop: StopReason,
+    /// Tokens of the user's turn fed before the reply.
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyOptions {
+    pub max_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for ReplyOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 500,
+            seed: 0,
+        }
+    }
+}
+
+pub const DEFAULT_KEPT_TURNS: usize = 8;
+
+pub struct Conversation {
+    pub preset: Preset,
+    pub sampling: SamplingParams,
+    pub transcript: Transcript,
+    pub state: State,
+    /// Tokens fed into `state` since the session started.
+    pub tokens: usize,
+    checkpoints: VecDeque<TurnCheckpoint>,
+    /// How many recent turns keep their checkpoints.
+    pub kept_turns: usize,
+}
+
+impl Conversation {
+    /// A new conversation: the preset's introduction is fed once.
+    pub fn new(engine: &Engine, preset: Preset) -> anyhow::Result<Self> {
+        let transcript = Transcript {
+            intro: preset.intro.clone(),
+            messages: vec![],
+        };
+        let sampling = preset.sampling.clone();
+        Self::rebuild(engine, preset, sampling, transcript, &mut |_, _| {})
+    }
+
+    /// Feeds a whole transcript from an empty state: used when no usable saved state exists.
+    /// `progress(done, total)` is called as tokens are fed.
+    pub fn rebuild(
+        engine: &Engine,
+        preset: Preset,
+        sampling: SamplingParams,
+        transcript: Transcript,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Self> {
+        let Transcript { intro, messages } = transcript;
+        let mut conv = Self::restore(
+            preset,
+            sampling,
+            Transcript {
+                intro,
+                messages: vec![],
+            },
+            SavedState {
+                tokens: 0,
+                state: engine.model.new_state(),
+                checkpoints: vec![],
+            },
+        );
+        let intro = engine.tokenizer.encode(&conv.transcript.intro)?;
+        conv.feed(engine, &intro)?;
+        conv.append(engine, messages, progress)?;
+        Ok(conv)
+    }
+
+    /// Feeds messages that are in the transcript but not yet in the state (a rebuild, or a
+    /// save interrupted between the transcript and the state), keeping turn checkpoints.
+    pub fn append(
+        &mut self,
+        engine: &Engine,
+        messages: Vec<Message>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<()> {
+        let segments: Vec<Vec<u32>> = messages
+            .iter()
+            .map(|m| engine.tokenizer.encode(&m.fed))
+            .collect::<anyhow::Result<_>>()?;
+        let total = self.tokens + segments.iter().map(Vec::len).sum::<usize>();
+        progress(self.tokens, total);
+        for (message, ids) in messages.into_iter().zip(segments) {
+            let before = (self.tokens, self.state.clone());
+            let logits = self.feed(engine, &ids)?;
+            let at = self.transcript.messages.len();
+            if message.role == Role::User {
+                self.push_checkpoint(TurnCheckpoint {
+                    at,
+                    tokens_before_user: before.0,
+                    before_user: before.1,
+                    tokens_before_reply: self.tokens,
+                    before_reply: self.state.clone(),
+                    reply_logits: logits.unwrap_or_default(),
+                });
+            }
+            self.transcript.messages.push(message);
+            progress(self.tokens, total);
+        }
+        Ok(())
+    }
+
+    /// A conversation from its saved state, with nothing fed through the model.
+    pub fn restore(
+        preset: Preset,
+        sampling: SamplingParams,
+        transcript: Transcript,
+        saved: SavedState,
+    ) -> Self {
+        Self {
+            preset,
+            sampling,
+            transcript,
+            state: saved.state,
+            tokens: saved.tokens,
+            checkpoints: saved.checkpoints.into(),
+            kept_turns: DEFAULT_KEPT_TURNS,
+        }
+    }
+
+    pub fn saved_state(&self) -> SavedState {
+        SavedState {
+            tokens: self.tokens,
+            state: self.state.clone(),
+            checkpoints: self.checkpoints.iter().cloned().collect(),
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.transcript.messages
+    }
+
+    /// Feeds tokens and returns the logits after the last one (`None` for no tokens).
+    fn feed(&mut self, engine: &Engine, ids: &[u32]) -> anyhow::Result<Option<Vec<f32>>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let logits = engine
+            .model
+            .forward(ids, &mut self.state)?
+            .to_vec1::<f32>()?;
+        self.tokens += ids.len();
+        Ok(Some(logits))
+    }
+
+    fn push_checkpoint(&mut self, checkpoint: TurnCheckpoint) {
+        self.checkpoints.push_back(checkpoint);
+        while self.checkpoints.len() > self.kept_turns.max(1) {
+            self.checkpoints.pop_front();
+        }
+    }
+
+    fn checkpoint_at(&self, at: usize) -> Option<&TurnCheckpoint> {
+        self.checkpoints.iter().find(|c| c.at == at)
+    }
+
+    /// Sends a user message and streams the reply through `on_text`.
+    pub fn send(
+        &mut self,
+        engine: &Engine,
+        message: &str,
+        opts: ReplyOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Reply> {
+        if self
+            .transcript
+            .messages
+            .last()
+            .is_some_and(|m| m.role == Role::User)
+        {
+            bail!("the last message has no reply yet");
+        }
+        let text = self.preset.normalize(message);
+        if text.is_empty() {
+            bail!("the message is empty");
+        }
+        let fed = self.preset.user_turn(&text);
+        let ids = engine.tokenizer.encode(&fed)?;
+        let (tokens_before_user, before_user) = (self.tokens, self.state.clone());
+        let started = Instant::now();
+        let logits = match self.feed(engine, &ids) {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.state = before_user;
+                return Err(e);
+            }
+        };
+        let prefill_s = started.elapsed().as_secs_f64();
+        let at = self.transcript.messages.len();
+        self.transcript.messages.push(Message {
+            role: Role::User,
+            text,
+            fed,
+        });
+        let checkpoint = TurnCheckpoint {
+            at,
+            tokens_before_user,
+            before_user,
+            tokens_before_reply: self.tokens,
+            before_reply: self.state.clone(),
+            // A format with no text around messages and an empty message has no logits yet;
+            // the message was refused above, so `ids` is never empty here.
+            reply_logits: logits.context("the message produced no tokens")?,
+        };
+        self.push_checkpoint(checkpoint);
+        let mut reply = match self.reply(engine, opts, cancel, on_text) {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Back to before the message, as if it had not been sent.
+                self.transcript.messages.pop();
+                if let Some(c) = self.checkpoints.pop_back() {
+                    self.state = c.before_user;
+                    self.tokens = c.tokens_before_user;
+                }
+                return Err(e);
+            }
+        };
+        reply.prompt_tokens = ids.len();
+        reply.prefill_tok_s = rate(ids.len(), prefill_s);
+        Ok(reply)
+    }
+
+    /// A new reply to the last message, from the state before the old one.
+    pub fn regenerate(
+        &mut self,
+        engine: &Engine,
+        opts: ReplyOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Reply> {
+        let n = self.transcript.messages.len();
+        if n < 2 || self.transcript.messages[n - 1].role != Role::Bot {
+            bail!("there is no reply to regenerate");
+        }
+        let checkpoint = self
+            .checkpoint_at(n - 2)
+            .context("the state before the last reply is no longer kept")?
+            .clone();
+        let old = self.transcript.messages.pop();
+        self.state = checkpoint.before_reply;
+        self.tokens = checkpoint.tokens_before_reply;
+        let result = self.reply(engine, opts, cancel, on_text);
+        if let (Err(_), Some(old)) = (&result, old) {
+            // Keep the old reply; the state was rewound to before it, so feed it again.
+            if self.settle_reply(engine, &old.fed, &[]).is_ok() {
+                self.transcript.messages.push(old);
+            }
+        }
+        result
+    }
+
+    /// Replaces the last user message (and its reply) and replies to the new text.
+    pub fn edit_last(
+        &mut self,
+        engine: &Engine,
+        message: &str,
+        opts: ReplyOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Reply> {
+        let at = self
+            .transcript
+            .messages
+            .iter()
+            .rposition(|m| m.role == Role::User)
+            .context("there is no message to edit")?;
+        if self.preset.normalize(message).is_empty() {
+            bail!("the message is empty");
+        }
+        let checkpoint = self
+            .checkpoint_at(at)
+            .context("the state before the last message is no longer kept")?
+            .clone();
+        let removed = self.transcript.messages.split_off(at);
+        let (state, tokens) = (
+            std::mem::replace(&mut self.state, checkpoint.before_user.clone()),
+            self.tokens,
+        );
+        self.tokens = checkpoint.tokens_before_user;
+        self.checkpoints.retain(|c| c.at < at);
+        let result = self.send(engine, message, opts, cancel, on_text);
+        if result.is_err() {
+            // Nothing lost: the old turn comes back as it was.
+            self.transcript.messages.truncate(at);
+            self.transcript.messages.extend(removed);
+            self.state = state;
+            self.tokens = tokens;
+            self.push_checkpoint(checkpoint);
+        }
+        result
+    }
+
+    /// A copy that keeps the first `turns` turns, from the state kept at that boundary.
+    pub fn fork(&self, turns: usize) -> anyhow::Result<Conversation> {
+        let cut = turns * 2;
+        if cut > self.transcript.messages.len() {
+            bail!("the session has only {} turn(s)", self.transcript.turns());
+        }
+        let (state, tokens) = if cut == self.transcript.messages.len() {
+            (self.state.clone(), self.tokens)
+        } else {
+            let c = self.checkpoint_at(cut).with_context(|| {
+                format!("the state after turn {turns} is no longer kept; rebuild the fork from its transcript")
+            })?;
+            (c.before_user.clone(), c.tokens_before_user)
+        };
+        let mut transcript = self.transcript.clone();
+        transcript.messages.truncate(cut);
+        Ok(Conversation {
+            preset: self.preset.clone(),
+            sampling: self.sampling.clone(),
+            transcript,
+            state,
+            tokens,
+            checkpoints: self
+                .checkpoints
+                .iter()
+                .filter(|c| c.at < cut)
+                .cloned()
+                .collect(),
+            kept_turns: self.kept_turns,
+        })
+    }
+
+    /// Generates a reply to the user message at the end of the transcript, from the last
+    /// checkpoint's state and logits, then leaves the state as feeding the reply's text gives.
+    fn reply(
+        &mut self,
+        engine: &Engine,
+        opts: ReplyOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Reply> {
+        let checkpoint = self
+            .checkpoints
+            .back()
+            .filter(|c| c.at + 1 == self.transcript.messages.len())
+            .context("no state to reply from")?;
+        let mut logits = checkpoint.reply_logits.clone();
+        let model = &engine.model;
+        let mut sampler = Sampler::new(
+            self.sampling.clone(),
+            opts.seed,
+            self.preset.banned_tokens.clone(),
+        );
+        let mut decoder = engine.tokenizer.stream();
+        let mut matcher = StopMatcher::new(&self.preset.stop);
+        let mut fed_ids: Vec<u32> = Vec::new();
+        let mut generated = 0;
+        let started = Instant::now();
+        let stop = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break StopReason::Cancelled;
+            }
+            if generated >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let id = sampler.sample(&mut logits);
+            if id == END_OF_TEXT {
+                break StopReason::EndOfText;
+            }
+            generated += 1;
+            if matcher.push(&decoder.push(id), on_text) {
+                break StopReason::Stop;
+            }
+            logits = match model.forward(&[id], &mut self.state) {
+                Ok(l) => l.to_vec1::<f32>()?,
+                Err(e) => {
+                    self.rewind_to_last_checkpoint();
+                    return Err(e.into());
+                }
+            };
+            fed_ids.push(id);
+        };
+        let decode_s = started.elapsed().as_secs_f64();
+        if stop != StopReason::Stop {
+            matcher.push(&decoder.finish(), on_text);
+        }
+        let text = matcher.finish(on_text);
+        let fed = self.preset.bot_turn(&text);
+        self.settle_reply(engine, &fed, &fed_ids)?;
+        self.transcript.messages.push(Message {
+            role: Role::Bot,
+            text: text.clone(),
+            fed,
+        });
+        Ok(Reply {
+            text,
+            stop,
+            prompt_tokens: 0,
+            generated_tokens: generated,
+            prefill_tok_s: 0.0,
+            decode_tok_s: rate(generated, decode_s),
+        })
+    }
+
+    /// Makes the state what feeding `fed` after the user turn gives. Usually the sampled tokens
+    /// are the start of its tokenization and only the closing tokens are fed; otherwise the
+    /// reply is fed again from the checkpoint.
+    fn settle_reply(&mut self, engine: &Engine, fed: &str, fed_ids: &[u32]) -> anyhow::Result<()> {
+        let canonical = engine.tokenizer.encode(fed)?;
+        let result = if canonical.starts_with(fed_ids) {
+            self.tokens += fed_ids.len();
+            self.feed(engine, &canonical[fed_ids.len()..]).map(drop)
+        } else {
+            self.rewind_to_last_checkpoint();
+            self.feed(engine, &canonical).map(drop)
+        };
+        if result.is_err() {
+            self.rewind_to_last_checkpoint();
+        }
+        result
+    }
+
+    fn rewind_to_last_checkpoint(&mut self) {
+        if let Some(c) = self.checkpoints.back() {
+            self.state = c.before_reply.clone();
+            self.tokens = c.tokens_before_reply;
+        }
+    }
+}
+
+fn rate(tokens: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        tokens as f64 / seconds
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,11 @@
+//! The chat core, without any UI: presets (prompt formats), the conversation engine with turn
+//! checkpoints, and stop-sequence handling.
+
+pub mod conversation;
+pub mod preset;
+mod stop;
+
+pub use conversation::{
+    Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript,
+};
+pub use preset::Preset;
