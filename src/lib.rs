@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only calls [`cli::main`], so tests drive the same
 //! code the binary runs.
 
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod engine;

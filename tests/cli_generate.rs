@@ -168,3 +168,40 @@ fn perplexity_text_report() {
     assert!(text.starts_with("tokens: "), "{text}");
     assert!(text.contains("\nperplexity: "), "{text}");
 }
+
+#[test]
+fn bench_reports_speed_memory_and_resume() {
+    let out = rwkv_chat(&[
+        "bench",
+        "--model",
+        tiny().to_str().unwrap(),
+        "--prefill",
+        "16",
+        "--decode",
+        "4",
+        "--resume",
+        "20,200",
+        "--threads",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["prefill_tokens"], 16);
+    assert_eq!(report["decode_tokens"], 4);
+    assert_eq!(report["threads"], 1);
+    assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    // 2 layers x (2 shifts of 16 + 3 accumulators of 16) f32.
+    assert_eq!(report["state_bytes"], 2 * 5 * 16 * 4);
+    let resume = report["resume"].as_array().unwrap();
+    assert_eq!(resume.len(), 2);
+    for r in resume {
+        assert_eq!(r["replayed_tokens"], 0, "{r}");
+        assert!(r["history_tokens"].as_u64().unwrap() >= 20);
+    }
+    // A usage error: clap's exit status 2, and the reason.
+    let out = rwkv_chat(&["bench", "--shape", "13b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(common::stderr(&out).contains("unknown shape `13b`"));
+}

@@ -4,6 +4,7 @@
 //! status 1; `main` never returns an `Err`, which would print a backtrace when
 //! `RUST_BACKTRACE` is set.
 
+mod bench;
 mod chat;
 mod generate;
 mod perplexity;
@@ -39,6 +40,8 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// List, show, export, rename, delete or fork saved sessions.
     Sessions(sessions::SessionsArgs),
+    /// Measure prompt and generation speed, memory, and session resume time.
+    Bench(bench::BenchArgs),
 }
 
 /// How to find and load a model; shared by every command that runs one.
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Perplexity(args)) => perplexity::run(args),
         Some(Command::Chat(args)) => chat::run(args),
         Some(Command::Sessions(args)) => sessions::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
         None => {
             let mut help = <Cli as clap::CommandFactory>::command();
             help.print_help()?;

@@ -196,6 +196,8 @@ pub struct TensorInfo {
 enum Reader {
     Safetensors(MmapedSafetensors),
     Pickle(candle_core::pickle::PthTensors),
+    /// Tensors made in memory (benchmarks at real shapes with random weights).
+    Memory(HashMap<String, Tensor>),
 }
 
 /// An opened checkpoint: tensor infos by Hugging Face name, data read on demand.
@@ -279,6 +281,32 @@ impl Checkpoint {
             readers,
             tensors,
         })
+    }
+
+    /// A checkpoint of tensors already in memory, named in either scheme.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        let infos = tensors
+            .iter()
+            .map(|(name, t)| {
+                let info = TensorInfo {
+                    file: 0,
+                    stored_name: name.clone(),
+                    shape: t.dims().to_vec(),
+                    dtype: t.dtype(),
+                };
+                (hf_name(name), info)
+            })
+            .collect();
+        Self {
+            files: ModelFiles {
+                weights: vec![PathBuf::from("<memory>")],
+                format: Format::Safetensors,
+                config: None,
+                tokenizer: None,
+            },
+            readers: vec![Reader::Memory(tensors)],
+            tensors: infos,
+        }
     }
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
@@ -440,6 +468,10 @@ impl Checkpoint {
             Reader::Pickle(pth) => pth.get(&info.stored_name).and_then(|t| {
                 t.ok_or_else(|| candle_core::Error::Msg("tensor vanished from the archive".into()))
             }),
+            Reader::Memory(map) => map
+                .get(&info.stored_name)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("tensor vanished".into())),
         };
         let corrupt = |e: candle_core::Error| LoadError::Corrupt {
             path: path.clone(),

@@ -1,0 +1,289 @@
+//! Throughput and resume benchmarks: `rwkv-chat bench`. Models can be real files or random
+//! weights at the real shapes of the RWKV-4 family, made in memory, so the engine can be
+//! measured beside transformers and ChatRWKV's (`shared/bench/peer_bench.py` uses the same
+//! shapes and initialisation) without downloading anything.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+
+use crate::chat::{Conversation, Preset, ReplyOptions};
+use crate::engine::Engine;
+use crate::model::{Checkpoint, Config, LoadOptions, Rwkv};
+use crate::session::{OpenSession, Rebuild};
+use crate::store::Store;
+use crate::tokenizer::Tokenizer;
+
+/// The sizes of the RWKV-4 Pile and Raven models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    M169,
+    M430,
+    B1_5,
+    B3,
+    B7,
+}
+
+impl Shape {
+    /// `(hidden, layers)`.
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            Shape::M169 => (768, 12),
+            Shape::M430 => (1024, 24),
+            Shape::B1_5 => (2048, 24),
+            Shape::B3 => (2560, 32),
+            Shape::B7 => (4096, 32),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::M169 => "169m",
+            Shape::M430 => "430m",
+            Shape::B1_5 => "1b5",
+            Shape::B3 => "3b",
+            Shape::B7 => "7b",
+        }
+    }
+}
+
+impl FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Shape::M169, Shape::M430, Shape::B1_5, Shape::B3, Shape::B7]
+            .into_iter()
+            .find(|shape| shape.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown shape `{s}` (expected 169m, 430m, 1b5, 3b or 7b)"))
+    }
+}
+
+/// A model of the given shape with random weights spread like trained ones (the same
+/// distributions as `peer_bench.py`), so that the WKV exponentials behave realistically.
+pub fn random_model(shape: Shape, opts: LoadOptions) -> anyhow::Result<Rwkv> {
+    let (h, layers) = shape.dims();
+    let cfg = Config::new(50277, h, layers);
+    let dev = Device::Cpu;
+    let normal =
+        |shape: &[usize], mean: f64, std: f64| Tensor::randn(mean as f32, std as f32, shape, &dev);
+    let uniform = |n: usize, lo: f64, hi: f64| Tensor::rand(lo as f32, hi as f32, n, &dev);
+    let matrix = |rows: usize, cols: usize| normal(&[rows, cols], 0.0, 1.0 / (cols as f64).sqrt());
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("rwkv.embeddings.weight".into(), matrix(cfg.vocab_size, h)?);
+    t.insert("head.weight".into(), matrix(cfg.vocab_size, h)?);
+    let norm = |t: &mut HashMap<String, Tensor>, name: String| -> candle_core::Result<()> {
+        t.insert(format!("{name}.weight"), normal(&[h], 1.0, 0.1)?);
+        t.insert(format!("{name}.bias"), normal(&[h], 0.0, 0.1)?);
+        Ok(())
+    };
+    norm(&mut t, "rwkv.ln_out".into())?;
+    for i in 0..layers {
+        let p = format!("rwkv.blocks.{i}");
+        if i == 0 {
+            norm(&mut t, format!("{p}.pre_ln"))?;
+        }
+        norm(&mut t, format!("{p}.ln1"))?;
+        norm(&mut t, format!("{p}.ln2"))?;
+        let att = format!("{p}.attention");
+        t.insert(format!("{att}.time_decay"), uniform(h, -6.0, 2.5)?);
+        t.insert(format!("{att}.time_first"), uniform(h, -3.0, 3.0)?);
+        for m in ["key", "value", "receptance"] {
+            t.insert(format!("{att}.time_mix_{m}"), uniform(h, 0.0, 1.0)?);
+            t.insert(format!("{att}.{m}.weight"), matrix(h, h)?);
+        }
+        t.insert(format!("{att}.output.weight"), matrix(h, h)?);
+        let ffn = format!("{p}.feed_forward");
+        for m in ["key", "receptance"] {
+            t.insert(format!("{ffn}.time_mix_{m}"), uniform(h, 0.0, 1.0)?);
+        }
+        t.insert(format!("{ffn}.key.weight"), matrix(4 * h, h)?);
+        t.insert(format!("{ffn}.receptance.weight"), matrix(h, h)?);
+        t.insert(format!("{ffn}.value.weight"), matrix(h, 4 * h)?);
+    }
+    Ok(Rwkv::new(&cfg, &Checkpoint::from_tensors(t), opts)?)
+}
+
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Path(PathBuf),
+    Random(Shape),
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub source: ModelSource,
+    pub load: LoadOptions,
+    pub chunk_size: usize,
+    pub prefill: usize,
+    pub decode: usize,
+    /// History lengths (in tokens) to measure resuming a session at.
+    pub resume: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeReport {
+    pub history_tokens: usize,
+    /// Reopening the saved session until its first new token.
+    pub resume_first_token_s: f64,
+    /// Feeding the same history again until the first new token.
+    pub refeed_first_token_s: f64,
+    pub replayed_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub dtype: String,
+    pub threads: usize,
+    pub load_s: f64,
+    pub prefill_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tok_s: f64,
+    pub peak_rss_mb: f64,
+    pub state_bytes: usize,
+    pub resume: Vec<ResumeReport>,
+}
+
+pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let (engine, label) = match &opts.source {
+        ModelSource::Path(path) => (
+            Engine::load(path, opts.load, None)?,
+            path.display().to_string(),
+        ),
+        ModelSource::Random(shape) => (
+            Engine {
+                model: random_model(*shape, opts.load)?,
+                tokenizer: Tokenizer::neox(),
+                files: crate::model::ModelFiles {
+                    weights: vec![],
+                    format: crate::model::checkpoint::Format::Safetensors,
+                    config: None,
+                    tokenizer: None,
+                },
+            },
+            format!("random {}", shape.name()),
+        ),
+    };
+    let mut engine = engine;
+    engine.model.chunk_size = opts.chunk_size;
+    let load_s = started.elapsed().as_secs_f64();
+    let model = &engine.model;
+
+    let mut rng = StdRng::seed_from_u64(0);
+    let prompt: Vec<u32> = (0..opts.prefill.max(1))
+        .map(|_| rng.random_range(2..50000))
+        .collect();
+    // A short warm-up, as the peers do, so one-time set-up is not timed.
+    model.forward(&prompt[..prompt.len().min(8)], &mut model.new_state())?;
+    let mut state = model.new_state();
+    let t = Instant::now();
+    let mut logits: Vec<f32> = model.forward(&prompt, &mut state)?.to_vec1()?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..opts.decode {
+        let next = argmax(&logits);
+        logits = model.forward(&[next], &mut state)?.to_vec1()?;
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+
+    let resume = opts
+        .resume
+        .iter()
+        .map(|&n| measure_resume(&engine, n))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(BenchReport {
+        model: label,
+        dtype: model.dtype().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        load_s,
+        prefill_tokens: prompt.len(),
+        prefill_tok_s: prompt.len() as f64 / prefill_s,
+        decode_tokens: opts.decode,
+        decode_tok_s: if decode_s > 0.0 {
+            opts.decode as f64 / decode_s
+        } else {
+            0.0
+        },
+        peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+        state_bytes: state.size_bytes(),
+        resume,
+    })
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    xs.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}
+
+/// Peak resident memory of this process, from Linux's `/proc/self/status`.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Saves a session with about `history` tokens, then times its first new token twice: reopened
+/// from the saved state, and with the history fed again.
+fn measure_resume(engine: &Engine, history: usize) -> anyhow::Result<ResumeReport> {
+    let dir = tempfile_dir()?;
+    let store = Store::open(&dir)?;
+    let preset = Preset::find(&Preset::built_in(), "completion")?;
+    let mut rng = StdRng::seed_from_u64(history as u64);
+    let ids: Vec<u32> = (0..history).map(|_| rng.random_range(2..50000)).collect();
+    let text = engine.tokenizer.decode(&ids);
+    let never = AtomicBool::new(false);
+    let one = ReplyOptions {
+        max_tokens: 1,
+        seed: 0,
+    };
+    let history_tokens = {
+        let mut session = OpenSession::create(&store, engine, "bench", preset, None)?;
+        session.send(&store, engine, &text, one, &never, &mut |_| {})?;
+        session.conversation.tokens
+    };
+
+    let t = Instant::now();
+    let mut session = OpenSession::open(&store, engine, "bench", Rebuild::Ask, &mut |_, _| {})?;
+    let replayed_tokens = session.replayed_tokens;
+    session
+        .conversation
+        .send(engine, " next", one, &never, &mut |_| {})?;
+    let resume_first_token_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let file = store.load("bench")?;
+    let mut conv = Conversation::rebuild(
+        engine,
+        file.preset,
+        file.sampling,
+        file.transcript,
+        &mut |_, _| {},
+    )?;
+    conv.send(engine, " next", one, &never, &mut |_| {})?;
+    let refeed_first_token_s = t.elapsed().as_secs_f64();
+    drop(session);
+    std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    Ok(ResumeReport {
+        history_tokens,
+        resume_first_token_s,
+        refeed_first_token_s,
+        replayed_tokens,
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("rwkv-chat-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}

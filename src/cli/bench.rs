@@ -1,0 +1,106 @@
+//! `rwkv-chat bench`: prompt and generation speed, peak memory, and how long resuming a
+//! session takes beside feeding its history again.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+
+use crate::bench::{BenchOptions, ModelSource, Shape};
+use crate::model::{DeviceSpec, LoadOptions, WeightDtype};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A model directory or weights file.
+    #[arg(
+        long,
+        short = 'm',
+        conflicts_with = "shape",
+        required_unless_present = "shape"
+    )]
+    pub model: Option<PathBuf>,
+    /// Random weights at a real shape, made in memory: 169m, 430m, 1b5, 3b or 7b.
+    #[arg(long)]
+    pub shape: Option<Shape>,
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[arg(long, default_value_t = 512)]
+    pub prefill: usize,
+    #[arg(long, default_value_t = 64)]
+    pub decode: usize,
+    #[arg(long, default_value_t = crate::model::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: usize,
+    /// Worker threads for the matrix products (default: one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also time resuming a session with these many tokens of history (comma-separated),
+    /// beside feeding that history again.
+    #[arg(long, value_delimiter = ',')]
+    pub resume: Vec<usize>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: BenchFormat,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.chunk_size == 0 {
+        bail!("--chunk-size must be at least 1");
+    }
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // SAFETY: no other thread runs yet; candle reads this when it first multiplies.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+    let source = match (args.model, args.shape) {
+        (Some(path), _) => ModelSource::Path(path),
+        (None, Some(shape)) => ModelSource::Random(shape),
+        (None, None) => bail!("give --model PATH or --shape"),
+    };
+    let report = crate::bench::run(&BenchOptions {
+        source,
+        load: LoadOptions {
+            dtype: args.dtype,
+            device: args.device,
+        },
+        chunk_size: args.chunk_size,
+        prefill: args.prefill,
+        decode: args.decode,
+        resume: args.resume,
+    })?;
+    match args.format {
+        BenchFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        BenchFormat::Text => {
+            println!(
+                "model        {} ({}, {} threads)",
+                report.model, report.dtype, report.threads
+            );
+            println!("load         {:.2} s", report.load_s);
+            println!(
+                "prefill      {:.1} tok/s over {} tokens",
+                report.prefill_tok_s, report.prefill_tokens
+            );
+            println!(
+                "decode       {:.2} tok/s over {} tokens",
+                report.decode_tok_s, report.decode_tokens
+            );
+            println!("peak memory  {:.0} MB", report.peak_rss_mb);
+            println!("state        {} bytes", report.state_bytes);
+            for r in &report.resume {
+                println!(
+                    "resume       {} tokens of history: first token after {:.3} s from the saved state, {:.3} s feeding it again",
+                    r.history_tokens, r.resume_first_token_s, r.refeed_first_token_s
+                );
+            }
+        }
+    }
+    Ok(())
+}
