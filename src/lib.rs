@@ -4,10 +4,12 @@
 //! code the binary runs.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod eval;
 pub mod model;
 pub mod sampler;
 pub mod text;
 pub mod tokenizer;
+pub mod ui;
 pub mod worker;

@@ -25,6 +25,16 @@ use crate::model::{DeviceSpec, LoadOptions, WeightDtype};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Chat app: a model to load at start (a path or a hub id), over the config's.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Chat app: where sessions and the log live (default: the platform's data dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Chat app: where config.toml and themes/ are (default: $RWKV_CHAT_CONFIG_DIR or the
+    /// platform's config dir).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +79,10 @@ impl ModelArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The chat app logs to a file: the terminal is its screen.
+    if cli.command.is_some() {
+        init_logging();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -84,11 +97,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
-        None => {
-            let mut help = <Cli as clap::CommandFactory>::command();
-            help.print_help()?;
-            Ok(())
-        }
+        None => crate::ui::run(crate::ui::Options {
+            model: cli.model,
+            data_dir: cli.data_dir,
+            config_dir: cli.config_dir,
+        }),
     }
 }
 

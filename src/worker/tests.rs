@@ -77,8 +77,8 @@ fn commands_in_events_out() {
     worker.shutdown();
 }
 
-#[test]
-fn cancel_stops_a_stream() {
+/// A worker whose replies never end on their own, with a session open.
+fn endless_session() -> Worker {
     let backend = FakeBackend {
         endless: true,
         ..FakeBackend::default()
@@ -87,6 +87,12 @@ fn cancel_stops_a_stream() {
     worker.send(Command::NewSession {
         preset: "raven".into(),
     });
+    worker
+}
+
+#[test]
+fn cancel_stops_a_stream() {
+    let worker = endless_session();
     worker.send(Command::Send {
         request_id: 1,
         text: "go on forever".into(),
@@ -103,14 +109,7 @@ fn cancel_stops_a_stream() {
 
 #[test]
 fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
-    let backend = FakeBackend {
-        endless: true,
-        ..FakeBackend::default()
-    };
-    let worker = Worker::spawn(Box::new(backend)).unwrap();
-    worker.send(Command::NewSession {
-        preset: "raven".into(),
-    });
+    let worker = endless_session();
     worker.send(Command::Send {
         request_id: 1,
         text: "a".into(),
