@@ -74,6 +74,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         models,
         preset: config.preset.clone().unwrap_or_else(|| "raven".into()),
     });
+    // The clock first, so the notices below do not expire at the first tick.
+    app::update(&mut app, Input::Tick(now()));
     for p in &problems {
         tracing::warn!("{p}");
         app.error(p);
