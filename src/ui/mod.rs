@@ -85,11 +85,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         data_dir: options.data_dir.clone(),
     };
     let worker = match default_backend(&backend_options) {
-        Ok(backend) => Some(Worker::spawn(backend).context("cannot start the model thread")?),
+        Ok(backend) => Ok(Worker::spawn(backend).context("cannot start the model thread")?),
         Err(e) => {
-            tracing::error!("{e:#}");
-            app.error(&format!("{e:#}"));
-            None
+            let message = format!("{e:#}");
+            tracing::error!("{message}");
+            app.error(&message);
+            Err(message)
         }
     };
     let mut startup = Vec::new();
@@ -105,9 +106,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     startup.push(Effect::Command(Command::ListSessions));
 
     let mut tui = Tui::enter()?;
-    let result = event_loop(&mut tui, &mut app, worker.as_ref(), startup);
+    let result = event_loop(
+        &mut tui,
+        &mut app,
+        worker.as_ref().map_err(String::as_str),
+        startup,
+    );
     drop(tui);
-    if let Some(worker) = worker {
+    if let Ok(worker) = worker {
         if let Some(p) = app.pending {
             worker.send(Command::Cancel {
                 request_id: p.request_id,
@@ -119,13 +125,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     result
 }
 
+/// The model thread, or why there is none (shown again whenever it is needed).
+type WorkerRef<'a> = Result<&'a Worker, &'a str>;
+
 /// Carries out effects; returns true to quit.
-fn apply(worker: Option<&Worker>, effects: Vec<Effect>) -> anyhow::Result<bool> {
+fn apply(app: &mut App, worker: WorkerRef, effects: Vec<Effect>) -> anyhow::Result<bool> {
     for effect in effects {
         match effect {
             Effect::Command(c) => match worker {
-                Some(w) => w.send(c),
-                None => tracing::debug!(?c, "no backend for command"),
+                Ok(w) => w.send(c),
+                Err(why) => app.error(why),
             },
             Effect::Copy(text) => copy(&text)?,
             Effect::Quit => return Ok(true),
@@ -153,7 +162,7 @@ fn now() -> u64 {
 fn event_loop(
     tui: &mut Tui,
     app: &mut App,
-    worker: Option<&Worker>,
+    worker: WorkerRef,
     startup: Vec<Effect>,
 ) -> anyhow::Result<()> {
     let size = tui.terminal.size()?;
@@ -162,7 +171,7 @@ fn event_loop(
         worker,
         vec![Input::Resize(size.width, size.height), Input::Tick(now())],
     )?;
-    if apply(worker, startup)? {
+    if apply(app, worker, startup)? {
         return Ok(());
     }
     let mut dirty = true;
@@ -191,7 +200,7 @@ fn event_loop(
                 }
             }
         }
-        if let Some(w) = worker {
+        if let Ok(w) = worker {
             while let Some(e) = w.try_recv() {
                 inputs.push(Input::Worker(e));
             }
@@ -211,10 +220,10 @@ fn event_loop(
 }
 
 /// Feeds inputs to `update` and carries out the effects; true to quit.
-fn update_all(app: &mut App, worker: Option<&Worker>, inputs: Vec<Input>) -> anyhow::Result<bool> {
+fn update_all(app: &mut App, worker: WorkerRef, inputs: Vec<Input>) -> anyhow::Result<bool> {
     for input in inputs {
         let effects = app::update(app, input);
-        if apply(worker, effects)? {
+        if apply(app, worker, effects)? {
             return Ok(true);
         }
     }

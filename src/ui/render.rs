@@ -132,6 +132,12 @@ pub fn chat_lines(app: &App, width: u16) -> Vec<Line<'static>> {
                 "No model loaded: {} opens the model picker.",
                 app.keymap.describe(Action::ModelPicker)
             )
+        } else if app.session.is_none() {
+            format!(
+                "No session is open: {} then {} starts one.",
+                app.keymap.describe(Action::FocusSidebar),
+                app.keymap.describe(Action::NewSession)
+            )
         } else {
             "Type a message below and press Enter.".to_owned()
         };

@@ -758,6 +758,11 @@ fn screens_show_what_matters() {
     assert!(get("model_picker_first_run").contains("RWKV/rwkv-raven-1b5"));
     assert!(get("delete").contains("Delete “Ravens and crows”"));
     assert!(get("error").contains("! cannot open model"));
+    let mut deleted = ready(CHAT);
+    update(&mut deleted, key(KeyCode::Tab));
+    update(&mut deleted, key(KeyCode::Char('d')));
+    update(&mut deleted, key(KeyCode::Char('y')));
+    assert!(screen(&deleted, 80, 24).contains("No session is open: Tab then N starts one."));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! The UI sends [`Command`]s and receives [`Event`]s; the thread owns a `Box<dyn Backend>`
 //! that does the real work synchronously. The UI and the backend know nothing else of each
-//! other, which is what lets them be written and tested apart ([`fake::FakeBackend`] in
+//! other, which is what lets them be written and tested apart (`fake::FakeBackend` in
 //! tests). Cancelling is a flag the backend checks between tokens; each generating command
 //! carries a request id, and the UI drops events whose id is no longer the one it waits for.
 
