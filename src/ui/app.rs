@@ -648,22 +648,40 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
     }));
 }
 
+/// Asks the worker to stop the reply being written; false when there is none.
+fn cancel_pending(app: &mut App, fx: &mut Vec<Effect>) -> bool {
+    match &mut app.pending {
+        Some(p) => {
+            p.cancelled = true;
+            fx.push(Effect::Command(Command::Cancel {
+                request_id: p.request_id,
+            }));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Before another session replaces the open one: the worker would otherwise finish the
+/// reply first, and the user waits for text they will not see.
+fn leave_session(app: &mut App, fx: &mut Vec<Effect>, command: Command) {
+    cancel_pending(app, fx);
+    fx.push(Effect::Command(command));
+}
+
 fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
     match action {
         Action::Quit => fx.push(Effect::Quit),
         Action::Send => send(app, fx),
         Action::Newline => app.input.insert('\n'),
         Action::Stop => {
-            if let Some(p) = &mut app.pending {
-                p.cancelled = true;
-                fx.push(Effect::Command(Command::Cancel {
-                    request_id: p.request_id,
-                }));
-            } else if app.editing {
-                app.editing = false;
-                app.input.take();
-            } else {
-                app.focus = Focus::Input;
+            if !cancel_pending(app, fx) {
+                if app.editing {
+                    app.editing = false;
+                    app.input.take();
+                } else {
+                    app.focus = Focus::Input;
+                }
             }
         }
         Action::Regenerate => {
@@ -756,16 +774,14 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
         Action::ScrollBottom => app.scroll = Scroll::Follow,
         Action::OpenSession => {
             if let Some(s) = app.sessions.get(app.selected) {
-                fx.push(Effect::Command(Command::OpenSession {
-                    name: s.name.clone(),
-                }));
+                let name = s.name.clone();
+                leave_session(app, fx, Command::OpenSession { name });
                 app.focus = Focus::Input;
             }
         }
         Action::NewSession => {
-            fx.push(Effect::Command(Command::NewSession {
-                preset: app.preset(),
-            }));
+            let preset = app.preset();
+            leave_session(app, fx, Command::NewSession { preset });
             app.focus = Focus::Input;
         }
         Action::RenameSession => {
@@ -929,10 +945,14 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
         }
         Overlay::ConfirmDelete { name, .. } => {
             if matches!(key.code, KeyCode::Char('y' | 'Y')) {
-                fx.push(Effect::Command(Command::Delete { name: name.clone() }));
+                let delete = Command::Delete { name: name.clone() };
                 if app.session.as_ref().is_some_and(|s| s.name == *name) {
+                    leave_session(app, fx, delete);
                     app.session = None;
                     app.messages.clear();
+                    app.pending = None;
+                } else {
+                    fx.push(Effect::Command(delete));
                 }
             }
             // Any other key is a no.
@@ -941,9 +961,8 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
         Overlay::Fork { selected } => {
             let turns = app.messages.iter().filter(|m| m.role == Role::User).count();
             if enter {
-                fx.push(Effect::Command(Command::Fork {
-                    at_turn: *selected + 1,
-                }));
+                let at_turn = *selected + 1;
+                leave_session(app, fx, Command::Fork { at_turn });
                 return;
             }
             navigate(selected, turns, key.code);

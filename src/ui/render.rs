@@ -352,6 +352,8 @@ fn render_input(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let focused = app.focus == Focus::Input && app.overlay.is_none();
     let title = if app.editing {
         " Edit last message (Enter sends, Esc cancels) ".to_owned()
+    } else if app.pending.is_some_and(|p| p.cancelled) {
+        " Stopping… ".to_owned()
     } else if app.pending.is_some() {
         format!(" Replying… {} stops ", app.keymap.describe(Action::Stop))
     } else {

@@ -445,6 +445,19 @@ fn the_sidebar_opens_creates_renames_deletes_and_forks() {
         [Command::Delete { name: "s1".into() }]
     );
 
+    // Switching away mid-reply stops the reply first.
+    let mut app = ready(CHAT);
+    send(&mut app, "long story");
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [
+            Command::Cancel { request_id: 1 },
+            Command::OpenSession { name: "s2".into() }
+        ]
+    );
+
     let mut app = ready(CHAT);
     update(&mut app, key(KeyCode::Tab));
     update(&mut app, key(KeyCode::Char('f')));
@@ -698,6 +711,12 @@ fn screens() -> Vec<(&'static str, App)> {
         update(&mut app, key(KeyCode::Char(k)));
         out.push((name, app));
     }
+
+    let mut long_input = ready(CHAT);
+    typed(&mut long_input, &"word ".repeat(30));
+    update(&mut long_input, ctrl('j'));
+    typed(&mut long_input, "second line");
+    out.push(("long_input", long_input));
 
     let mut error = ready(CHAT);
     ev(
