@@ -256,6 +256,11 @@ impl Keymap {
         for (action, keys) in overrides {
             map.bindings.insert(*action, keys.0.clone());
         }
+        // Raw mode turns Ctrl+C into a key: with quit unbound there would be no way out.
+        if map.keys(Action::Quit).is_empty() {
+            map.bindings
+                .insert(Action::Quit, Self::default().keys(Action::Quit).to_vec());
+        }
         map
     }
 
@@ -295,6 +300,16 @@ mod tests {
         assert_eq!("?".parse::<KeyChord>().unwrap().code, KeyCode::Char('?'));
         assert!("hyper+x".parse::<KeyChord>().is_err());
         assert!("ctrl+nope".parse::<KeyChord>().is_err());
+    }
+
+    #[test]
+    fn quit_cannot_be_left_without_a_key() {
+        let overrides = BTreeMap::from([(Action::Quit, KeyList(Vec::new()))]);
+        assert!(
+            !Keymap::with_overrides(&overrides)
+                .keys(Action::Quit)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -248,12 +248,19 @@ struct Tui {
 impl Tui {
     fn enter() -> anyhow::Result<Self> {
         static HOOK: Once = Once::new();
+        let ui_thread = std::thread::current().id();
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                // The terminal first, so the panic message is readable.
-                restore();
-                previous(info);
+                if std::thread::current().id() == ui_thread {
+                    // The terminal first, so the panic message is readable.
+                    restore();
+                    previous(info);
+                } else {
+                    // The worker reports its panics as errors and goes on; printing would
+                    // scribble over the screen, so they only go to the log.
+                    tracing::error!("panic: {info}");
+                }
             }));
         });
         enable_raw_mode().context("cannot put the terminal in raw mode")?;

@@ -170,6 +170,7 @@ impl Backend for FakeBackend {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
+        assert!(text != "panic", "the fake backend was asked to panic");
         self.current()?.messages.push(ChatMessage {
             role: Role::User,
             text: text.into(),

@@ -10,6 +10,7 @@
 #[cfg(test)]
 pub mod fake;
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -373,7 +374,29 @@ fn run(
             save(backend.as_mut(), &emit);
             return;
         }
-        handle(backend.as_mut(), command, &emit, cancel);
+        let request_id = match &command {
+            Command::Send { request_id, .. }
+            | Command::Regenerate { request_id }
+            | Command::EditLast { request_id, .. } => Some(*request_id),
+            _ => None,
+        };
+        // A bug in the backend must not take the app down with it: the UI is told, the
+        // panic is in the log, and the next command is served.
+        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            handle(backend.as_mut(), command, &emit, cancel);
+        }));
+        if let Err(panic) = handled {
+            cancel.end();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            emit(Event::Error {
+                request_id,
+                message: format!("internal error in the model thread: {what} (see the log)"),
+            });
+        }
     }
     save(backend.as_mut(), &emit);
 }

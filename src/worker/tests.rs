@@ -131,3 +131,20 @@ fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
     });
     worker.shutdown();
 }
+
+#[test]
+fn a_panicking_backend_is_reported_and_the_thread_goes_on() {
+    let worker = endless_session();
+    worker.send(Command::Send {
+        request_id: 3,
+        text: "panic".into(),
+    });
+    let events = until(&worker, |e| matches!(e, Event::Error { .. }));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Error { request_id: Some(3), message }) if message.contains("asked to panic")
+    ));
+    worker.send(Command::ListSessions);
+    until(&worker, |e| matches!(e, Event::Sessions(_)));
+    worker.shutdown();
+}
