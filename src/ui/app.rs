@@ -788,7 +788,7 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
             if let Some(s) = app.sessions.get(app.selected) {
                 app.overlay = Some(Overlay::Rename {
                     name: s.name.clone(),
-                    input: TextInput::with_text(&s.title),
+                    input: TextInput::with_text(&sanitize(&s.title)),
                 });
             }
         }

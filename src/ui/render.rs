@@ -14,6 +14,7 @@ use unicode_width::UnicodeWidthChar;
 use super::app::{App, Focus, Overlay, SETTINGS, Scroll, Status, palette_actions};
 use super::keymap::{Action, Context};
 use super::theme::Theme;
+use crate::text::sanitize;
 use crate::worker::Role;
 
 /// Below this width the sidebar is not shown, so the chat stays readable.
@@ -292,15 +293,11 @@ fn render_sidebar(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
                 "  "
             };
             let title = Line::styled(
-                format!("{mark}{}", crate::text::sanitize(&s.title)),
+                format!("{mark}{}", sanitize(&s.title)),
                 Style::new().fg(theme.text).add_modifier(Modifier::BOLD),
             );
             let detail = Line::styled(
-                format!(
-                    "  {} · {}",
-                    crate::text::sanitize(&s.model),
-                    ago(app.now, s.last_used)
-                ),
+                format!("  {} · {}", sanitize(&s.model), ago(app.now, s.last_used)),
                 Style::new().fg(theme.muted),
             );
             ListItem::new(vec![title, detail])
@@ -320,10 +317,10 @@ fn render_sidebar(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 }
 
 fn render_chat(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
-    let title = app
-        .session
-        .as_ref()
-        .map_or_else(|| " rwkv-chat ".to_owned(), |s| format!(" {} ", s.title));
+    let title = app.session.as_ref().map_or_else(
+        || " rwkv-chat ".to_owned(),
+        |s| format!(" {} ", sanitize(&s.title)),
+    );
     let mut block = Block::bordered()
         .title(Span::styled(title, Style::new().fg(theme.accent)))
         .border_style(border(theme, false));
@@ -402,20 +399,15 @@ fn render_status(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             .saturating_mul(100)
             .checked_div(p.total)
             .map_or_else(String::new, |pct| format!(" {pct}%"));
-        parts.push(format!("loading {}{pct}", crate::text::sanitize(&p.stage)));
+        parts.push(format!("loading {}{pct}", sanitize(&p.stage)));
     }
     match &app.model {
-        Some(m) => parts.push(format!(
-            "{} {}/{}",
-            crate::text::sanitize(&m.name),
-            m.dtype,
-            m.device
-        )),
+        Some(m) => parts.push(format!("{} {}/{}", sanitize(&m.name), m.dtype, m.device)),
         None if app.loading.is_none() => parts.push("no model".into()),
         None => {}
     }
     if let Some(s) = &app.session {
-        parts.push(s.preset.clone());
+        parts.push(sanitize(&s.preset).into_owned());
         parts.push(format!("{} tokens", s.tokens));
         parts.push(format!("state {}", bytes(s.state_bytes)));
         // Resuming normally feeds nothing again; say so when it had to.
@@ -608,15 +600,15 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
             field(frame, theme, top, "Path or hub id: ", input);
             let (status, rest) = head(rest);
             let current = match (&app.loading, &app.model) {
-                (Some(p), _) => format!("Loading: {}", crate::text::sanitize(&p.stage)),
-                (None, Some(m)) => format!("Loaded: {}", crate::text::sanitize(&m.name)),
+                (Some(p), _) => format!("Loading: {}", sanitize(&p.stage)),
+                (None, Some(m)) => format!("Loaded: {}", sanitize(&m.name)),
                 (None, None) => "No model loaded".into(),
             };
             frame.render_widget(Paragraph::new(Line::styled(current, muted)), status);
             let items = app
                 .models
                 .iter()
-                .map(|m| Line::styled(crate::text::sanitize(m).into_owned(), text))
+                .map(|m| Line::styled(sanitize(m).into_owned(), text))
                 .collect();
             list(frame, theme, rest, items, *selected);
         }
@@ -632,8 +624,8 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                         " "
                     };
                     Line::from(vec![
-                        Span::styled(format!("{mark} {:<14}", p.name), text),
-                        Span::styled(p.description.clone(), muted),
+                        Span::styled(format!("{mark} {:<14}", sanitize(&p.name)), text),
+                        Span::styled(sanitize(&p.description).into_owned(), muted),
                     ])
                 })
                 .collect();
@@ -666,7 +658,7 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
         }
         Overlay::ConfirmDelete { title, .. } => {
             let line = Line::styled(
-                format!("Delete “{}” for good? (y/n)", crate::text::sanitize(title)),
+                format!("Delete “{}” for good? (y/n)", sanitize(title)),
                 Style::new().fg(theme.error),
             );
             frame.render_widget(Paragraph::new(line), inside);

@@ -798,6 +798,9 @@ fn no_size_panics() {
 #[test]
 fn model_output_cannot_reach_the_terminal_as_escapes() {
     let mut app = ready(&[]);
+    let mut hostile = view(&[]);
+    hostile.title = "evil\x1b]0;title\x07".into();
+    ev(&mut app, Event::SessionOpened(hostile));
     send(&mut app, "hi");
     ev(
         &mut app,
@@ -809,4 +812,5 @@ fn model_output_cannot_reach_the_terminal_as_escapes() {
     let s = screen(&app, 80, 24);
     assert!(!s.contains('\x1b'));
     assert!(s.contains("␛]52;c;ZXZpbA==␇␛[2J"));
+    assert!(s.contains("evil␛]0;title␇"));
 }
