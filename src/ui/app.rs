@@ -222,6 +222,8 @@ pub struct App {
     pub editing: bool,
     history: Vec<String>,
     history_pos: Option<usize>,
+    /// What was being typed before Up went into the history; Down past the end brings it back.
+    draft: String,
     pub scroll: Scroll,
 
     pub sessions: Vec<SessionInfo>,
@@ -260,6 +262,7 @@ impl App {
             editing: false,
             history: Vec::new(),
             history_pos: None,
+            draft: String::new(),
             scroll: Scroll::Follow,
             sessions: Vec::new(),
             selected: 0,
@@ -576,8 +579,13 @@ fn history(app: &mut App, back: bool) {
         (Some(p), false) if p + 1 < app.history.len() => Some(p + 1),
         (Some(_), false) => None,
     };
+    if app.history_pos.is_none() {
+        app.draft = app.input.text();
+    }
     app.history_pos = pos;
-    let text = pos.map_or("", |p| app.history[p].as_str()).to_owned();
+    let text = pos
+        .map_or(app.draft.as_str(), |p| app.history[p].as_str())
+        .to_owned();
     app.input.set(&text);
 }
 
