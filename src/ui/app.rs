@@ -381,7 +381,9 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
         }
         Event::Sessions(list) => {
             app.sessions = list;
-            if let Some(open) = &app.session
+            // Refreshes come after every reply; they must not move a selection in use.
+            if app.focus != Focus::Sidebar
+                && let Some(open) = &app.session
                 && let Some(i) = app.sessions.iter().position(|s| s.name == open.name)
             {
                 app.selected = i;
