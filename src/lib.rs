@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod eval;
 pub mod model;
@@ -15,3 +16,5 @@ pub mod session;
 pub mod store;
 pub mod text;
 pub mod tokenizer;
+pub mod ui;
+pub mod worker;

@@ -1,6 +1,6 @@
-//! Where rwkv-chat keeps its files. Each place can be moved by an environment variable (and a
-//! flag where the CLI has one), so tests and users with unusual set-ups never touch the
-//! defaults.
+//! Where rwkv-chat keeps its sessions and log: movable by a flag or an environment variable, so
+//! tests and users with unusual set-ups never touch the defaults. (`config.rs` finds the config
+//! dir.)
 
 use std::path::PathBuf;
 
@@ -16,12 +16,4 @@ pub fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     flag.or_else(|| std::env::var_os("RWKV_CHAT_DATA_DIR").map(PathBuf::from))
         .or_else(|| project_dirs().map(|d| d.data_dir().to_owned()))
         .context("no data directory: set RWKV_CHAT_DATA_DIR or pass --data-dir")
-}
-
-/// Config, presets and themes: `--config-dir`, else `RWKV_CHAT_CONFIG_DIR`, else the platform
-/// config dir (`~/.config/rwkv-chat` on Linux).
-pub fn config_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    flag.or_else(|| std::env::var_os("RWKV_CHAT_CONFIG_DIR").map(PathBuf::from))
-        .or_else(|| project_dirs().map(|d| d.config_dir().to_owned()))
-        .context("no config directory: set RWKV_CHAT_CONFIG_DIR or pass --config-dir")
 }

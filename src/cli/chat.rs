@@ -55,9 +55,9 @@ pub struct ChatArgs {
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let store = Store::open(&crate::paths::data_dir(args.data_dir.clone())?)?;
-    let presets = Preset::load_all(Some(
-        &crate::paths::config_dir(args.config_dir.clone())?.join("presets"),
-    ))?;
+    let presets_dir =
+        crate::config::config_dir(args.config_dir.as_deref()).map(|d| d.join("presets"));
+    let presets = Preset::load_all(presets_dir.as_deref())?;
     let preset = args
         .preset
         .as_deref()

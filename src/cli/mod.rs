@@ -28,6 +28,22 @@ use crate::model::{DeviceSpec, LoadOptions, WeightDtype};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Chat app: a model to load at start (a path or a hub id), over the config's.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Chat app: where sessions and the log live (default: the platform's data dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Chat app: where config.toml and themes/ are (default: $RWKV_CHAT_CONFIG_DIR or the
+    /// platform's config dir).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// Chat app: weight precision in memory (f32, f16 or bf16).
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// Chat app: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,7 +94,10 @@ impl ModelArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The chat app logs to a file: the terminal is its screen.
+    if cli.command.is_some() {
+        init_logging();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -96,11 +115,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Chat(args)) => chat::run(args),
         Some(Command::Sessions(args)) => sessions::run(args),
         Some(Command::Bench(args)) => bench::run(args),
-        None => {
-            let mut help = <Cli as clap::CommandFactory>::command();
-            help.print_help()?;
-            Ok(())
-        }
+        None => crate::ui::run(crate::ui::Options {
+            model: cli.model,
+            data_dir: cli.data_dir,
+            config_dir: cli.config_dir,
+            load: LoadOptions {
+                dtype: cli.dtype,
+                device: cli.device,
+            },
+        }),
     }
 }
 

@@ -1,0 +1,130 @@
+//! The user's settings for the chat app: `config.toml` in the config dir (the platform's, or
+//! `RWKV_CHAT_CONFIG_DIR`, or `--config-dir`). Every setting is optional; a file that does
+//! not parse is refused with its path, line and column, since guessing would silently
+//! ignore what the user wrote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ui::keymap::{Action, KeyList};
+
+/// The environment variable that moves the config dir (tests, portable setups).
+pub const CONFIG_DIR_ENV: &str = "RWKV_CHAT_CONFIG_DIR";
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Loaded at start (a path or a hub id); without one the model picker opens.
+    pub model: Option<String>,
+    /// More models offered in the model picker.
+    pub models: Vec<String>,
+    /// The preset of new sessions.
+    pub preset: Option<String>,
+    /// A shipped theme (`dark`, `light`, `high-contrast`) or one in `<config dir>/themes`.
+    pub theme: Option<String>,
+    /// Action name = key or list of keys, replacing that action's default keys.
+    pub keys: BTreeMap<Action, KeyList>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The config dir: the flag, else the environment variable, else the platform's.
+pub fn config_dir(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(dir) = flag {
+        return Some(dir.to_owned());
+    }
+    if let Some(dir) = std::env::var_os(CONFIG_DIR_ENV).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "rwkv-chat").map(|d| d.config_dir().to_owned())
+}
+
+impl Config {
+    /// Reads `config.toml` in `dir`; a missing file is the default config.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start).min(text.len());
+            let before = text.get(..offset).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses() {
+        let text = r#"
+model = "~/models/raven"
+models = ["a.pth"]
+preset = "raven"
+theme = "light"
+
+[keys]
+regenerate = "f5"
+quit = ["ctrl+q", "alt+x"]
+"#;
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.model.as_deref(), Some("~/models/raven"));
+        assert_eq!(c.keys.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        for (text, line, needle) in [
+            ("theme = \"dark\"\nmodle = \"x\"\n", 2, "modle"),
+            ("[keys]\n\nregenerate = \"hyper+r\"\n", 3, "hyper"),
+            ("[keys]\nfly = \"f5\"\n", 2, "fly"),
+            ("theme = \n", 1, ""),
+        ] {
+            let e = Config::parse(Path::new("/cfg/config.toml"), text).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("/cfg/config.toml:{line}:")),
+                "{msg}"
+            );
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,327 @@
+//! The full-screen chat app (`rwkv-chat` with no subcommand).
+//!
+//! Split so that almost nothing needs a terminal: [`app`] holds the state and the pure
+//! `update`, [`render`] draws a state, and this module only owns the terminal (raw mode,
+//! alternate screen, restored on every exit path, panics included), turns terminal and
+//! worker events into `update` inputs, carries out the effects, and redraws when something
+//! changed, at most once a frame, however fast tokens arrive.
+
+pub mod app;
+pub mod input;
+pub mod keymap;
+pub mod render;
+pub mod theme;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{Stdout, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use base64::Engine as _;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{
+    self, DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
+};
+use ratatui::crossterm::execute;
+use ratatui::crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+
+use crate::config::{self, Config};
+use crate::worker::{BackendOptions, Command, Worker, default_backend};
+use app::{App, Effect, Input, Overlay, Setup};
+use keymap::Keymap;
+use theme::{ColorDepth, Themes};
+
+/// At most this often the screen is redrawn while tokens stream.
+const FRAME: Duration = Duration::from_millis(33);
+/// How long to wait for terminal input when nothing needs drawing.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// What the command line passes in.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A model to load at start, over the config's.
+    pub model: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub config_dir: Option<PathBuf>,
+    pub load: crate::model::LoadOptions,
+}
+
+/// Runs the app until the user quits.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let config_dir = config::config_dir(options.config_dir.as_deref());
+    // A bad config stops the app before the terminal is taken, so the message stays visible.
+    let config = match &config_dir {
+        Some(dir) => Config::load(dir)?,
+        None => Config::default(),
+    };
+    let log = init_logging(options.data_dir.as_deref())?;
+    tracing::info!(log = %log.display(), "rwkv-chat starting");
+
+    let (themes, problems) = Themes::load(config_dir.as_ref().map(|d| d.join("themes")).as_deref());
+    let mut models = config.models.clone();
+    models.extend(config.model.clone().filter(|m| !models.contains(m)));
+    let mut app = App::new(Setup {
+        keymap: Keymap::with_overrides(&config.keys),
+        themes,
+        theme: config.theme.clone().unwrap_or_else(|| "dark".into()),
+        depth: ColorDepth::detect(),
+        models,
+        preset: config.preset.clone().unwrap_or_else(|| "raven".into()),
+    });
+    // The clock first, so the notices below do not expire at the first tick.
+    app::update(&mut app, Input::Tick(now()));
+    for p in &problems {
+        tracing::warn!("{p}");
+        app.error(p);
+    }
+
+    let backend_options = BackendOptions {
+        data_dir: options.data_dir.clone(),
+        config_dir: config_dir.clone(),
+        load: options.load,
+    };
+    let worker = match default_backend(&backend_options) {
+        Ok(backend) => Ok(Worker::spawn(backend).context("cannot start the model thread")?),
+        Err(e) => {
+            let message = format!("{e:#}");
+            tracing::error!("{message}");
+            app.error(&message);
+            Err(message)
+        }
+    };
+    let mut startup = Vec::new();
+    match options.model.or(config.model) {
+        Some(spec) => startup.push(Effect::Command(Command::LoadModel { spec })),
+        None => {
+            app.overlay = Some(Overlay::Models {
+                input: input::TextInput::default(),
+                selected: 0,
+            });
+        }
+    }
+    startup.push(Effect::Command(Command::ListSessions));
+
+    let mut tui = Tui::enter()?;
+    let result = event_loop(
+        &mut tui,
+        &mut app,
+        worker.as_ref().map_err(String::as_str),
+        startup,
+    );
+    drop(tui);
+    if let Ok(worker) = worker {
+        if let Some(p) = app.pending {
+            worker.send(Command::Cancel {
+                request_id: p.request_id,
+            });
+        }
+        worker.shutdown();
+    }
+    tracing::info!("rwkv-chat stopped");
+    result
+}
+
+/// The model thread, or why there is none (shown again whenever it is needed).
+type WorkerRef<'a> = Result<&'a Worker, &'a str>;
+
+/// Carries out effects; returns true to quit.
+fn apply(app: &mut App, worker: WorkerRef, effects: Vec<Effect>) -> anyhow::Result<bool> {
+    for effect in effects {
+        match effect {
+            Effect::Command(c) => match worker {
+                Ok(w) => w.send(c),
+                Err(why) => app.error(why),
+            },
+            Effect::Copy(text) => copy(&text)?,
+            Effect::Quit => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+/// OSC 52 asks the terminal itself to set the clipboard, which also works over SSH and in
+/// tmux (with `set-clipboard on`); the text is base64, so it cannot inject sequences.
+fn copy(text: &str) -> anyhow::Result<()> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+    let mut out = std::io::stdout();
+    write!(out, "\x1b]52;c;{encoded}\x07")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn event_loop(
+    tui: &mut Tui,
+    app: &mut App,
+    worker: WorkerRef,
+    startup: Vec<Effect>,
+) -> anyhow::Result<()> {
+    let size = tui.terminal.size()?;
+    update_all(
+        app,
+        worker,
+        vec![Input::Resize(size.width, size.height), Input::Tick(now())],
+    )?;
+    if apply(app, worker, startup)? {
+        return Ok(());
+    }
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - FRAME;
+    loop {
+        if dirty && last_draw.elapsed() >= FRAME {
+            tui.terminal.draw(|f| render::render(f, app))?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        let wait = if dirty {
+            FRAME.saturating_sub(last_draw.elapsed())
+        } else {
+            IDLE_POLL
+        };
+        let mut inputs = Vec::new();
+        if event::poll(wait)? {
+            // Everything already queued is taken at once, so a paste or a burst of keys
+            // costs one redraw.
+            loop {
+                if let Some(i) = terminal_input(event::read()?) {
+                    inputs.push(i);
+                }
+                if !event::poll(Duration::ZERO)? {
+                    break;
+                }
+            }
+        }
+        if let Ok(w) = worker {
+            while let Some(e) = w.try_recv() {
+                inputs.push(Input::Worker(e));
+            }
+        }
+        let t = now();
+        if t != app.now {
+            inputs.push(Input::Tick(t));
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        dirty = true;
+        if update_all(app, worker, inputs)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Feeds inputs to `update` and carries out the effects; true to quit.
+fn update_all(app: &mut App, worker: WorkerRef, inputs: Vec<Input>) -> anyhow::Result<bool> {
+    for input in inputs {
+        let effects = app::update(app, input);
+        if apply(app, worker, effects)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn terminal_input(e: event::Event) -> Option<Input> {
+    match e {
+        event::Event::Key(k) => Some(Input::Key(k)),
+        event::Event::Mouse(m) => Some(Input::Mouse(m)),
+        event::Event::Paste(p) => Some(Input::Paste(p)),
+        event::Event::Resize(w, h) => Some(Input::Resize(w, h)),
+        _ => None,
+    }
+}
+
+/// The terminal while the app owns it; dropping it gives the terminal back.
+struct Tui {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl Tui {
+    fn enter() -> anyhow::Result<Self> {
+        static HOOK: Once = Once::new();
+        let ui_thread = std::thread::current().id();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if std::thread::current().id() == ui_thread {
+                    // The terminal first, so the panic message is readable.
+                    restore();
+                    previous(info);
+                } else {
+                    // The worker reports its panics as errors and goes on; printing would
+                    // scribble over the screen, so they only go to the log.
+                    tracing::error!("panic: {info}");
+                }
+            }));
+        });
+        enable_raw_mode().context("cannot put the terminal in raw mode")?;
+        let mut out = std::io::stdout();
+        if let Err(e) = execute!(
+            out,
+            EnterAlternateScreen,
+            EnableMouseCapture,
+            EnableBracketedPaste
+        ) {
+            restore();
+            return Err(e).context("cannot set up the terminal");
+        }
+        match Terminal::new(CrosstermBackend::new(out)) {
+            Ok(terminal) => Ok(Self { terminal }),
+            Err(e) => {
+                restore();
+                Err(e).context("cannot set up the terminal")
+            }
+        }
+    }
+}
+
+impl Drop for Tui {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+/// Undoes everything `Tui::enter` did; safe to call more than once.
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(
+        std::io::stdout(),
+        DisableBracketedPaste,
+        DisableMouseCapture,
+        LeaveAlternateScreen,
+        ratatui::crossterm::cursor::Show
+    );
+}
+
+/// Logs go to `rwkv-chat.log` in the state dir (or `--data-dir`): the terminal is the
+/// screen while the app runs.
+fn init_logging(data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = crate::paths::data_dir(data_dir.map(Path::to_owned))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("rwkv-chat.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    Ok(path)
+}

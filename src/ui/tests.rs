@@ -1,0 +1,817 @@
+//! `update()` flows without a terminal, and screens drawn into ratatui's `TestBackend`,
+//! compared with the text snapshots in `src/ui/snapshots/` (`UPDATE_SNAPSHOTS=1 cargo test`
+//! rewrites them; review the diff).
+
+use std::path::Path;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+
+use super::app::{App, Effect, Focus, Input, Overlay, Scroll, Setup, Status, update};
+use super::keymap::Keymap;
+use super::render::render;
+use super::theme::{ColorDepth, Themes};
+use crate::config::Config;
+use crate::sampler::SamplingParams;
+use crate::worker::fake::FakeBackend;
+use crate::worker::{
+    Backend, ChatMessage, Command, Event, LoadProgress, ModelInfo, ReplyStats, Role, SessionInfo,
+    SessionView, StopReason, Worker,
+};
+
+fn setup(keymap: Keymap) -> Setup {
+    Setup {
+        keymap,
+        themes: Themes::load(None).0,
+        theme: "dark".into(),
+        depth: ColorDepth::TrueColor,
+        models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
+        preset: "raven".into(),
+    }
+}
+
+fn new_app() -> App {
+    App::new(setup(Keymap::default()))
+}
+
+fn key(code: KeyCode) -> Input {
+    Input::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn ctrl(c: char) -> Input {
+    Input::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+fn alt(c: char) -> Input {
+    Input::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::ALT))
+}
+
+fn typed(app: &mut App, text: &str) {
+    for c in text.chars() {
+        update(app, key(KeyCode::Char(c)));
+    }
+}
+
+fn ev(app: &mut App, event: Event) -> Vec<Effect> {
+    update(app, Input::Worker(event))
+}
+
+fn commands(effects: Vec<Effect>) -> Vec<Command> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Command(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stats(stop: StopReason) -> ReplyStats {
+    ReplyStats {
+        stop,
+        prompt_tokens: 12,
+        generated_tokens: 5,
+        prefill_tokens_per_s: 240.0,
+        decode_tokens_per_s: 14.2,
+        session_tokens: 57,
+        state_bytes: 983_040,
+    }
+}
+
+fn view(messages: &[(Role, &str)]) -> SessionView {
+    SessionView {
+        name: "s1".into(),
+        title: "Ravens and crows".into(),
+        messages: messages
+            .iter()
+            .map(|(role, text)| ChatMessage {
+                role: *role,
+                text: (*text).into(),
+            })
+            .collect(),
+        preset: "raven".into(),
+        sampling: SamplingParams::default(),
+        tokens: 40,
+        state_bytes: 983_040,
+        replayed_tokens: 0,
+    }
+}
+
+/// An app with a model, two sessions in the sidebar and the first one open.
+fn ready(messages: &[(Role, &str)]) -> App {
+    let mut app = new_app();
+    update(&mut app, Input::Tick(1_000_000));
+    ev(&mut app, Event::Presets(FakeBackend::default().presets()));
+    ev(
+        &mut app,
+        Event::ModelLoaded(ModelInfo {
+            name: "rwkv-raven-1b5".into(),
+            dtype: "f16".into(),
+            device: "cpu".into(),
+        }),
+    );
+    ev(
+        &mut app,
+        Event::Sessions(vec![
+            SessionInfo {
+                name: "s1".into(),
+                title: "Ravens and crows".into(),
+                model: "rwkv-raven-1b5".into(),
+                last_used: 1_000_000 - 120,
+            },
+            SessionInfo {
+                name: "s2".into(),
+                title: "Rust lifetimes".into(),
+                model: "rwkv-raven-1b5".into(),
+                last_used: 1_000_000 - 3 * 86400,
+            },
+        ]),
+    );
+    ev(&mut app, Event::SessionOpened(view(messages)));
+    app.notice = None;
+    app
+}
+
+const CHAT: &[(Role, &str)] = &[
+    (Role::User, "Do ravens remember faces?"),
+    (
+        Role::Bot,
+        "Yes. Ravens and crows recognise individual human faces and remember them for years.",
+    ),
+];
+
+fn send(app: &mut App, text: &str) -> Vec<Command> {
+    typed(app, text);
+    commands(update(app, key(KeyCode::Enter)))
+}
+
+#[test]
+fn sending_streams_the_reply_and_finishing_records_the_stats() {
+    let mut app = ready(&[]);
+    assert_eq!(
+        send(&mut app, "hi there"),
+        [Command::Send {
+            request_id: 1,
+            text: "hi there".into()
+        }]
+    );
+    assert!(app.input.is_empty());
+    assert_eq!(app.messages.len(), 2);
+    assert_eq!(app.messages[1].status, Status::Streaming);
+    for t in ["Hel", "lo", "!"] {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: 1,
+                text: t.into(),
+            },
+        );
+    }
+    assert_eq!(app.messages[1].text, "Hello!");
+    // A second message waits for the reply.
+    assert!(send(&mut app, "more").is_empty());
+    app.input.take();
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::EndOfTurn),
+        },
+    );
+    assert_eq!(app.messages[1].status, Status::Done);
+    assert!(app.pending.is_none());
+    assert_eq!(app.session.as_ref().unwrap().tokens, 57);
+    assert!(!app.saved);
+    ev(&mut app, Event::Saved { name: "s1".into() });
+    assert!(app.saved);
+}
+
+#[test]
+fn esc_cancels_and_stale_events_are_dropped() {
+    let mut app = ready(&[]);
+    send(&mut app, "tell me a long story");
+    ev(
+        &mut app,
+        Event::Token {
+            request_id: 1,
+            text: "Once".into(),
+        },
+    );
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Esc))),
+        [Command::Cancel { request_id: 1 }]
+    );
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::Cancelled),
+        },
+    );
+    assert_eq!(app.messages[1].status, Status::Stopped);
+    // Late or foreign tokens change nothing.
+    for id in [1, 99] {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: id,
+                text: " upon".into(),
+            },
+        );
+    }
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 99,
+            stats: stats(StopReason::EndOfTurn),
+        },
+    );
+    assert_eq!(app.messages[1].text, "Once");
+    assert_eq!(app.messages[1].status, Status::Stopped);
+}
+
+#[test]
+fn regenerate_replaces_the_last_reply() {
+    let mut app = ready(CHAT);
+    assert_eq!(
+        commands(update(&mut app, ctrl('r'))),
+        [Command::Regenerate { request_id: 1 }]
+    );
+    assert_eq!(app.messages.len(), 2);
+    assert_eq!(app.messages[1].text, "");
+    assert_eq!(app.messages[1].status, Status::Streaming);
+    // Not while a reply is being written.
+    assert!(commands(update(&mut app, ctrl('r'))).is_empty());
+}
+
+#[test]
+fn editing_the_last_message_replaces_the_exchange() {
+    let mut app = ready(CHAT);
+    update(&mut app, alt('e'));
+    assert!(app.editing);
+    assert_eq!(app.input.text(), "Do ravens remember faces?");
+    update(&mut app, ctrl('u'));
+    let sent = send(&mut app, "Do crows remember faces?");
+    assert_eq!(
+        sent,
+        [Command::EditLast {
+            request_id: 1,
+            text: "Do crows remember faces?".into()
+        }]
+    );
+    assert_eq!(app.messages.len(), 2);
+    assert_eq!(app.messages[0].text, "Do crows remember faces?");
+    assert_eq!(app.messages[1].status, Status::Streaming);
+    assert!(!app.editing);
+
+    // Esc leaves edit mode without sending.
+    let mut app = ready(CHAT);
+    update(&mut app, alt('e'));
+    assert!(commands(update(&mut app, key(KeyCode::Esc))).is_empty());
+    assert!(!app.editing && app.input.is_empty());
+}
+
+#[test]
+fn menus_open_and_do_their_job() {
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::F(1)));
+    assert!(matches!(app.overlay, Some(Overlay::Help { .. })));
+    update(&mut app, key(KeyCode::Esc));
+    assert!(app.overlay.is_none());
+
+    // `?` opens help on an empty input but is typed inside a message.
+    update(&mut app, key(KeyCode::Char('?')));
+    assert!(matches!(app.overlay, Some(Overlay::Help { .. })));
+    update(&mut app, key(KeyCode::Esc));
+    typed(&mut app, "why?");
+    assert!(app.overlay.is_none());
+    assert_eq!(app.input.take(), "why?");
+
+    // The palette filters and runs.
+    update(&mut app, ctrl('p'));
+    typed(&mut app, "sampling");
+    update(&mut app, key(KeyCode::Enter));
+    assert!(matches!(app.overlay, Some(Overlay::Sampling { .. })));
+    update(&mut app, key(KeyCode::Esc));
+
+    // Model picker: a typed path loads in the background.
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, "/models/x.pth");
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            spec: "/models/x.pth".into()
+        }]
+    );
+    assert!(app.loading.is_some());
+    ev(
+        &mut app,
+        Event::ModelLoading(LoadProgress {
+            stage: "weights".into(),
+            done: 1,
+            total: 4,
+        }),
+    );
+    assert_eq!(app.loading.as_ref().unwrap().done, 1);
+    // ... or one from the config's list.
+    update(&mut app, key(KeyCode::F(3)));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            spec: "RWKV/rwkv-raven-1b5".into()
+        }]
+    );
+
+    // Preset picker.
+    update(&mut app, key(KeyCode::F(4)));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::SetPreset {
+            name: "instruct".into()
+        }]
+    );
+
+    // Theme picker previews, Esc undoes, Enter keeps.
+    let dark = app.theme;
+    update(&mut app, key(KeyCode::F(6)));
+    update(&mut app, key(KeyCode::Down));
+    assert_ne!(app.theme, dark);
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.theme, dark);
+    update(&mut app, key(KeyCode::F(6)));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Enter));
+    assert_eq!(app.themes.list[app.theme].0, "light");
+}
+
+#[test]
+fn the_sampling_panel_adjusts_with_arrows_and_applies_on_enter() {
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::F(5)));
+    update(&mut app, key(KeyCode::Right));
+    update(&mut app, key(KeyCode::Right));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Left));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Right));
+    let Some(Overlay::Sampling { values, .. }) = &app.overlay else {
+        panic!("no sampling panel");
+    };
+    assert!((values.temperature - 1.1).abs() < 1e-6, "{values:?}");
+    assert!((values.top_p - 0.8).abs() < 1e-6);
+    assert_eq!(values.top_k, 1);
+    // `r` puts the selected setting back to the preset's default.
+    update(&mut app, key(KeyCode::Char('r')));
+    let cmds = commands(update(&mut app, key(KeyCode::Enter)));
+    let [Command::SetSampling(p)] = cmds.as_slice() else {
+        panic!("{cmds:?}");
+    };
+    assert_eq!(p.top_k, 0);
+    assert!((p.temperature - 1.1).abs() < 1e-6);
+    assert_eq!(&app.session.as_ref().unwrap().sampling, p);
+    // Values stay in range.
+    update(&mut app, key(KeyCode::F(5)));
+    for _ in 0..200 {
+        update(&mut app, key(KeyCode::Left));
+    }
+    let Some(Overlay::Sampling { values, .. }) = &app.overlay else {
+        panic!("no sampling panel");
+    };
+    assert_eq!(values.temperature, 0.0);
+}
+
+#[test]
+fn keybindings_can_be_overridden_in_the_config() {
+    let config = Config::parse(
+        Path::new("config.toml"),
+        "[keys]\nregenerate = \"f12\"\nhelp = []\n",
+    )
+    .unwrap();
+    let mut app = App::new(setup(Keymap::with_overrides(&config.keys)));
+    ev(&mut app, Event::SessionOpened(view(CHAT)));
+    assert!(commands(update(&mut app, ctrl('r'))).is_empty());
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::F(12)))),
+        [Command::Regenerate { request_id: 1 }]
+    );
+    update(&mut app, key(KeyCode::F(1)));
+    assert!(app.overlay.is_none());
+}
+
+#[test]
+fn the_sidebar_opens_creates_renames_deletes_and_forks() {
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.focus, Focus::Sidebar);
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::OpenSession { name: "s2".into() }]
+    );
+    assert_eq!(app.focus, Focus::Input);
+
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Char('n')))),
+        [Command::NewSession {
+            preset: "raven".into()
+        }]
+    );
+
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('r')));
+    update(&mut app, ctrl('u'));
+    typed(&mut app, "Corvids");
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::Rename {
+            name: "s1".into(),
+            title: "Corvids".into()
+        }]
+    );
+    assert_eq!(app.session.as_ref().unwrap().title, "Corvids");
+
+    // Delete asks first; anything but y keeps the session.
+    update(&mut app, key(KeyCode::Char('d')));
+    assert!(commands(update(&mut app, key(KeyCode::Char('n')))).is_empty());
+    update(&mut app, key(KeyCode::Char('d')));
+    assert!(matches!(app.overlay, Some(Overlay::ConfirmDelete { .. })));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Char('y')))),
+        [Command::Delete { name: "s1".into() }]
+    );
+
+    // Switching away mid-reply stops the reply first.
+    let mut app = ready(CHAT);
+    send(&mut app, "long story");
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [
+            Command::Cancel { request_id: 1 },
+            Command::OpenSession { name: "s2".into() }
+        ]
+    );
+
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Char('f')));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::Fork { at_turn: 1 }]
+    );
+}
+
+#[test]
+fn startup_resumes_the_newest_session_or_creates_one() {
+    let mut app = new_app();
+    let cmds = commands(ev(
+        &mut app,
+        Event::Sessions(vec![SessionInfo {
+            name: "old".into(),
+            title: "t".into(),
+            model: "m".into(),
+            last_used: 0,
+        }]),
+    ));
+    assert_eq!(cmds, [Command::OpenSession { name: "old".into() }]);
+    // Only the first list does that.
+    assert!(commands(ev(&mut app, Event::Sessions(Vec::new()))).is_empty());
+
+    let mut app = new_app();
+    assert_eq!(
+        commands(ev(&mut app, Event::Sessions(Vec::new()))),
+        [Command::NewSession {
+            preset: "raven".into()
+        }]
+    );
+}
+
+#[test]
+fn history_paste_copy_and_quit() {
+    let mut app = ready(CHAT);
+    send(&mut app, "first");
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::EndOfTurn),
+        },
+    );
+    typed(&mut app, "draft");
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.input.text(), "first");
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(app.input.take(), "draft");
+
+    update(&mut app, Input::Paste("a\x1b[31mb\nc".into()));
+    assert_eq!(app.input.take(), "a␛[31mb\nc");
+
+    update(&mut app, ctrl('j'));
+    update(
+        &mut app,
+        Input::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT)),
+    );
+    assert_eq!(app.input.take(), "\n\n");
+
+    let fx = update(&mut app, alt('c'));
+    assert!(matches!(fx.as_slice(), [Effect::Copy(t)] if t.is_empty()));
+    assert_eq!(update(&mut app, ctrl('c')), [Effect::Quit]);
+}
+
+#[test]
+fn errors_are_notices_that_end_a_failed_reply_and_expire() {
+    let mut app = ready(&[]);
+    send(&mut app, "hi");
+    ev(
+        &mut app,
+        Event::Error {
+            request_id: Some(1),
+            message: "out of memory\x1b[2J".into(),
+        },
+    );
+    assert!(app.pending.is_none());
+    assert_eq!(app.messages.len(), 1, "the empty reply is removed");
+    let notice = app.notice.clone().unwrap();
+    assert!(notice.error && notice.text == "out of memory␛[2J");
+    let later = app.now + 60;
+    update(&mut app, Input::Tick(later));
+    assert!(app.notice.is_none());
+}
+
+#[test]
+fn scrolling_away_holds_the_view_while_the_stream_goes_on() {
+    let long: String = (0..80).map(|i| format!("line {i}\n")).collect();
+    let mut app = ready(&[(Role::User, "count"), (Role::Bot, &long)]);
+    update(&mut app, Input::Resize(80, 24));
+    assert_eq!(app.scroll, Scroll::Follow);
+    update(&mut app, key(KeyCode::PageUp));
+    let Scroll::Top(top) = app.scroll else {
+        panic!("still following");
+    };
+    send(&mut app, "more");
+    // Sending follows again; scrolling away during the stream holds the view.
+    assert_eq!(app.scroll, Scroll::Follow);
+    update(
+        &mut app,
+        Input::Mouse(MouseEvent {
+            kind: MouseEventKind::ScrollUp,
+            column: 0,
+            row: 0,
+            modifiers: KeyModifiers::NONE,
+        }),
+    );
+    let held = app.scroll;
+    assert!(matches!(held, Scroll::Top(_)));
+    ev(
+        &mut app,
+        Event::Token {
+            request_id: 1,
+            text: "a\nb\nc\n".into(),
+        },
+    );
+    assert_eq!(app.scroll, held);
+    update(&mut app, key(KeyCode::Home));
+    assert_eq!(app.scroll, Scroll::Top(0));
+    update(&mut app, key(KeyCode::End));
+    assert_eq!(app.scroll, Scroll::Follow);
+    assert!(top > 0);
+}
+
+#[test]
+fn the_ui_drives_the_real_worker_thread() {
+    let worker = Worker::spawn(Box::new(FakeBackend::default())).unwrap();
+    let mut app = new_app();
+    let mut effects = vec![
+        Effect::Command(Command::LoadModel {
+            spec: "tiny".into(),
+        }),
+        Effect::Command(Command::ListSessions),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut sent = false;
+    while std::time::Instant::now() < deadline {
+        for c in commands(std::mem::take(&mut effects)) {
+            worker.send(c);
+        }
+        if let Some(e) = worker.recv_timeout(std::time::Duration::from_millis(50)) {
+            effects = update(&mut app, Input::Worker(e));
+        }
+        if app.session.is_some() && !sent && app.pending.is_none() {
+            typed(&mut app, "hello");
+            effects.extend(update(&mut app, key(KeyCode::Enter)));
+            sent = true;
+        }
+        if sent && app.pending.is_none() && app.saved {
+            break;
+        }
+    }
+    assert_eq!(app.messages.len(), 2);
+    assert_eq!(app.messages[1].text, "Hello, world!");
+    assert_eq!(app.model.as_ref().unwrap().name, "tiny");
+    worker.shutdown();
+}
+
+// --- Screens ---
+
+fn screen(app: &App, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| render(f, app)).unwrap();
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..h {
+        let mut line = String::new();
+        for x in 0..w {
+            line.push_str(buffer[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Compares with (or, with `UPDATE_SNAPSHOTS=1`, writes) `snapshots/<name>.txt`.
+fn snapshot(name: &str, text: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/ui/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("no snapshot {path:?}; run with UPDATE_SNAPSHOTS=1"));
+    assert_eq!(text, want, "screen {name} differs from {path:?}:\n{text}");
+}
+
+fn finished_app() -> App {
+    let mut app = ready(CHAT);
+    app.last_stats = Some(stats(StopReason::EndOfTurn));
+    app
+}
+
+/// The named screens of the app, each as an app state.
+fn screens() -> Vec<(&'static str, App)> {
+    let mut out = Vec::new();
+
+    let mut streaming = ready(CHAT);
+    send(&mut streaming, "And write me some code?");
+    ev(
+        &mut streaming,
+        Event::Token {
+            request_id: 1,
+            text: "Sure:\n```rust\nfn main() {\n    println!(\"caw\");\n}\n```\nThat prints".into(),
+        },
+    );
+    out.push(("streaming", streaming));
+
+    out.push(("finished", finished_app()));
+
+    let mut sidebar = ready(CHAT);
+    update(&mut sidebar, key(KeyCode::Tab));
+    update(&mut sidebar, key(KeyCode::Down));
+    out.push(("sidebar", sidebar));
+
+    let mut empty = new_app();
+    update(&mut empty, key(KeyCode::F(3)));
+    out.push(("model_picker_first_run", empty));
+
+    for (name, input) in [
+        ("help", key(KeyCode::F(1))),
+        ("palette", ctrl('p')),
+        ("preset_picker", key(KeyCode::F(4))),
+        ("sampling", key(KeyCode::F(5))),
+        ("theme_picker", key(KeyCode::F(6))),
+    ] {
+        let mut app = ready(CHAT);
+        update(&mut app, input);
+        out.push((name, app));
+    }
+
+    let mut loading = ready(CHAT);
+    update(&mut loading, key(KeyCode::F(3)));
+    ev(
+        &mut loading,
+        Event::ModelLoading(LoadProgress {
+            stage: "weights".into(),
+            done: 3,
+            total: 4,
+        }),
+    );
+    out.push(("model_picker_loading", loading));
+
+    for (name, k) in [("rename", 'r'), ("delete", 'd'), ("fork", 'f')] {
+        let mut app = ready(CHAT);
+        update(&mut app, key(KeyCode::Tab));
+        update(&mut app, key(KeyCode::Char(k)));
+        out.push((name, app));
+    }
+
+    let mut long_input = ready(CHAT);
+    typed(&mut long_input, &"word ".repeat(30));
+    update(&mut long_input, ctrl('j'));
+    typed(&mut long_input, "second line");
+    out.push(("long_input", long_input));
+
+    let mut error = ready(CHAT);
+    ev(
+        &mut error,
+        Event::Error {
+            request_id: None,
+            message: "cannot open model: no such file".into(),
+        },
+    );
+    out.push(("error", error));
+    out
+}
+
+#[test]
+fn screens_match_their_snapshots_at_80x24_and_20x5() {
+    for (name, app) in screens() {
+        snapshot(&format!("{name}_80x24"), &screen(&app, 80, 24));
+        snapshot(&format!("{name}_20x5"), &screen(&app, 20, 5));
+    }
+}
+
+#[test]
+fn screens_show_what_matters() {
+    let all: Vec<(&str, String)> = screens()
+        .into_iter()
+        .map(|(n, a)| (n, screen(&a, 80, 24)))
+        .collect();
+    let get = |name: &str| &all.iter().find(|(n, _)| *n == name).unwrap().1;
+    let s = get("streaming");
+    for want in [
+        "You",
+        "Bot",
+        "│ fn main() {",
+        "That prints▌",
+        "Ravens and crows",
+        "Replying",
+    ] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
+    }
+    let s = get("finished");
+    for want in [
+        "rwkv-raven-1b5 f16/cpu",
+        "raven",
+        "40 tokens",
+        "state 960 KiB",
+        "✓ saved",
+    ] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
+    }
+    assert!(screen(&finished_app(), 120, 24).contains("prefill 240 decode 14.2 tok/s"));
+    assert!(get("sidebar").contains("Rust lifetimes"));
+    assert!(get("sidebar").contains("3d ago"));
+    assert!(get("help").contains("Ctrl+R"));
+    assert!(get("help").contains("Regenerate the last reply"));
+    assert!(get("sampling").contains("temperature"));
+    assert!(get("sampling").contains("preset 1.00"));
+    assert!(get("model_picker_loading").contains("loading weights 75%"));
+    assert!(get("model_picker_first_run").contains("RWKV/rwkv-raven-1b5"));
+    assert!(get("delete").contains("Delete “Ravens and crows”"));
+    assert!(get("error").contains("! cannot open model"));
+    let mut deleted = ready(CHAT);
+    update(&mut deleted, key(KeyCode::Tab));
+    update(&mut deleted, key(KeyCode::Char('d')));
+    update(&mut deleted, key(KeyCode::Char('y')));
+    assert!(screen(&deleted, 80, 24).contains("No session is open: Tab then N starts one."));
+}
+
+#[test]
+fn no_size_panics() {
+    for (_, app) in screens() {
+        for w in 0..=32 {
+            for h in 0..=10 {
+                screen(&app, w, h);
+            }
+        }
+    }
+}
+
+#[test]
+fn model_output_cannot_reach_the_terminal_as_escapes() {
+    let mut app = ready(&[]);
+    let mut hostile = view(&[]);
+    hostile.title = "evil\x1b]0;title\x07".into();
+    ev(&mut app, Event::SessionOpened(hostile));
+    send(&mut app, "hi");
+    ev(
+        &mut app,
+        Event::Token {
+            request_id: 1,
+            text: "\x1b]52;c;ZXZpbA==\x07\x1b[2J".into(),
+        },
+    );
+    let s = screen(&app, 80, 24);
+    assert!(!s.contains('\x1b'));
+    assert!(s.contains("␛]52;c;ZXZpbA==␇␛[2J"));
+    assert!(s.contains("evil␛]0;title␇"));
+}

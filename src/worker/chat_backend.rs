@@ -1,0 +1,317 @@
+//! The real [`Backend`]: the chat engine and the session store behind the worker protocol.
+//! One session is open at a time (its lock held); switching saves and closes the old one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+
+use super::{
+    Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, SessionInfo,
+    SessionView, StopReason,
+};
+use crate::chat::{self, Preset, Reply, ReplyOptions};
+use crate::engine::Engine;
+use crate::model::LoadOptions;
+use crate::sampler::SamplingParams;
+use crate::session::{OpenSession, Rebuild};
+use crate::store::Store;
+
+/// Replies longer than this are cut (the user can ask the model to go on).
+const MAX_REPLY_TOKENS: usize = 500;
+
+pub struct ChatBackend {
+    store: Store,
+    presets: Vec<Preset>,
+    load: LoadOptions,
+    engine: Option<(Engine, String)>,
+    session: Option<OpenSession>,
+}
+
+impl ChatBackend {
+    pub fn new(
+        data_dir: &Path,
+        presets_dir: Option<PathBuf>,
+        load: LoadOptions,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            store: Store::open(data_dir)?,
+            presets: Preset::load_all(presets_dir.as_deref())?,
+            load,
+            engine: None,
+            session: None,
+        })
+    }
+
+    fn engine(&self) -> anyhow::Result<&Engine> {
+        self.engine
+            .as_ref()
+            .map(|(e, _)| e)
+            .context("no model is loaded: choose one in the model menu")
+    }
+
+    fn parts(&mut self) -> anyhow::Result<(&Store, &Engine, &mut OpenSession)> {
+        let engine = self
+            .engine
+            .as_ref()
+            .map(|(e, _)| e)
+            .context("no model is loaded: choose one in the model menu")?;
+        let session = self.session.as_mut().context("no session is open")?;
+        Ok((&self.store, engine, session))
+    }
+
+    fn view(&self) -> anyhow::Result<SessionView> {
+        let session = self.session.as_ref().context("no session is open")?;
+        let conv = &session.conversation;
+        Ok(SessionView {
+            name: session.name.clone(),
+            title: session.file.display_title(),
+            messages: conv
+                .messages()
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    text: m.text.trim().to_owned(),
+                })
+                .collect(),
+            preset: conv.preset.name.clone(),
+            sampling: conv.sampling.clone(),
+            tokens: conv.tokens,
+            state_bytes: conv.state.size_bytes() as u64,
+            replayed_tokens: session.replayed_tokens,
+        })
+    }
+
+    /// Saves and closes the open session, releasing its lock.
+    fn close(&mut self) -> anyhow::Result<()> {
+        if let Some(mut session) = self.session.take()
+            && let Some((engine, _)) = &self.engine
+        {
+            session.save(&self.store, engine)?;
+        }
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        name: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<SessionView> {
+        self.close()?;
+        let engine = self.engine()?;
+        // The UI cannot stop to ask: a state that does not fit is rebuilt from the transcript
+        // and the view reports how many tokens that took.
+        let session = OpenSession::open(&self.store, engine, name, Rebuild::Allow, progress)?;
+        tracing::info!(
+            session = name,
+            replayed_tokens = session.replayed_tokens,
+            "session opened"
+        );
+        self.session = Some(session);
+        self.view()
+    }
+
+    fn stats(&self, reply: Reply) -> ReplyStats {
+        let conv = self.session.as_ref().map(|s| &s.conversation);
+        ReplyStats {
+            stop: match reply.stop {
+                chat::StopReason::Stop | chat::StopReason::EndOfText => StopReason::EndOfTurn,
+                chat::StopReason::MaxTokens => StopReason::MaxTokens,
+                chat::StopReason::Cancelled => StopReason::Cancelled,
+            },
+            prompt_tokens: reply.prompt_tokens,
+            generated_tokens: reply.generated_tokens,
+            prefill_tokens_per_s: reply.prefill_tok_s,
+            decode_tokens_per_s: reply.decode_tok_s,
+            session_tokens: conv.map_or(0, |c| c.tokens),
+            state_bytes: conv.map_or(0, |c| c.state.size_bytes() as u64),
+        }
+    }
+
+    fn reply_options() -> ReplyOptions {
+        ReplyOptions {
+            max_tokens: MAX_REPLY_TOKENS,
+            seed: rand::random(),
+        }
+    }
+
+    fn new_name(&self) -> String {
+        self.store.new_name()
+    }
+}
+
+impl Backend for ChatBackend {
+    fn presets(&self) -> Vec<PresetInfo> {
+        self.presets
+            .iter()
+            .map(|p| PresetInfo {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                sampling: p.sampling.clone(),
+            })
+            .collect()
+    }
+
+    fn load_model(
+        &mut self,
+        spec: &str,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> anyhow::Result<ModelInfo> {
+        progress(LoadProgress {
+            stage: format!("loading {spec}"),
+            done: 0,
+            total: 0,
+        });
+        let engine = Engine::load(Path::new(spec), self.load, None)?;
+        let info = ModelInfo {
+            name: spec.to_owned(),
+            dtype: engine.model.dtype().to_string(),
+            device: self.load.device.to_string(),
+        };
+        let reopen = self.session.as_ref().map(|s| s.name.clone());
+        self.close()?;
+        self.engine = Some((engine, spec.to_owned()));
+        if let Some(name) = reopen {
+            // The state belonged to the old model: it is rebuilt for the new one.
+            self.open(&name, &mut |done, total| {
+                progress(LoadProgress {
+                    stage: "rebuilding the session's state".into(),
+                    done: done as u64,
+                    total: total as u64,
+                })
+            })?;
+        }
+        Ok(info)
+    }
+
+    fn list_sessions(&mut self) -> anyhow::Result<Vec<SessionInfo>> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|s| s.problem.is_none())
+            .map(|s| SessionInfo {
+                name: s.name,
+                title: s.title,
+                model: s.model.unwrap_or_default(),
+                last_used: s.updated,
+            })
+            .collect())
+    }
+
+    fn new_session(&mut self, preset: &str) -> anyhow::Result<SessionView> {
+        let preset = Preset::find(&self.presets, preset)?;
+        self.close()?;
+        let name = self.new_name();
+        let (engine, label) = self
+            .engine
+            .as_ref()
+            .context("no model is loaded: choose one in the model menu")?;
+        let session = OpenSession::create(&self.store, engine, &name, preset, Some(label.clone()))?;
+        self.session = Some(session);
+        self.view()
+    }
+
+    fn open_session(&mut self, name: &str) -> anyhow::Result<SessionView> {
+        if self.session.as_ref().is_some_and(|s| s.name == name) {
+            return self.view();
+        }
+        self.open(name, &mut |_, _| {})
+    }
+
+    fn send(
+        &mut self,
+        text: &str,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<ReplyStats> {
+        let (store, engine, session) = self.parts()?;
+        let reply = session.send(store, engine, text, Self::reply_options(), cancel, on_token)?;
+        Ok(self.stats(reply))
+    }
+
+    fn regenerate(
+        &mut self,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<ReplyStats> {
+        let (store, engine, session) = self.parts()?;
+        let reply = session.regenerate(store, engine, Self::reply_options(), cancel, on_token)?;
+        Ok(self.stats(reply))
+    }
+
+    fn edit_last(
+        &mut self,
+        text: &str,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<ReplyStats> {
+        let (store, engine, session) = self.parts()?;
+        let reply =
+            session.edit_last(store, engine, text, Self::reply_options(), cancel, on_token)?;
+        Ok(self.stats(reply))
+    }
+
+    fn fork(&mut self, at_turn: usize) -> anyhow::Result<SessionView> {
+        let source = self
+            .session
+            .as_ref()
+            .context("no session is open")?
+            .name
+            .clone();
+        let new = self.new_name();
+        // Saved first, so the fork starts from the state kept at that turn.
+        self.save()?;
+        crate::session::fork(&self.store, &source, Some(at_turn), &new)?;
+        self.open(&new, &mut |_, _| {})
+    }
+
+    fn rename(&mut self, name: &str, title: &str) -> anyhow::Result<()> {
+        let title = title.trim();
+        if title.is_empty() {
+            bail!("the title is empty");
+        }
+        if let Some(session) = self.session.as_mut().filter(|s| s.name == name) {
+            session.file.title = title.to_owned();
+            return self.save().map(drop);
+        }
+        let _lock = self.store.lock(name)?;
+        let mut file = self.store.load(name)?;
+        file.title = title.to_owned();
+        self.store.save(name, &file, None)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.session.as_ref().is_some_and(|s| s.name == name) {
+            self.session = None;
+        }
+        self.store.delete(name)?;
+        Ok(())
+    }
+
+    fn set_preset(&mut self, name: &str) -> anyhow::Result<SessionView> {
+        let preset = Preset::find(&self.presets, name)?;
+        let session = self.session.as_mut().context("no session is open")?;
+        session.conversation.sampling = preset.sampling.clone();
+        session.conversation.preset = preset;
+        self.save()?;
+        self.view()
+    }
+
+    fn set_sampling(&mut self, sampling: &SamplingParams) -> anyhow::Result<()> {
+        sampling.validate().map_err(anyhow::Error::msg)?;
+        let session = self.session.as_mut().context("no session is open")?;
+        session.conversation.sampling = sampling.clone();
+        self.save().map(drop)
+    }
+
+    fn save(&mut self) -> anyhow::Result<Option<String>> {
+        let (store, engine, session) = match self.parts() {
+            Ok(parts) => parts,
+            Err(_) => return Ok(None),
+        };
+        session.save(store, engine)?;
+        Ok(Some(session.name.clone()))
+    }
+}

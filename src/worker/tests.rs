@@ -1,0 +1,150 @@
+use std::time::Duration;
+
+use super::fake::FakeBackend;
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn next(worker: &Worker) -> Event {
+    match worker.recv_timeout(WAIT) {
+        Some(e) => e,
+        None => panic!("no event from the worker"),
+    }
+}
+
+/// Events until (and including) the first one `stop` accepts.
+fn until(worker: &Worker, stop: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        let e = next(worker);
+        let done = stop(&e);
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn commands_in_events_out() {
+    let worker = Worker::spawn(Box::new(FakeBackend::default())).unwrap();
+    assert!(matches!(next(&worker), Event::Presets(p) if p.len() == 2));
+
+    worker.send(Command::LoadModel {
+        spec: "tiny".into(),
+    });
+    let events = until(&worker, |e| matches!(e, Event::ModelLoaded(_)));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(&events[0], Event::ModelLoading(p) if p.done == 1 && p.total == 2));
+
+    worker.send(Command::NewSession {
+        preset: "raven".into(),
+    });
+    assert!(matches!(next(&worker), Event::SessionOpened(v) if v.preset == "raven"));
+    assert!(matches!(next(&worker), Event::Sessions(l) if l.len() == 1));
+
+    worker.send(Command::Send {
+        request_id: 7,
+        text: "hi".into(),
+    });
+    let events = until(&worker, |e| matches!(e, Event::Sessions(_)));
+    let tokens: String = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token {
+                request_id: 7,
+                text,
+            } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens, "Hello, world!");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Finished { request_id: 7, stats } if stats.stop == StopReason::EndOfTurn && stats.generated_tokens == 4
+    )));
+    assert!(events.contains(&Event::Saved { name: "s1".into() }));
+
+    worker.send(Command::LoadModel {
+        spec: "missing".into(),
+    });
+    assert!(
+        matches!(next(&worker), Event::Error { request_id: None, message } if message.contains("no model"))
+    );
+
+    worker.send(Command::Shutdown);
+    assert_eq!(next(&worker), Event::Saved { name: "s1".into() });
+    worker.shutdown();
+}
+
+/// A worker whose replies never end on their own, with a session open.
+fn endless_session() -> Worker {
+    let backend = FakeBackend {
+        endless: true,
+        ..FakeBackend::default()
+    };
+    let worker = Worker::spawn(Box::new(backend)).unwrap();
+    worker.send(Command::NewSession {
+        preset: "raven".into(),
+    });
+    worker
+}
+
+#[test]
+fn cancel_stops_a_stream() {
+    let worker = endless_session();
+    worker.send(Command::Send {
+        request_id: 1,
+        text: "go on forever".into(),
+    });
+    until(&worker, |e| matches!(e, Event::Token { .. }));
+    worker.send(Command::Cancel { request_id: 1 });
+    let events = until(&worker, |e| matches!(e, Event::Finished { .. }));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Finished { request_id: 1, stats }) if stats.stop == StopReason::Cancelled
+    ));
+    worker.shutdown();
+}
+
+#[test]
+fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
+    let worker = endless_session();
+    worker.send(Command::Send {
+        request_id: 1,
+        text: "a".into(),
+    });
+    worker.send(Command::Cancel { request_id: 1 });
+    let events = until(&worker, |e| matches!(e, Event::Finished { .. }));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Finished { stats, .. }) if stats.stop == StopReason::Cancelled && stats.generated_tokens == 0
+    ));
+    worker.send(Command::Send {
+        request_id: 2,
+        text: "b".into(),
+    });
+    until(&worker, |e| matches!(e, Event::Token { request_id: 2, .. }));
+    worker.send(Command::Cancel { request_id: 2 });
+    until(&worker, |e| {
+        matches!(e, Event::Finished { request_id: 2, .. })
+    });
+    worker.shutdown();
+}
+
+#[test]
+fn a_panicking_backend_is_reported_and_the_thread_goes_on() {
+    let worker = endless_session();
+    worker.send(Command::Send {
+        request_id: 3,
+        text: "panic".into(),
+    });
+    let events = until(&worker, |e| matches!(e, Event::Error { .. }));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Error { request_id: Some(3), message }) if message.contains("asked to panic")
+    ));
+    worker.send(Command::ListSessions);
+    until(&worker, |e| matches!(e, Event::Sessions(_)));
+    worker.shutdown();
+}

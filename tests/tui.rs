@@ -1,0 +1,130 @@
+//! The real binary's chat app, driven the way a user does: in tmux (skipped with a note where
+//! tmux is not installed). These runs need no chat backend; the end-to-end chat test that
+//! does is written on top of the same helpers.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rwkv-chat");
+
+#[test]
+fn a_bad_config_is_refused_before_the_terminal_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "theme = \"dark\"\n[keys]\nregenerate = \"hyper+r\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config-dir")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config.toml:3:14:"), "{stderr}");
+    assert!(stderr.contains("hyper"), "{stderr}");
+    assert!(out.stdout.is_empty(), "the terminal was written to");
+}
+
+/// A tmux server of its own, killed when the test ends however it ends.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Option<Self> {
+        let socket = format!("rwkv-chat-test-{}", std::process::id());
+        let status = Command::new("tmux")
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", "100", "-y", "30", command])
+            .status()
+            .ok()?;
+        status.success().then_some(Self { socket })
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.run(&["send-keys", "-t", "0", k]);
+            // Separate writes, so Esc followed by a key is not read as Alt+key.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "0"])
+    }
+
+    /// Waits until the screen shows `text`; panics with the screen after a generous while.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+fn quoted(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+#[test]
+fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("config.toml"), "[keys]\nquit = \"ctrl+q\"\n").unwrap();
+    let command = format!(
+        "RWKV_CHAT_CONFIG_DIR={} {} --data-dir {}; echo EXIT=$?; sleep 60",
+        quoted(&config),
+        quoted(Path::new(BIN)),
+        quoted(&dir.path().join("data")),
+    );
+    let Some(tmux) = Tmux::start(&command) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    // No model configured: the model picker is open; no backend on this branch yet.
+    let screen = tmux.wait_for("Path or hub id:");
+    assert!(screen.contains("Sessions"), "{screen}");
+    tmux.keys(&["Escape", "F1"]);
+    tmux.wait_for("Regenerate the last reply");
+    tmux.keys(&["Escape", "h", "i", "?", "C-j", "there"]);
+    let screen = tmux.wait_for("there");
+    assert!(screen.contains("│hi?"), "{screen}");
+    assert!(!screen.contains("Regenerate the last reply"), "{screen}");
+    tmux.keys(&["C-q"]);
+    let screen = tmux.wait_for("EXIT=0");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("data/rwkv-chat.log")).unwrap();
+    assert!(log.contains("rwkv-chat stopped"), "{log}");
+}
