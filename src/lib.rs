@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod engine;
 pub mod eval;
+pub mod hub;
 pub mod model;
 pub mod sampler;
 pub mod text;

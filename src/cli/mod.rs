@@ -5,6 +5,7 @@
 //! `RUST_BACKTRACE` is set.
 
 mod generate;
+mod models;
 mod perplexity;
 
 use std::io::Write;
@@ -33,14 +34,17 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure how well a model predicts a text file (lower is better).
     Perplexity(perplexity::PerplexityArgs),
+    /// List, inspect, download and remove models from the Hugging Face hub.
+    Models(models::ModelsArgs),
 }
 
 /// How to find and load a model; shared by every command that runs one.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A model directory (Hugging Face layout) or a weights file (.safetensors, .bin, .pth).
+    /// A model directory (Hugging Face layout), a weights file (.safetensors, .bin, .pth), or a
+    /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
     #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    pub model: String,
     /// Weight precision in memory: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
@@ -61,7 +65,12 @@ impl ModelArgs {
             dtype: self.dtype,
             device: self.device,
         };
-        let mut engine = Engine::load(&self.model, opts, self.tokenizer.as_deref())?;
+        let path = crate::hub::resolve_model(
+            &self.model,
+            &crate::hub::Hub::from_env(),
+            &mut crate::hub::StderrProgress::new(),
+        )?;
+        let mut engine = Engine::load(&path, opts, self.tokenizer.as_deref())?;
         engine.model.chunk_size = self.chunk_size;
         Ok(engine)
     }
@@ -84,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
+        Some(Command::Models(args)) => models::run(args),
         None => {
             let mut help = <Cli as clap::CommandFactory>::command();
             help.print_help()?;
@@ -99,10 +109,11 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Command-line runs log warnings to stderr (`RUST_LOG` selects more).
+/// Command-line runs log warnings to stderr (`RUST_LOG` selects more). hf-hub's own logs are
+/// off by default: every failure it logs is also returned and reported as one message.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
