@@ -4,6 +4,7 @@
 //! code the binary runs.
 
 pub mod cli;
+pub mod convert;
 pub mod engine;
 pub mod eval;
 pub mod hub;

@@ -4,6 +4,7 @@
 //! status 1; `main` never returns an `Err`, which would print a backtrace when
 //! `RUST_BACKTRACE` is set.
 
+mod convert;
 mod generate;
 mod models;
 mod perplexity;
@@ -36,6 +37,8 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// List, inspect, download and remove models from the Hugging Face hub.
     Models(models::ModelsArgs),
+    /// Turn a raw .pth or PyTorch .bin checkpoint into a safetensors model directory.
+    Convert(convert::ConvertArgs),
 }
 
 /// How to find and load a model; shared by every command that runs one.
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
         Some(Command::Models(args)) => models::run(args),
+        Some(Command::Convert(args)) => convert::run(args),
         None => {
             let mut help = <Cli as clap::CommandFactory>::command();
             help.print_help()?;
