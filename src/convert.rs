@@ -25,8 +25,9 @@ pub struct Converted {
     pub bytes: u64,
 }
 
-/// Converts the model at `src` into a new directory `dst` holding weights in `dtype`.
-pub fn convert(src: &Path, dst: &Path, dtype: WeightDtype) -> anyhow::Result<Converted> {
+/// Converts the model at `src` into a new directory `dst` holding weights in `dtype`, or in
+/// the dtype the source stores them in when `None` (a lossless copy).
+pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Result<Converted> {
     if dst.exists() {
         bail!(
             "{}: already exists; choose a new directory to convert into",
@@ -36,6 +37,16 @@ pub fn convert(src: &Path, dst: &Path, dtype: WeightDtype) -> anyhow::Result<Con
     let files = ModelFiles::locate(src)?;
     let ckpt = Checkpoint::open(files.clone())?;
     let cfg = ckpt.config()?;
+    let dtype = dtype.unwrap_or_else(|| {
+        match ckpt
+            .info(crate::model::checkpoint::EMBEDDING)
+            .map(|i| i.dtype)
+        {
+            Some(DType::F16) => WeightDtype::F16,
+            Some(DType::BF16) => WeightDtype::Bf16,
+            _ => WeightDtype::F32,
+        }
+    });
 
     let name = dst
         .file_name()

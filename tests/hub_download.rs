@@ -15,6 +15,8 @@ use common::{Golden, stderr, stdout, tiny};
 use sha2::{Digest, Sha256};
 
 const REPO: &str = "test/tiny-rwkv4";
+/// The same model as PyTorch `.bin` shards only, as `RWKV/rwkv-raven-1b5` ships.
+const BIN_REPO: &str = "test/tiny-rwkv4-bin";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const WEIGHTS: &str = "model.safetensors";
 /// Files above this size are served as LFS files, with a sha256, as the hub does.
@@ -51,14 +53,14 @@ impl MockHub {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let files = Arc::new(repo_files());
+        let repos = Arc::new(repos());
         let (b, r) = (behaviour.clone(), requests.clone());
         std::thread::spawn(move || {
             // Stalled connections are kept open here, never answered.
             let mut held = Vec::new();
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Some(kept) = serve(stream, &files, &b, &r) {
+                if let Some(kept) = serve(stream, &repos, &b, &r) {
                     held.push(kept);
                 }
             }
@@ -89,20 +91,27 @@ impl MockHub {
     }
 }
 
-fn repo_files() -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for name in [
+type Files = BTreeMap<String, Vec<u8>>;
+
+fn repos() -> BTreeMap<&'static str, Files> {
+    let read = |names: &[&str]| -> Files {
+        let mut files: Files = names
+            .iter()
+            .map(|n| (n.to_string(), std::fs::read(tiny().join(n)).unwrap()))
+            .collect();
+        files.insert("README.md".into(), b"# tiny RWKV-4 for tests\n".to_vec());
+        files
+    };
+    let shards = [
         "config.json",
         "tokenizer.json",
-        WEIGHTS,
         "pytorch_model.bin.index.json",
         "pytorch_model-00001-of-00002.bin",
         "pytorch_model-00002-of-00002.bin",
-    ] {
-        files.insert(name.to_owned(), std::fs::read(tiny().join(name)).unwrap());
-    }
-    files.insert("README.md".into(), b"# tiny RWKV-4 for tests\n".to_vec());
-    files
+    ];
+    let mut all = shards.to_vec();
+    all.push(WEIGHTS);
+    BTreeMap::from([(REPO, read(&all)), (BIN_REPO, read(&shards))])
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -124,7 +133,7 @@ fn blob_name(bytes: &[u8]) -> String {
 
 fn serve(
     mut stream: TcpStream,
-    files: &BTreeMap<String, Vec<u8>>,
+    repos: &BTreeMap<&'static str, Files>,
     behaviour: &Mutex<Behaviour>,
     requests: &Mutex<Vec<Request>>,
 ) -> Option<TcpStream> {
@@ -167,8 +176,23 @@ fn serve(
         return None;
     }
     let path = path.split('?').next().unwrap_or_default();
-    let api = format!("/api/models/{REPO}");
-    let resolve = format!("/{REPO}/resolve/");
+    let found = repos.iter().find(|(repo, _)| {
+        let api = format!("/api/models/{repo}");
+        path == api
+            || path.starts_with(&format!("{api}/"))
+            || path.starts_with(&format!("/{repo}/resolve/"))
+    });
+    let Some((repo, files)) = found else {
+        respond(
+            &mut stream,
+            404,
+            &[("x-error-code", "RepoNotFound")],
+            b"{\"error\":\"Repository not found\"}",
+        );
+        return None;
+    };
+    let api = format!("/api/models/{repo}");
+    let resolve = format!("/{repo}/resolve/");
     if path == api
         || path == format!("{api}/revision/main")
         || path == format!("{api}/revision/{COMMIT}")
@@ -177,7 +201,7 @@ fn serve(
             .keys()
             .map(|k| serde_json::json!({ "rfilename": k }))
             .collect();
-        let info = serde_json::json!({ "id": REPO, "sha": COMMIT, "siblings": siblings });
+        let info = serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings });
         respond(&mut stream, 200, &[], info.to_string().as_bytes());
     } else if path.starts_with(&format!("{api}/revision/")) {
         respond(
@@ -265,12 +289,7 @@ fn serve(
             None => respond(&mut stream, status, &extra, body),
         }
     } else {
-        respond(
-            &mut stream,
-            404,
-            &[("x-error-code", "RepoNotFound")],
-            b"{\"error\":\"Repository not found\"}",
-        );
+        respond(&mut stream, 404, &[], b"{}");
     }
     None
 }
@@ -351,23 +370,26 @@ impl Env {
 
     /// Greedy generation of the golden prompt from the repo id.
     fn generate(&self, offline: bool) -> Output {
+        self.generate_from(REPO, offline, &[])
+    }
+
+    fn generate_from(&self, repo: &str, offline: bool, extra: &[&str]) -> Output {
         let golden = Golden::load();
-        self.run(
-            &[
-                "generate",
-                "--model",
-                REPO,
-                "--temperature",
-                "0",
-                "--format",
-                "jsonl",
-                "--max-tokens",
-                "16",
-                "--prompt",
-                &golden.prompt,
-            ],
-            offline,
-        )
+        let mut args = vec![
+            "generate",
+            "--model",
+            repo,
+            "--temperature",
+            "0",
+            "--format",
+            "jsonl",
+            "--max-tokens",
+            "16",
+            "--prompt",
+            &golden.prompt,
+        ];
+        args.extend(extra);
+        self.run(&args, offline)
     }
 
     /// Offline, so the model can only come from the cache.
@@ -647,4 +669,62 @@ fn offline_without_the_model_lists_what_is_available() {
         ],
     );
     assert!(env.hub.requests().iter().all(|r| !r.path.contains("raven")));
+}
+
+#[test]
+fn a_bin_model_is_fetched_in_shards_and_converted_once() {
+    let env = Env::new();
+    let out = env.run(&["models", "download", BIN_REPO], false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("converting test/tiny-rwkv4-bin to safetensors once"));
+    let snapshot = env
+        .cache()
+        .join("models--test--tiny-rwkv4-bin/snapshots")
+        .join(COMMIT);
+    for name in [
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+    ] {
+        assert!(is_symlink(&snapshot.join(name)), "{name}");
+    }
+    let copy = env
+        .home
+        .path()
+        .join("models/.converted")
+        .join(format!("models--test--tiny-rwkv4-bin--{COMMIT}"));
+    assert_eq!(stdout(&out).trim(), copy.to_str().unwrap());
+    assert!(copy.join("model.safetensors").is_file());
+
+    // Later loads use the copy (the shards are not even read); nothing is converted again.
+    let shards = [
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+    ];
+    let blob = |name: &str| std::fs::canonicalize(snapshot.join(name)).unwrap();
+    for name in shards {
+        std::fs::write(blob(name), b"gone").unwrap();
+    }
+    let out = env.generate_from(BIN_REPO, true, &[]);
+    assert_golden(&out);
+    assert!(!stderr(&out).contains("converting"), "{}", stderr(&out));
+    for name in shards {
+        std::fs::copy(tiny().join(name), blob(name)).unwrap();
+    }
+
+    // Without conversion the shards load as they are.
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert_golden(&env.generate_from(BIN_REPO, true, &["--no-convert"]));
+    assert!(!copy.exists());
+
+    // Removing the model removes its copy too.
+    assert_golden(&env.generate_from(BIN_REPO, true, &[]));
+    assert!(copy.exists());
+    let out = env.run(&["models", "remove", BIN_REPO], true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!copy.exists());
+    assert_failure(
+        &env.generate_from(BIN_REPO, true, &[]),
+        &[BIN_REPO, "not in the local model cache"],
+    );
 }

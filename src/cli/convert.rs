@@ -19,7 +19,7 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    let done = crate::convert::convert(&args.src, &args.dst, args.dtype)?;
+    let done = crate::convert::convert(&args.src, &args.dst, Some(args.dtype))?;
     println!(
         "wrote {} ({} tensors, {:.3} B parameters, {} in {})",
         done.dir.display(),

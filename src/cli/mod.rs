@@ -60,6 +60,9 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the one beside the model (or the built-in one).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Load a hub model's PyTorch files as they are, without making a safetensors copy once.
+    #[arg(long)]
+    pub no_convert: bool,
 }
 
 impl ModelArgs {
@@ -68,11 +71,10 @@ impl ModelArgs {
             dtype: self.dtype,
             device: self.device,
         };
-        let path = crate::hub::resolve_model(
-            &self.model,
-            &crate::hub::Hub::from_env(),
-            &mut crate::hub::StderrProgress::new(),
-        )?;
+        let mut hub = crate::hub::Hub::from_env();
+        hub.convert &= !self.no_convert;
+        let path =
+            crate::hub::resolve_model(&self.model, &hub, &mut crate::hub::StderrProgress::new())?;
         let mut engine = Engine::load(&path, opts, self.tokenizer.as_deref())?;
         engine.model.chunk_size = self.chunk_size;
         Ok(engine)

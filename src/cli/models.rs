@@ -66,6 +66,13 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&root)
                 .map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", root.display()))?;
             let _ = std::fs::remove_dir_all(hub.cache_dir.join(".locks").join(repo.folder_name()));
+            let copies = crate::hub::converted_dir();
+            let prefix = format!("{}--", repo.folder_name());
+            for copy in std::fs::read_dir(&copies).into_iter().flatten().flatten() {
+                if copy.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(copy.path());
+                }
+            }
             writeln!(
                 out,
                 "removed {} ({} freed)",

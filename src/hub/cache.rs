@@ -216,7 +216,13 @@ pub fn models_dir_models(dir: &Path) -> Vec<LocalModel> {
     let mut found: Vec<LocalModel> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| !p.to_string_lossy().ends_with(".tmp") && ModelFiles::locate(p).is_ok())
+        // Hidden entries are conversions in progress and the converted copies of hub models.
+        .filter(|p| {
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            !hidden && ModelFiles::locate(p).is_ok()
+        })
         .map(|path| LocalModel {
             id: path.display().to_string(),
             bytes: size_of(&path),

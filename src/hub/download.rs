@@ -355,14 +355,13 @@ impl Hub {
     }
 
     fn file_url(&self, repo: &str, commit: &str, file: &str) -> Result<reqwest::Url, HubError> {
-        let bad = |reason: String| HubError::Protocol {
-            url: self.endpoint.clone(),
+        let bad = |reason: String| HubError::BadEndpoint {
+            endpoint: self.endpoint.clone(),
             reason,
         };
-        let mut url = reqwest::Url::parse(&self.endpoint)
-            .map_err(|e| bad(format!("HF_ENDPOINT is not a URL: {e}")))?;
+        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| bad(e.to_string()))?;
         url.path_segments_mut()
-            .map_err(|()| bad("HF_ENDPOINT cannot hold a path".into()))?
+            .map_err(|()| bad("it cannot hold a path".into()))?
             .pop_if_empty()
             .extend(repo.split('/'))
             .extend(["resolve", commit])
@@ -445,6 +444,10 @@ impl Hub {
                 let url = url.unwrap_or(endpoint);
                 self.network_error(&url, source, 0, 0)
             }
+            HFError::Url(e) => HubError::BadEndpoint {
+                endpoint,
+                reason: e.to_string(),
+            },
             other => HubError::Protocol {
                 url: endpoint,
                 reason: other.to_string(),

@@ -17,9 +17,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 pub use download::{Progress, ProgressSink};
+
+use crate::model::ModelFiles;
+use crate::model::checkpoint::Format;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Seconds without a byte before a transfer counts as stalled, unless `HF_HUB_DOWNLOAD_TIMEOUT`
@@ -130,6 +131,9 @@ pub enum HubError {
         expected: u64,
     },
 
+    #[error("HF_ENDPOINT `{endpoint}` is not a usable URL ({reason})")]
+    BadEndpoint { endpoint: String, reason: String },
+
     #[error("{url}: unexpected answer from the hub: {reason}")]
     Protocol { url: String, reason: String },
 
@@ -227,6 +231,10 @@ pub struct Hub {
     pub offline: bool,
     /// How long a connection may stay silent before the transfer counts as stalled.
     pub timeout: Duration,
+    /// Convert a model stored as PyTorch pickles to safetensors once, after download, so that
+    /// every later load maps the file instead of unpickling gigabytes. `RWKV_CHAT_CONVERT=0`
+    /// or `--no-convert` turns it off.
+    pub convert: bool,
 }
 
 impl Hub {
@@ -261,6 +269,8 @@ impl Hub {
                 matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
             }),
             timeout: Duration::from_secs_f64(timeout),
+            convert: var("RWKV_CHAT_CONVERT")
+                .is_none_or(|v| !matches!(v.as_str(), "0" | "false" | "no" | "off")),
         }
     }
 
@@ -275,16 +285,47 @@ impl Hub {
     ) -> Result<PathBuf, HubError> {
         let cache = cache::RepoCache::new(&self.cache_dir, &spec.repo);
         let cached = cache.complete_model(spec.revision_or_main(), spec.file.as_deref());
-        if self.offline {
-            return cached.ok_or_else(|| HubError::Offline {
-                spec: spec.to_string(),
-                cache: self.cache_dir.clone(),
-                available: self.local_models().into_iter().map(|m| m.id).collect(),
-            });
+        let path = match cached {
+            Some(path) if !refresh || self.offline => path,
+            None if self.offline => {
+                return Err(HubError::Offline {
+                    spec: spec.to_string(),
+                    cache: self.cache_dir.clone(),
+                    available: self.local_models().into_iter().map(|m| m.id).collect(),
+                });
+            }
+            _ => self.download(spec, sink)?,
+        };
+        Ok(self.fast_copy(&cache, &path))
+    }
+
+    /// The safetensors copy of a snapshot stored as PyTorch pickles, made on first use (see
+    /// [`Hub::convert`]); the snapshot itself when it needs none, conversion is off, or
+    /// conversion fails (the pickles still load, slowly).
+    fn fast_copy(&self, cache: &cache::RepoCache, path: &Path) -> PathBuf {
+        let is_pickle = ModelFiles::locate(path).is_ok_and(|f| f.format == Format::Pickle);
+        let Ok(inside) = path.strip_prefix(cache.root().join("snapshots")) else {
+            return path.to_owned();
+        };
+        if !self.convert || !is_pickle {
+            return path.to_owned();
         }
-        match cached {
-            Some(path) if !refresh => Ok(path),
-            _ => self.download(spec, sink),
+        // `<commit>` or `<commit>/<file>.pth`, which names the copy.
+        let name = inside.to_string_lossy().replace(['/', '\\'], "--");
+        let target = converted_dir().join(format!("{}--{name}", cache.folder_name()));
+        if ModelFiles::locate(&target).is_ok() {
+            return target;
+        }
+        eprintln!(
+            "converting {} to safetensors once, for fast loading (RWKV_CHAT_CONVERT=0 turns this off)",
+            cache.repo
+        );
+        match crate::convert::convert(path, &target, None) {
+            Ok(_) => target,
+            Err(e) => {
+                tracing::warn!("{e:#}; loading the PyTorch files instead");
+                path.to_owned()
+            }
         }
     }
 
@@ -323,6 +364,11 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
+/// Safetensors copies of hub models stored as PyTorch pickles, by cache folder and commit.
+pub fn converted_dir() -> PathBuf {
+    models_dir().join(".converted")
+}
+
 /// What `--model` names, as a path to load: an existing path as is; a name in the models
 /// directory; a hub repo id from the cache or downloaded now, with progress on `sink`. Anything
 /// else is returned as a path, for the loader to report as missing.
@@ -344,8 +390,7 @@ pub fn resolve_model(
     let Some(parsed) = ModelSpec::parse(spec) else {
         return Ok(path.to_owned());
     };
-    hub.fetch(&parsed, false, sink)
-        .with_context(|| format!("cannot get model {parsed}"))
+    Ok(hub.fetch(&parsed, false, sink)?)
 }
 
 /// Progress on stderr: a line redrawn in place on a terminal, a line every few seconds
