@@ -39,6 +39,7 @@ struct Request {
     method: String,
     path: String,
     range: Option<String>,
+    authorization: Option<String>,
 }
 
 struct MockHub {
@@ -165,6 +166,7 @@ fn serve(
         method: method.clone(),
         path: path.clone(),
         range: headers.get("range").cloned(),
+        authorization: headers.get("authorization").cloned(),
     });
 
     let mut b = behaviour.lock().unwrap();
@@ -333,6 +335,10 @@ impl Env {
     }
 
     fn run(&self, args: &[&str], offline: bool) -> Output {
+        self.run_with(args, offline, &[])
+    }
+
+    fn run_with(&self, args: &[&str], offline: bool, vars: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rwkv-chat"));
         cmd.args(args)
             .env("RUST_BACKTRACE", "1")
@@ -361,6 +367,7 @@ impl Env {
         if offline {
             cmd.env("HF_HUB_OFFLINE", "1");
         }
+        cmd.envs(vars.iter().copied());
         cmd.output().unwrap()
     }
 
@@ -563,6 +570,12 @@ fn an_interrupted_download_resumes_on_the_next_run() {
     );
     assert_eq!(std::fs::metadata(env.partial()).unwrap().len(), 3_000_000);
     env.assert_not_loadable();
+    let listed = stdout(&env.run(&["models", "list"], true));
+    let line = listed
+        .lines()
+        .find(|l| l.contains(REPO))
+        .unwrap_or_default();
+    assert!(line.contains("partial (3.0 MB)"), "{listed}");
 
     let seen = env.hub.weight_ranges(0).len();
     let out = env.download();
@@ -727,4 +740,20 @@ fn a_bin_model_is_fetched_in_shards_and_converted_once() {
         &env.generate_from(BIN_REPO, true, &[]),
         &[BIN_REPO, "not in the local model cache"],
     );
+}
+
+#[test]
+fn hf_token_is_sent_with_every_request() {
+    let env = Env::new();
+    let out = env.run_with(
+        &["models", "download", REPO],
+        false,
+        &[("HF_TOKEN", "hf_test")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = env.hub.requests();
+    assert!(requests.len() >= 5, "{requests:?}");
+    for r in requests {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer hf_test"), "{r:?}");
+    }
 }

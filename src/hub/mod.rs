@@ -223,7 +223,7 @@ impl std::fmt::Display for ModelSpec {
 }
 
 /// Where models come from and go: the hub settings of the environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Hub {
     pub endpoint: String,
     token: Option<String>,
@@ -235,6 +235,20 @@ pub struct Hub {
     /// every later load maps the file instead of unpickling gigabytes. `RWKV_CHAT_CONVERT=0`
     /// or `--no-convert` turns it off.
     pub convert: bool,
+}
+
+/// Written by hand so that the token never reaches a log.
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("cache_dir", &self.cache_dir)
+            .field("offline", &self.offline)
+            .field("timeout", &self.timeout)
+            .field("convert", &self.convert)
+            .finish()
+    }
 }
 
 impl Hub {
