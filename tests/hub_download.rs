@@ -32,6 +32,8 @@ struct Behaviour {
     status: Option<u16>,
     /// Read requests and never answer.
     stall: bool,
+    /// With `cut`: keep the connection open, silent, instead of hanging up.
+    go_silent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -283,10 +285,13 @@ fn serve(
         };
         match cut {
             Some(after) => {
-                // Announce the whole body, send part of it, hang up.
+                // Announce the whole body, send part of it, hang up or fall silent.
                 write_head(&mut stream, status, &extra, body.len());
                 let _ = stream.write_all(&body[..after.min(body.len())]);
                 let _ = stream.flush();
+                if b.go_silent {
+                    return Some(stream);
+                }
             }
             None => respond(&mut stream, status, &extra, body),
         }
@@ -663,6 +668,29 @@ fn a_stalled_server_times_out() {
         ],
     );
     assert!(!env.repo_dir().join("snapshots").exists());
+}
+
+#[test]
+fn a_transfer_that_falls_silent_times_out_and_resumes_later() {
+    let env = Env::new();
+    env.hub.set(|b| {
+        b.cut = Some((1_000_000, 3));
+        b.go_silent = true;
+    });
+    let out = env.download();
+    assert_failure(
+        &out,
+        &[
+            WEIGHTS,
+            "the server stalled (no data for 1 s)",
+            "run the command again to resume",
+        ],
+    );
+    assert_eq!(std::fs::metadata(env.partial()).unwrap().len(), 3_000_000);
+    env.assert_not_loadable();
+    let out = env.download();
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.assert_golden_offline();
 }
 
 #[test]
