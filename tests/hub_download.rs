@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use common::{Golden, stderr, stdout, tiny};
+use rwkv_chat::hub::{Hub, HubError, ModelSpec, Progress, ProgressSink};
 use sha2::{Digest, Sha256};
 
 const REPO: &str = "test/tiny-rwkv4";
@@ -784,4 +785,47 @@ fn hf_token_is_sent_with_every_request() {
     for r in requests {
         assert_eq!(r.authorization.as_deref(), Some("Bearer hf_test"), "{r:?}");
     }
+}
+
+/// What the TUI does: fetch on a worker with a sink that forwards progress and can cancel.
+#[test]
+fn a_library_download_reports_progress_and_can_be_cancelled() {
+    struct Sink {
+        updates: usize,
+        finished: Vec<String>,
+        cancel_after: usize,
+    }
+    impl ProgressSink for Sink {
+        fn update(&mut self, p: &Progress) {
+            assert!(p.done <= p.total && p.count == 3);
+            self.updates += 1;
+        }
+        fn finished(&mut self, p: &Progress) {
+            assert_eq!(p.done, p.total);
+            self.finished.push(p.file.clone());
+        }
+        fn cancelled(&self) -> bool {
+            self.updates >= self.cancel_after
+        }
+    }
+    let env = Env::new();
+    let mut hub = Hub::from_env();
+    hub.endpoint = env.hub.url.clone();
+    hub.cache_dir = env.cache();
+    hub.offline = false;
+    let spec = ModelSpec::parse(REPO).unwrap();
+    let mut sink = Sink {
+        updates: 0,
+        finished: vec![],
+        cancel_after: 1,
+    };
+    let err = hub.fetch(&spec, false, &mut sink).unwrap_err();
+    assert!(matches!(err, HubError::Cancelled { .. }), "{err}");
+    assert!(sink.finished.is_empty());
+
+    sink.cancel_after = usize::MAX;
+    let path = hub.fetch(&spec, false, &mut sink).unwrap();
+    assert_eq!(path, env.repo_dir().join("snapshots").join(COMMIT));
+    assert_eq!(sink.finished, ["config.json", "tokenizer.json", WEIGHTS]);
+    assert!(sink.updates > 3);
 }

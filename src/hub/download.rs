@@ -75,6 +75,11 @@ pub trait ProgressSink {
     fn update(&mut self, progress: &Progress);
     /// A file is complete and verified (or was already in the cache).
     fn finished(&mut self, progress: &Progress);
+    /// Asked between chunks: `true` stops the download with [`HubError::Cancelled`], keeping
+    /// what has arrived for the next attempt to resume.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl Hub {
@@ -95,14 +100,21 @@ impl Hub {
     }
 
     fn http(&self) -> Result<reqwest::Client, HubError> {
-        reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!(
                 "rwkv-chat/",
                 env!("CARGO_PKG_VERSION"),
                 "; hf-hub/1.0"
             ))
             .connect_timeout(self.timeout)
-            .read_timeout(self.timeout)
+            .read_timeout(self.timeout);
+        // A mirror on this machine is never behind the proxy the environment names.
+        let local = reqwest::Url::parse(&self.endpoint)
+            .is_ok_and(|u| matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")));
+        if local {
+            builder = builder.no_proxy();
+        }
+        builder
             .build()
             .map_err(|e| self.network_error(&self.endpoint, e, 0, 0))
     }
@@ -308,6 +320,14 @@ impl Hub {
                         offset += bytes.len() as u64;
                         progress.done = offset;
                         sink.update(progress);
+                        if sink.cancelled() {
+                            out.sync_all().map_err(io(&partial))?;
+                            return Err(HubError::Cancelled {
+                                repo: cache.repo.clone(),
+                                done: offset,
+                                total: file.size,
+                            });
+                        }
                     }
                     Ok(None) => {
                         if offset < file.size {

@@ -131,6 +131,9 @@ pub enum HubError {
         expected: u64,
     },
 
+    #[error("download of {repo} cancelled after {done} of {total} bytes; it resumes next time")]
+    Cancelled { repo: String, done: u64, total: u64 },
+
     #[error("HF_ENDPOINT `{endpoint}` is not a usable URL ({reason})")]
     BadEndpoint { endpoint: String, reason: String },
 
