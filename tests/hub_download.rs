@@ -294,6 +294,8 @@ fn serve(
                     return Some(stream);
                 }
             }
+            // hf-hub's own downloader asks for the headers first.
+            None if method == "HEAD" => write_head(&mut stream, status, &extra, body.len()),
             None => respond(&mut stream, status, &extra, body),
         }
     } else {
@@ -828,4 +830,42 @@ fn a_library_download_reports_progress_and_can_be_cancelled() {
     assert_eq!(path, env.repo_dir().join("snapshots").join(COMMIT));
     assert_eq!(sink.finished, ["config.json", "tokenizer.json", WEIGHTS]);
     assert!(sink.updates > 3);
+}
+
+/// The cache is shared with Python's huggingface_hub both ways; hf-hub, which follows its
+/// layout, stands in for it: its scanner reads what rwkv-chat wrote, and a model its own
+/// downloader fetched loads here by repo id, offline.
+#[test]
+fn the_cache_is_shared_with_huggingface_hub_tools() {
+    let env = Env::new();
+    let hf = |cache: PathBuf| {
+        hf_hub::HFClient::builder()
+            .client(reqwest::Client::builder().no_proxy().build().unwrap())
+            .endpoint(env.hub.url.clone())
+            .cache_dir(cache)
+            .build_sync()
+            .unwrap()
+    };
+    assert!(env.download().status.success());
+    let scan = hf(env.cache()).scan_cache().send().unwrap();
+    assert!(scan.warnings.is_empty(), "{:?}", scan.warnings);
+    let repo = scan.repos.iter().find(|r| r.repo_id == REPO).unwrap();
+    assert_eq!(repo.revisions.len(), 1);
+    assert_eq!(repo.revisions[0].commit_hash, COMMIT);
+    assert_eq!(repo.revisions[0].refs, ["main"]);
+    let mut files: Vec<&str> = repo.revisions[0]
+        .files
+        .iter()
+        .map(|f| f.file_name.as_str())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["config.json", WEIGHTS, "tokenizer.json"]);
+
+    std::fs::remove_dir_all(env.cache()).unwrap();
+    let client = hf(env.cache());
+    let model = client.model("test", "tiny-rwkv4");
+    for name in ["config.json", "tokenizer.json", WEIGHTS] {
+        model.download_file().filename(name).send().unwrap();
+    }
+    env.assert_golden_offline();
 }
