@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::model::LoadError;
 
 /// The GPT-NeoX 20B tokenizer used by every RWKV-4 Pile and Raven model.
-const NEOX_20B: &[u8] = include_bytes!("assets/20B_tokenizer.json");
+pub(crate) const NEOX_20B: &[u8] = include_bytes!("assets/20B_tokenizer.json");
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

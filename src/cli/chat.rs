@@ -96,7 +96,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
             Some(p) => p.clone(),
             None => Preset::find(&presets, DEFAULT_PRESET)?,
         };
-        let label = Some(args.model.model.display().to_string());
+        let label = Some(args.model.model.clone());
         let session = OpenSession::create(&store, &engine, &name, preset, label)?;
         eprintln!("new session: {name}");
         session

@@ -6,7 +6,9 @@
 
 mod bench;
 mod chat;
+mod convert;
 mod generate;
+mod models;
 mod perplexity;
 mod sessions;
 
@@ -58,14 +60,19 @@ pub enum Command {
     Sessions(sessions::SessionsArgs),
     /// Measure prompt and generation speed, memory, and session resume time.
     Bench(bench::BenchArgs),
+    /// List, inspect, download and remove models from the Hugging Face hub.
+    Models(models::ModelsArgs),
+    /// Turn a raw .pth or PyTorch .bin checkpoint into a safetensors model directory.
+    Convert(convert::ConvertArgs),
 }
 
 /// How to find and load a model; shared by every command that runs one.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A model directory (Hugging Face layout) or a weights file (.safetensors, .bin, .pth).
+    /// A model directory (Hugging Face layout), a weights file (.safetensors, .bin, .pth), or a
+    /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
     #[arg(long, short = 'm')]
-    pub model: PathBuf,
+    pub model: String,
     /// Weight precision in memory: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
@@ -78,6 +85,9 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the one beside the model (or the built-in one).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Load a hub model's PyTorch files as they are, without making a safetensors copy once.
+    #[arg(long)]
+    pub no_convert: bool,
 }
 
 impl ModelArgs {
@@ -86,7 +96,11 @@ impl ModelArgs {
             dtype: self.dtype,
             device: self.device,
         };
-        let mut engine = Engine::load(&self.model, opts, self.tokenizer.as_deref())?;
+        let mut hub = crate::hub::Hub::from_env();
+        hub.convert &= !self.no_convert;
+        let path =
+            crate::hub::resolve_model(&self.model, &hub, &mut crate::hub::StderrProgress::new())?;
+        let mut engine = Engine::load(&path, opts, self.tokenizer.as_deref())?;
         engine.model.chunk_size = self.chunk_size;
         Ok(engine)
     }
@@ -112,6 +126,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),
+        Some(Command::Models(args)) => models::run(args),
+        Some(Command::Convert(args)) => convert::run(args),
         Some(Command::Chat(args)) => chat::run(args),
         Some(Command::Sessions(args)) => sessions::run(args),
         Some(Command::Bench(args)) => bench::run(args),
@@ -134,10 +150,11 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Command-line runs log warnings to stderr (`RUST_LOG` selects more).
+/// Command-line runs log warnings to stderr (`RUST_LOG` selects more). hf-hub's own logs are
+/// off by default: every failure it logs is also returned and reported as one message.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -17,6 +17,23 @@ use crate::sampler::SamplingParams;
 use crate::session::{OpenSession, Rebuild};
 use crate::store::Store;
 
+/// Download progress from the hub, as the worker's load progress.
+struct DownloadProgress<'a>(&'a mut dyn FnMut(LoadProgress));
+
+impl crate::hub::ProgressSink for DownloadProgress<'_> {
+    fn update(&mut self, p: &crate::hub::Progress) {
+        (self.0)(LoadProgress {
+            stage: format!("downloading {} ({}/{})", p.file, p.index, p.count),
+            done: p.done,
+            total: p.total,
+        });
+    }
+
+    fn finished(&mut self, p: &crate::hub::Progress) {
+        self.update(p);
+    }
+}
+
 /// Replies longer than this are cut (the user can ask the model to go on).
 const MAX_REPLY_TOKENS: usize = 500;
 
@@ -158,11 +175,21 @@ impl Backend for ChatBackend {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> anyhow::Result<ModelInfo> {
         progress(LoadProgress {
+            stage: format!("looking for {spec}"),
+            done: 0,
+            total: 0,
+        });
+        let path = crate::hub::resolve_model(
+            spec,
+            &crate::hub::Hub::from_env(),
+            &mut DownloadProgress(progress),
+        )?;
+        progress(LoadProgress {
             stage: format!("loading {spec}"),
             done: 0,
             total: 0,
         });
-        let engine = Engine::load(Path::new(spec), self.load, None)?;
+        let engine = Engine::load(&path, self.load, None)?;
         let info = ModelInfo {
             name: spec.to_owned(),
             dtype: engine.model.dtype().to_string(),

@@ -1,0 +1,218 @@
+//! `rwkv-chat models list | info | download | remove`: the catalogue and the models on this
+//! machine, without opening the TUI.
+
+use std::io::Write;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+
+use crate::hub::cache::{self, LocalModel, RepoCache};
+use crate::hub::catalogue::{self, CatalogueEntry, Layout};
+use crate::hub::{Hub, ModelSpec, StderrProgress, human_bytes};
+use crate::model::WeightDtype;
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The catalogue and the models on this machine (hub cache and models directory).
+    List,
+    /// Sizes, memory needs and local copies of one model.
+    Info {
+        /// A hub repo id, for example RWKV/rwkv-raven-1b5.
+        id: String,
+    },
+    /// Fetch a model (or check a downloaded one for a newer commit), with progress on stderr;
+    /// prints the local path.
+    Download {
+        /// A hub repo id, optionally `/FILE` for one file of a raw repo and `@REVISION`.
+        id: String,
+    },
+    /// Delete a downloaded model from the hub cache.
+    Remove {
+        /// A hub repo id.
+        id: String,
+    },
+}
+
+pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let hub = Hub::from_env();
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        ModelsCommand::List => list(&hub, &mut out),
+        ModelsCommand::Info { id } => info(&hub, &id, &mut out),
+        ModelsCommand::Download { id } => {
+            let spec = parse(&id)?;
+            let path = hub.fetch(&spec, true, &mut StderrProgress::new())?;
+            writeln!(out, "{}", path.display())?;
+            Ok(())
+        }
+        ModelsCommand::Remove { id } => {
+            let spec = parse(&id)?;
+            let repo = RepoCache::new(&hub.cache_dir, &spec.repo);
+            let root = repo.root();
+            if !root.exists() {
+                bail!(
+                    "{}: not downloaded (nothing in {})",
+                    spec.repo,
+                    hub.cache_dir.display()
+                );
+            }
+            let (bytes, partial) = repo.disk_usage();
+            std::fs::remove_dir_all(&root)
+                .map_err(|e| anyhow::anyhow!("{}: cannot remove: {e}", root.display()))?;
+            let _ = std::fs::remove_dir_all(hub.cache_dir.join(".locks").join(repo.folder_name()));
+            let copies = crate::hub::converted_dir();
+            let prefix = format!("{}--", repo.folder_name());
+            for copy in std::fs::read_dir(&copies).into_iter().flatten().flatten() {
+                if copy.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(copy.path());
+                }
+            }
+            writeln!(
+                out,
+                "removed {} ({} freed)",
+                spec.repo,
+                human_bytes(bytes + partial)
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn parse(id: &str) -> anyhow::Result<ModelSpec> {
+    ModelSpec::parse(id).ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{id}` is not a hub repo id (expected OWNER/NAME, for example RWKV/rwkv-raven-1b5)"
+        )
+    })
+}
+
+fn status(local: Option<&LocalModel>) -> String {
+    match local {
+        Some(m) if m.complete => "downloaded".into(),
+        Some(m) if m.partial_bytes > 0 => format!("partial ({})", human_bytes(m.partial_bytes)),
+        _ => "-".into(),
+    }
+}
+
+fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
+    let cached = cache::cached_models(&hub.cache_dir);
+    let find_local = |repo: &str| cached.iter().find(|m| m.id.eq_ignore_ascii_case(repo));
+    writeln!(
+        out,
+        "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>6}  status",
+        "catalogue", "params", "layers", "download", "RAM f32", "RAM f16", "ctx"
+    )?;
+    for e in catalogue::CATALOGUE {
+        writeln!(
+            out,
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>6}  {}",
+            e.repo,
+            e.size,
+            format!("{}x{}", e.layers, e.hidden),
+            human_bytes(e.download_bytes()),
+            human_bytes(e.ram_bytes(WeightDtype::F32)),
+            human_bytes(e.ram_bytes(WeightDtype::F16)),
+            e.context_length,
+            status(find_local(e.repo)),
+        )?;
+    }
+    let recommended = catalogue::recommended_chat_model();
+    writeln!(out, "\nrecommended for this machine: {}", recommended.repo)?;
+
+    let others: Vec<&LocalModel> = cached
+        .iter()
+        .filter(|m| catalogue::find(&m.id).is_none())
+        .collect();
+    let dir = crate::hub::models_dir();
+    let in_dir = cache::models_dir_models(&dir);
+    writeln!(
+        out,
+        "\nother local models (hub cache {}):",
+        hub.cache_dir.display()
+    )?;
+    if others.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for m in others {
+        writeln!(
+            out,
+            "  {:<40} {:>9}  {}",
+            m.id,
+            human_bytes(m.bytes),
+            status(Some(m))
+        )?;
+    }
+    writeln!(out, "\nmodels directory {}:", dir.display())?;
+    if in_dir.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for m in in_dir {
+        writeln!(out, "  {:<40} {:>9}", m.id, human_bytes(m.bytes))?;
+    }
+    Ok(())
+}
+
+fn info(hub: &Hub, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let spec = parse(id)?;
+    let entry: Option<&CatalogueEntry> = catalogue::find(&spec.repo);
+    writeln!(out, "repo: {}", spec.repo)?;
+    match entry {
+        Some(e) => {
+            writeln!(out, "about: {}", e.summary)?;
+            writeln!(out, "layers x hidden: {} x {}", e.layers, e.hidden)?;
+            writeln!(out, "parameters: {:.2} B", e.parameters() as f64 / 1e9)?;
+            let format = match e.layout {
+                Layout::HuggingFace => {
+                    "f32 PyTorch .bin (converted to safetensors by `rwkv-chat convert`)"
+                }
+                Layout::RawPth => "bf16 .pth files, one per model; name one as REPO/FILE",
+            };
+            writeln!(
+                out,
+                "download: about {} ({format})",
+                human_bytes(e.download_bytes())
+            )?;
+            for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16] {
+                writeln!(
+                    out,
+                    "RAM with --dtype {dtype}: about {}",
+                    human_bytes(e.ram_bytes(dtype))
+                )?;
+            }
+            writeln!(out, "training context: {} tokens", e.context_length)?;
+            writeln!(out, "licence: {}", e.licence)?;
+        }
+        None => writeln!(out, "not in the catalogue")?,
+    }
+    let repo = RepoCache::new(&hub.cache_dir, &spec.repo);
+    match repo.complete_model(
+        spec.revision.as_deref().unwrap_or("main"),
+        spec.file.as_deref(),
+    ) {
+        Some(path) => writeln!(
+            out,
+            "downloaded: {} ({})",
+            path.display(),
+            human_bytes(repo.disk_usage().0)
+        )?,
+        None => {
+            let partial = repo.disk_usage().1;
+            if partial > 0 {
+                writeln!(
+                    out,
+                    "downloaded: partly ({}); `models download` resumes",
+                    human_bytes(partial)
+                )?;
+            } else {
+                writeln!(out, "downloaded: no")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! `rwkv-chat convert`: any checkpoint the loader reads (raw BlinkDL `.pth`, PyTorch `.bin`,
+//! single or sharded) into a Hugging Face directory with one `model.safetensors`, `config.json`
+//! and `tokenizer.json`, so it loads by mmap in seconds and also opens in transformers.
+//!
+//! Tensors go through the loader ([`Checkpoint`]), which already maps raw names to Hugging Face
+//! names and checks shapes against the config, and are written one at a time, so converting a
+//! 14B model needs memory for one tensor, not for the model. The directory is built under a
+//! temporary name beside the destination and renamed into place when complete, so an
+//! interrupted conversion never leaves something that looks like a model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::{Checkpoint, ModelFiles, WeightDtype};
+
+/// What a conversion wrote.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub dir: PathBuf,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+/// Converts the model at `src` into a new directory `dst` holding weights in `dtype`, or in
+/// the dtype the source stores them in when `None` (a lossless copy).
+pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Result<Converted> {
+    if dst.exists() {
+        bail!(
+            "{}: already exists; choose a new directory to convert into",
+            dst.display()
+        );
+    }
+    let files = ModelFiles::locate(src)?;
+    let ckpt = Checkpoint::open(files.clone())?;
+    let cfg = ckpt.config()?;
+    let dtype = dtype.unwrap_or_else(|| {
+        match ckpt
+            .info(crate::model::checkpoint::EMBEDDING)
+            .map(|i| i.dtype)
+        {
+            Some(DType::F16) => WeightDtype::F16,
+            Some(DType::BF16) => WeightDtype::Bf16,
+            _ => WeightDtype::F32,
+        }
+    });
+
+    let name = dst
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", dst.display()))?;
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("{}: cannot create directory", parent.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result =
+        write_model(&ckpt, &files, &cfg, &tmp, dtype).and_then(|(tensors, parameters, bytes)| {
+            std::fs::rename(&tmp, dst).with_context(|| {
+                format!("{}: cannot move the converted model here", dst.display())
+            })?;
+            Ok(Converted {
+                dir: dst.to_owned(),
+                tensors,
+                parameters,
+                bytes,
+            })
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_model(
+    ckpt: &Checkpoint,
+    files: &ModelFiles,
+    cfg: &crate::model::Config,
+    dir: &Path,
+    dtype: WeightDtype,
+) -> anyhow::Result<(usize, u64, u64)> {
+    std::fs::create_dir(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let weights = dir.join("model.safetensors");
+    let (tensors, parameters, bytes) = write_safetensors(ckpt, &weights, dtype.candle())
+        .with_context(|| format!("{}: cannot write", weights.display()))?;
+
+    // Keep the source config's extra fields (architectures, token ids) when there is one.
+    let mut config = match &files.config {
+        Some(path) => serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?,
+        )
+        .with_context(|| format!("{}: invalid JSON", path.display()))?,
+        None => serde_json::json!({
+            "architectures": ["RwkvForCausalLM"],
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+            "tie_word_embeddings": false,
+        }),
+    };
+    let ours = serde_json::to_value(cfg)?;
+    if let (Some(target), Some(fields)) = (config.as_object_mut(), ours.as_object()) {
+        for (k, v) in fields {
+            target.insert(k.clone(), v.clone());
+        }
+        target.insert("model_type".into(), "rwkv".into());
+        target.insert(
+            "torch_dtype".into(),
+            match dtype {
+                WeightDtype::F32 => "float32",
+                WeightDtype::F16 => "float16",
+                WeightDtype::Bf16 => "bfloat16",
+            }
+            .into(),
+        );
+    }
+    write_synced(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+
+    let tokenizer = match &files.tokenizer {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?
+        }
+        None => crate::tokenizer::NEOX_20B.to_vec(),
+    };
+    write_synced(&dir.join("tokenizer.json"), &tokenizer)?;
+    Ok((tensors, parameters, bytes))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Writes the safetensors format by hand (8-byte header length, JSON header, raw data) so each
+/// tensor is read, converted and written before the next is touched.
+fn write_safetensors(
+    ckpt: &Checkpoint,
+    path: &Path,
+    dtype: DType,
+) -> anyhow::Result<(usize, u64, u64)> {
+    let mut names: Vec<&str> = ckpt.names().collect();
+    names.sort_unstable();
+    let (tag, width) = match dtype {
+        DType::F16 => ("F16", 2),
+        DType::BF16 => ("BF16", 2),
+        _ => ("F32", 4),
+    };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0u64;
+    let mut parameters = 0u64;
+    for name in &names {
+        let shape = ckpt.info(name).map(|i| i.shape.clone()).unwrap_or_default();
+        let count: u64 = shape.iter().map(|&d| d as u64).product();
+        let end = offset + count * width;
+        header.insert(
+            (*name).to_owned(),
+            serde_json::json!({ "dtype": tag, "shape": shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+        parameters += count;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))?;
+    // The data must start 8-byte aligned; the format pads the header with spaces.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for name in &names {
+        let shape = ckpt.info(name).map(|i| i.shape.clone()).unwrap_or_default();
+        let tensor = ckpt.tensor(name, &shape, &Device::Cpu)?;
+        out.write_all(&tensor_bytes(&tensor, dtype)?)?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok((names.len(), parameters, 8 + header.len() as u64 + offset))
+}
+
+fn tensor_bytes(tensor: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
+    let flat = tensor.flatten_all()?.to_dtype(dtype)?;
+    Ok(match dtype {
+        DType::F16 => flat
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        _ => flat
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+    })
+}

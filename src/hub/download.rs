@@ -1,0 +1,665 @@
+//! Fetching a model repository into the Hugging Face cache.
+//!
+//! hf-hub 1.0 asks the hub what to fetch: the commit a revision points at, the files in it, and
+//! their sizes and sha256 (`/api/models/{repo}[/revision/{rev}]` and `paths-info`). The bytes
+//! are moved here, with the reqwest client and tokio runtime hf-hub is built on, because hf-hub's
+//! own `download_file` cannot do what a multi-gigabyte model needs: it restarts an interrupted
+//! transfer from zero (it truncates the `.incomplete` file), it checks neither the size nor the
+//! sha256 of what arrived, and its default client has no timeout, so a stalled server hangs it
+//! for ever. This transfer resumes from the `.incomplete` file with an HTTP range request, hashes
+//! the bytes as they arrive, gives up on a silent connection after `HF_HUB_DOWNLOAD_TIMEOUT`
+//! seconds, and renames the file into place only when its size and hash match the hub's.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hf_hub::HFError;
+use hf_hub::repository::RepoTreeEntry;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE};
+use sha2::{Digest, Sha256};
+
+use super::cache::RepoCache;
+use super::{Hub, HubError, ModelSpec};
+
+/// Transfers that break off are resumed this many times within one run before giving up.
+const ATTEMPTS: usize = 3;
+
+/// One file of a repository as the hub describes it.
+#[derive(Debug, Clone)]
+struct RemoteFile {
+    path: String,
+    size: u64,
+    /// The LFS sha256, for the large files; small files are checked by size only (their git
+    /// blob id is a sha1 over a header and the bytes, which nothing else here needs).
+    sha256: Option<String>,
+    /// The blob name in the cache: the sha256 for LFS files, the git blob id otherwise, as
+    /// huggingface_hub names them.
+    hash: String,
+}
+
+/// Where a download stands, for a progress display.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub repo: String,
+    pub file: String,
+    /// 1-based position of this file among the files to fetch.
+    pub index: usize,
+    pub count: usize,
+    pub done: u64,
+    pub total: u64,
+    /// Bytes that were already on disk from an earlier, interrupted run.
+    pub resumed: u64,
+    pub started: Instant,
+}
+
+impl Progress {
+    /// Bytes per second over this run's part of the transfer.
+    pub fn rate(&self) -> f64 {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        (self.done - self.resumed) as f64 / secs
+    }
+
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| Duration::from_secs_f64((self.total - self.done) as f64 / rate))
+    }
+}
+
+/// Receives progress; the command line prints it, the TUI forwards it to its event loop.
+pub trait ProgressSink {
+    fn update(&mut self, progress: &Progress);
+    /// A file is complete and verified (or was already in the cache).
+    fn finished(&mut self, progress: &Progress);
+    /// Asked between chunks: `true` stops the download with [`HubError::Cancelled`], keeping
+    /// what has arrived for the next attempt to resume.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl Hub {
+    /// Fetches what `spec` names into the cache and returns the local path to load.
+    pub(super) fn download(
+        &self,
+        spec: &ModelSpec,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<PathBuf, HubError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| HubError::Io {
+                path: PathBuf::from("tokio runtime"),
+                source,
+            })?;
+        runtime.block_on(self.download_async(spec, sink))
+    }
+
+    fn http(&self) -> Result<reqwest::Client, HubError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!(
+                "rwkv-chat/",
+                env!("CARGO_PKG_VERSION"),
+                "; hf-hub/1.0"
+            ))
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout);
+        // A mirror on this machine is never behind the proxy the environment names.
+        let local = reqwest::Url::parse(&self.endpoint)
+            .is_ok_and(|u| matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")));
+        if local {
+            builder = builder.no_proxy();
+        }
+        builder
+            .build()
+            .map_err(|e| self.network_error(&self.endpoint, e, 0, 0))
+    }
+
+    async fn download_async(
+        &self,
+        spec: &ModelSpec,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<PathBuf, HubError> {
+        let http = self.http()?;
+        let mut builder = hf_hub::HFClient::builder()
+            .client(http.clone())
+            .endpoint(self.endpoint.clone())
+            .cache_dir(self.cache_dir.clone())
+            // A stalled or failing hub should be reported in seconds, not after five tries.
+            .retry_max_attempts(1);
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
+        }
+        let client = builder.build().map_err(|e| self.hf_error(spec, e))?;
+        let (owner, name) = hf_hub::split_id(&spec.repo);
+        let repo = client.model(owner, name);
+
+        let info = match &spec.revision {
+            Some(rev) => repo.info().revision(rev.clone()).send().await,
+            None => repo.info().send().await,
+        }
+        .map_err(|e| self.hf_error(spec, e))?;
+        let commit = info.sha.clone().ok_or_else(|| HubError::Protocol {
+            url: self.endpoint.clone(),
+            reason: format!("the hub gave no commit id for {}", spec.repo),
+        })?;
+        let names: Vec<String> = info
+            .siblings
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.rfilename)
+            .collect();
+        let wanted = select_files(&spec.repo, &names, spec.file.as_deref())?;
+
+        let entries = repo
+            .get_paths_info()
+            .paths(wanted.clone())
+            .revision(commit.clone())
+            .send()
+            .await
+            .map_err(|e| self.hf_error(spec, e))?;
+        let files = wanted
+            .iter()
+            .map(|path| remote_file(&spec.repo, path, &entries))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let cache = RepoCache::new(&self.cache_dir, &spec.repo);
+        for (i, file) in files.iter().enumerate() {
+            let mut progress = Progress {
+                repo: spec.repo.clone(),
+                file: file.path.clone(),
+                index: i + 1,
+                count: files.len(),
+                done: 0,
+                total: file.size,
+                resumed: 0,
+                started: Instant::now(),
+            };
+            self.fetch_blob(&http, &cache, &commit, file, &mut progress, sink)
+                .await?;
+            cache
+                .link(&commit, &file.path, &file.hash)
+                .map_err(|source| HubError::Io {
+                    path: cache.snapshot(&commit).join(&file.path),
+                    source,
+                })?;
+            progress.done = file.size;
+            sink.finished(&progress);
+        }
+        let revision = spec.revision.as_deref().unwrap_or("main");
+        cache
+            .write_ref(revision, &commit)
+            .map_err(|source| HubError::Io {
+                path: cache.root().join("refs").join(revision),
+                source,
+            })?;
+        cache
+            .complete_model(&commit, spec.file.as_deref())
+            .ok_or_else(|| HubError::Protocol {
+                url: self.endpoint.clone(),
+                reason: format!(
+                    "{}@{commit} downloaded, but its files do not make a loadable model",
+                    spec.repo
+                ),
+            })
+    }
+
+    /// Makes `blobs/<hash>` hold the file, resuming and verifying as described above.
+    async fn fetch_blob(
+        &self,
+        http: &reqwest::Client,
+        cache: &RepoCache,
+        commit: &str,
+        file: &RemoteFile,
+        progress: &mut Progress,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<(), HubError> {
+        let blob = cache.blob(&file.hash);
+        if blob.is_file() {
+            return Ok(());
+        }
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| HubError::Io { path, source }
+        };
+        let lock_path = cache.lock_file(&file.hash);
+        if let Some(parent) = lock_path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::create_dir_all(cache.root().join("blobs")).map_err(io(&cache.root()))?;
+        // Another rwkv-chat or a Python process may be fetching the same blob; wait for it.
+        let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        if blob.is_file() {
+            return Ok(());
+        }
+
+        let partial = cache.incomplete(&file.hash);
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&partial)
+            .map_err(io(&partial))?;
+        let mut offset = out.metadata().map_err(io(&partial))?.len();
+        if offset > file.size {
+            out.set_len(0).map_err(io(&partial))?;
+            offset = 0;
+        }
+        let mut hasher = Sha256::new();
+        if offset > 0 && file.sha256.is_some() {
+            hash_prefix(&partial, &mut hasher).map_err(io(&partial))?;
+        }
+        progress.done = offset;
+        progress.resumed = offset;
+
+        let url = self.file_url(&cache.repo, commit, &file.path)?;
+        let mut last_error = None;
+        for attempt in 1..=ATTEMPTS {
+            if offset == file.size {
+                break;
+            }
+            if let Some(e) = &last_error {
+                let why = match e {
+                    HubError::Interrupted { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(
+                    "{}: {why}; resuming at byte {offset} (attempt {attempt} of {ATTEMPTS})",
+                    file.path
+                );
+            }
+            let mut request = http.get(url.clone());
+            if let Some(token) = &self.token {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            if offset > 0 {
+                request = request.header(RANGE, format!("bytes={offset}-"));
+            }
+            let mut response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let error = self.network_error(url.as_str(), e, offset, file.size);
+                    if matches!(error, HubError::Unreachable { .. }) {
+                        return Err(error);
+                    }
+                    last_error = Some(error);
+                    continue;
+                }
+            };
+            match response.status() {
+                StatusCode::PARTIAL_CONTENT
+                    if range_start(response.headers().get(CONTENT_RANGE)) == Some(offset) => {}
+                StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+                    // The server ignored the range (or answered another): start over.
+                    out.set_len(0).map_err(io(&partial))?;
+                    hasher = Sha256::new();
+                    offset = 0;
+                    progress.resumed = 0;
+                }
+                status => return Err(self.status_error(&cache.repo, &file.path, &url, status)),
+            }
+            loop {
+                match response.chunk().await {
+                    Ok(Some(bytes)) => {
+                        if offset + bytes.len() as u64 > file.size {
+                            drop(out);
+                            let _ = std::fs::remove_file(&partial);
+                            return Err(HubError::TooLarge {
+                                repo: cache.repo.clone(),
+                                file: file.path.clone(),
+                                expected: file.size,
+                            });
+                        }
+                        out.write_all(&bytes).map_err(io(&partial))?;
+                        hasher.update(&bytes);
+                        offset += bytes.len() as u64;
+                        progress.done = offset;
+                        sink.update(progress);
+                        if sink.cancelled() {
+                            out.sync_all().map_err(io(&partial))?;
+                            return Err(HubError::Cancelled {
+                                repo: cache.repo.clone(),
+                                done: offset,
+                                total: file.size,
+                            });
+                        }
+                    }
+                    Ok(None) => {
+                        if offset < file.size {
+                            last_error = Some(HubError::Interrupted {
+                                url: url.to_string(),
+                                done: offset,
+                                total: file.size,
+                                reason: "the server ended the transfer early".into(),
+                            });
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        last_error = Some(self.network_error(url.as_str(), e, offset, file.size));
+                        break;
+                    }
+                }
+            }
+        }
+        if offset < file.size {
+            out.sync_all().map_err(io(&partial))?;
+            return Err(last_error.unwrap_or(HubError::Interrupted {
+                url: url.to_string(),
+                done: offset,
+                total: file.size,
+                reason: "no data".into(),
+            }));
+        }
+        out.sync_all().map_err(io(&partial))?;
+        drop(out);
+        if let Some(expected) = &file.sha256 {
+            let actual = hex(&hasher.finalize());
+            if !actual.eq_ignore_ascii_case(expected) {
+                // Resuming garbage cannot fix it: the next run starts from zero.
+                let _ = std::fs::remove_file(&partial);
+                return Err(HubError::Corrupt {
+                    repo: cache.repo.clone(),
+                    file: file.path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        std::fs::rename(&partial, &blob).map_err(io(&blob))
+    }
+
+    fn file_url(&self, repo: &str, commit: &str, file: &str) -> Result<reqwest::Url, HubError> {
+        let bad = |reason: String| HubError::BadEndpoint {
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
+        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| bad(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| bad("it cannot hold a path".into()))?
+            .pop_if_empty()
+            .extend(repo.split('/'))
+            .extend(["resolve", commit])
+            .extend(file.split('/'));
+        Ok(url)
+    }
+
+    fn status_error(
+        &self,
+        repo: &str,
+        file: &str,
+        url: &reqwest::Url,
+        status: StatusCode,
+    ) -> HubError {
+        match status.as_u16() {
+            404 => HubError::FileNotFound {
+                repo: repo.to_owned(),
+                file: file.to_owned(),
+                endpoint: self.endpoint.clone(),
+            },
+            401 | 403 => HubError::Auth {
+                repo: repo.to_owned(),
+                endpoint: self.endpoint.clone(),
+                status: status.as_u16(),
+            },
+            code => HubError::Server {
+                url: url.to_string(),
+                status: code,
+            },
+        }
+    }
+
+    fn network_error(&self, url: &str, e: reqwest::Error, done: u64, total: u64) -> HubError {
+        if e.is_timeout() {
+            HubError::Stalled {
+                url: url.to_owned(),
+                secs: self.timeout.as_secs_f64(),
+            }
+        } else if e.is_connect() {
+            HubError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: root_cause(&e),
+            }
+        } else {
+            HubError::Interrupted {
+                url: url.to_owned(),
+                done,
+                total,
+                reason: root_cause(&e),
+            }
+        }
+    }
+
+    /// Turns hf-hub's errors into ones that say what the user can do.
+    fn hf_error(&self, spec: &ModelSpec, e: HFError) -> HubError {
+        let repo = spec.repo.clone();
+        let endpoint = self.endpoint.clone();
+        match e {
+            HFError::RepoNotFound { .. } => HubError::RepoNotFound { repo, endpoint },
+            HFError::RevisionNotFound { revision, .. } => HubError::RevisionNotFound {
+                repo,
+                revision,
+                endpoint,
+            },
+            HFError::EntryNotFound { path, .. } => HubError::FileNotFound {
+                repo,
+                file: path,
+                endpoint,
+            },
+            HFError::AuthRequired { context } | HFError::Forbidden { context } => HubError::Auth {
+                repo,
+                endpoint,
+                status: context.status.as_u16(),
+            },
+            HFError::Http { context } | HFError::RateLimited { context, .. } => HubError::Server {
+                url: context.url.clone(),
+                status: context.status.as_u16(),
+            },
+            HFError::Request { source, url } => {
+                let url = url.unwrap_or(endpoint);
+                self.network_error(&url, source, 0, 0)
+            }
+            HFError::Url(e) => HubError::BadEndpoint {
+                endpoint,
+                reason: e.to_string(),
+            },
+            other => HubError::Protocol {
+                url: endpoint,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Chooses what to fetch from a repo listing: the named file, or the config, the tokenizer and
+/// one set of weights (safetensors before PyTorch, a single `.pth` for a raw repo). Weights come
+/// last and a shard index after its shards, so an interrupted download never leaves a snapshot
+/// that looks loadable.
+fn select_files(repo: &str, names: &[String], file: Option<&str>) -> Result<Vec<String>, HubError> {
+    let has = |n: &str| names.iter().any(|x| x == n);
+    if let Some(file) = file {
+        if !has(file) {
+            return Err(HubError::FileNotFound {
+                repo: repo.to_owned(),
+                file: file.to_owned(),
+                endpoint: String::new(),
+            });
+        }
+        return Ok(vec![file.to_owned()]);
+    }
+    let mut wanted: Vec<String> = ["config.json", "tokenizer.json"]
+        .into_iter()
+        .filter(|n| has(n))
+        .map(str::to_owned)
+        .collect();
+    let shards = |prefix: &str, suffix: &str| -> Vec<String> {
+        let mut v: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with(prefix) && n.ends_with(suffix) && n.contains("-of-"))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    if has("model.safetensors") {
+        wanted.push("model.safetensors".into());
+    } else if has("model.safetensors.index.json") {
+        wanted.extend(shards("model-", ".safetensors"));
+        wanted.push("model.safetensors.index.json".into());
+    } else if has("pytorch_model.bin") {
+        wanted.push("pytorch_model.bin".into());
+    } else if has("pytorch_model.bin.index.json") {
+        wanted.extend(shards("pytorch_model-", ".bin"));
+        wanted.push("pytorch_model.bin.index.json".into());
+    } else {
+        let pths: Vec<&String> = names.iter().filter(|n| n.ends_with(".pth")).collect();
+        match pths.as_slice() {
+            [one] => wanted.push((*one).clone()),
+            [] => {
+                return Err(HubError::NoWeights {
+                    repo: repo.to_owned(),
+                });
+            }
+            many => {
+                return Err(HubError::ChooseFile {
+                    repo: repo.to_owned(),
+                    files: many.iter().map(|s| s.to_string()).collect(),
+                });
+            }
+        }
+    }
+    Ok(wanted)
+}
+
+fn remote_file(repo: &str, path: &str, entries: &[RepoTreeEntry]) -> Result<RemoteFile, HubError> {
+    entries
+        .iter()
+        .find_map(|entry| match entry {
+            RepoTreeEntry::File {
+                oid,
+                size,
+                path: p,
+                lfs,
+                ..
+            } if p == path => {
+                let sha256 = lfs.as_ref().and_then(|l| l.sha256.clone());
+                Some(RemoteFile {
+                    path: path.to_owned(),
+                    size: lfs.as_ref().and_then(|l| l.size).unwrap_or(*size),
+                    hash: sha256.clone().unwrap_or_else(|| oid.clone()),
+                    sha256,
+                })
+            }
+            _ => None,
+        })
+        .filter(|f| is_safe_blob_name(&f.hash))
+        .ok_or_else(|| HubError::FileNotFound {
+            repo: repo.to_owned(),
+            file: path.to_owned(),
+            endpoint: String::new(),
+        })
+}
+
+/// Blob names come from the server and become file names: hex digits only.
+fn is_safe_blob_name(hash: &str) -> bool {
+    !hash.is_empty() && hash.len() <= 128 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+fn range_start(header: Option<&reqwest::header::HeaderValue>) -> Option<u64> {
+    let text = header?.to_str().ok()?;
+    text.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn hash_prefix(path: &Path, hasher: &mut Sha256) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// reqwest's own message is "error sending request" or "error decoding response body"; the
+/// innermost cause ("connection refused", "end of file before message length reached") says why.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sharded_weights_come_after_their_shards() {
+        let listing = names(&[
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model-00001-of-00002.bin",
+            "pytorch_model.bin.index.json",
+            "tokenizer.json",
+        ]);
+        assert_eq!(
+            select_files("r", &listing, None).unwrap(),
+            names(&[
+                "config.json",
+                "tokenizer.json",
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model-00002-of-00002.bin",
+                "pytorch_model.bin.index.json",
+            ])
+        );
+    }
+
+    #[test]
+    fn safetensors_are_preferred_and_raw_repos_need_a_file() {
+        let listing = names(&["config.json", "model.safetensors", "pytorch_model.bin"]);
+        assert_eq!(
+            select_files("r", &listing, None).unwrap(),
+            names(&["config.json", "model.safetensors"])
+        );
+        let raw = names(&["a.pth", "b.pth", "README.md"]);
+        let err = select_files("BlinkDL/x", &raw, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BlinkDL/x/a.pth"), "{err}");
+        assert_eq!(
+            select_files("r", &raw, Some("b.pth")).unwrap(),
+            names(&["b.pth"])
+        );
+    }
+
+    #[test]
+    fn content_range_start_is_parsed() {
+        let v = reqwest::header::HeaderValue::from_static("bytes 100-199/200");
+        assert_eq!(range_start(Some(&v)), Some(100));
+        assert_eq!(range_start(None), None);
+    }
+}
