@@ -1,6 +1,5 @@
 //! The real binary's chat app, driven the way a user does: in tmux (skipped with a note where
-//! tmux is not installed). These runs need no chat backend; the end-to-end chat test that
-//! does is written on top of the same helpers.
+//! tmux is not installed; CI installs it), with the tiny fixture model.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,7 +36,9 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str) -> Option<Self> {
-        let socket = format!("rwkv-chat-test-{}", std::process::id());
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("rwkv-chat-test-{}-{n}", std::process::id());
         let status = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-x", "100", "-y", "30", command])
@@ -67,9 +68,10 @@ impl Tmux {
         self.run(&["capture-pane", "-p", "-t", "0"])
     }
 
-    /// Waits until the screen shows `text`; panics with the screen after a generous while.
+    /// Waits until the screen shows `text`; panics with the screen after a long while, so a
+    /// broken app fails the test instead of hanging it (this bounds nothing about speed).
     fn wait_for(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let screen = self.screen();
             if screen.contains(text) {
@@ -127,4 +129,93 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
     );
     let log = std::fs::read_to_string(dir.path().join("data/rwkv-chat.log")).unwrap();
     assert!(log.contains("rwkv-chat stopped"), "{log}");
+}
+
+fn tiny_model() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-rwkv4")
+}
+
+/// The whole loop a user goes through: chat, stop a reply, quit, come back to the session with
+/// its history, and go on without the history being fed through the model again.
+#[test]
+fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(config.join("presets")).unwrap();
+    // Greedy and without stop sequences, so a reply runs long enough to be stopped.
+    std::fs::write(
+        config.join("presets/long.toml"),
+        "name = \"long\"\nuser_prefix = \"User: \"\nuser_suffix = \"\\n\\n\"\nbot_prefix = \"Bot:\"\n\
+         bot_suffix = \"\\n\\n\"\nbanned_tokens = [0]\n[sampling]\ntemperature = 0.0\n",
+    )
+    .unwrap();
+    std::fs::write(config.join("config.toml"), "preset = \"long\"\n").unwrap();
+    let command = format!(
+        "RWKV_CHAT_CONFIG_DIR={} {} --model {} --data-dir {}; echo EXIT=$?; sleep 60",
+        quoted(&config),
+        quoted(Path::new(BIN)),
+        quoted(&tiny_model()),
+        quoted(&data),
+    );
+    let Some(tmux) = Tmux::start(&command) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    tmux.wait_for("Loaded");
+    tmux.wait_for("✓ saved");
+    tmux.keys(&["Hello raven", "Enter"]);
+    // The reply streams in; Esc stops it and the partial reply stays.
+    tmux.wait_for("Esc stops");
+    tmux.keys(&["Escape"]);
+    let screen = tmux.wait_for("[stopped]");
+    assert!(screen.contains("Hello raven"), "{screen}");
+    tmux.wait_for("Message (F1 help)");
+    tmux.keys(&["C-q"]);
+    tmux.wait_for("EXIT=0");
+    drop(tmux);
+
+    let sessions = std::fs::read_dir(data.join("sessions")).unwrap().count();
+    assert_eq!(sessions, 1);
+    let tmux = Tmux::start(&command).unwrap();
+    tmux.wait_for("Loaded");
+    // Pick the session in the sidebar: its history is back.
+    tmux.keys(&["Tab", "Enter"]);
+    tmux.wait_for("Hello raven");
+    tmux.keys(&["Tell me more", "Enter"]);
+    tmux.wait_for("Tell me more");
+    tmux.wait_for("Esc stops");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("Message (F1 help)");
+    tmux.keys(&["C-q"]);
+    tmux.wait_for("EXIT=0");
+
+    // Both runs opened the session from its saved state: no history token was fed again.
+    let log = std::fs::read_to_string(data.join("rwkv-chat.log")).unwrap();
+    let opened: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session opened"))
+        .collect();
+    assert!(opened.len() >= 2, "{log}");
+    assert!(
+        opened.iter().all(|l| l.contains("replayed_tokens=0")),
+        "{log}"
+    );
+    let export = Command::new(BIN)
+        .args(["sessions", "export", "--format", "json", "--data-dir"])
+        .arg(&data)
+        .arg(
+            std::fs::read_dir(data.join("sessions"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name(),
+        )
+        .output()
+        .unwrap();
+    let session: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    let messages = session["transcript"]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4, "{session}");
+    assert_eq!(messages[2]["text"], "Tell me more");
 }
