@@ -103,7 +103,8 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("config.toml"), "[keys]\nquit = \"ctrl+q\"\n").unwrap();
     let command = format!(
-        "RWKV_CHAT_CONFIG_DIR={} {} --data-dir {}; echo EXIT=$?; sleep 60",
+        "HF_HOME={} RWKV_CHAT_CONFIG_DIR={} {} --data-dir {}; echo EXIT=$?; sleep 60",
+        quoted(&dir.path().join("hf")),
         quoted(&config),
         quoted(Path::new(BIN)),
         quoted(&dir.path().join("data")),
@@ -112,9 +113,11 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    // No model configured: the model picker is open; no backend on this branch yet.
-    let screen = tmux.wait_for("Path or hub id:");
+    // No model configured: the model picker is open on the Raven model recommended for this
+    // machine's memory, with the catalogue below it.
+    let screen = tmux.wait_for("Path or hub id: RWKV/rwkv-raven-");
     assert!(screen.contains("Sessions"), "{screen}");
+    assert!(screen.contains("RWKV/rwkv-4-169m-pile"), "{screen}");
     tmux.keys(&["Escape", "F1"]);
     tmux.wait_for("Regenerate the last reply");
     tmux.keys(&["Escape", "h", "i", "?", "C-j", "there"]);

@@ -65,8 +65,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     tracing::info!(log = %log.display(), "rwkv-chat starting");
 
     let (themes, problems) = Themes::load(config_dir.as_ref().map(|d| d.join("themes")).as_deref());
-    let mut models = config.models.clone();
-    models.extend(config.model.clone().filter(|m| !models.contains(m)));
+    let (models, recommended) = model_choices(&config);
     let mut app = App::new(Setup {
         keymap: Keymap::with_overrides(&config.keys),
         themes,
@@ -100,9 +99,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     match options.model.or(config.model) {
         Some(spec) => startup.push(Effect::Command(Command::LoadModel { spec })),
         None => {
+            // First run: the model menu opens on the model that fits this machine; Enter
+            // downloads and loads it.
+            let mut input = input::TextInput::default();
+            input.set(&app.models[recommended]);
             app.overlay = Some(Overlay::Models {
-                input: input::TextInput::default(),
-                selected: 0,
+                input,
+                selected: recommended,
             });
         }
     }
@@ -126,6 +129,31 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     tracing::info!("rwkv-chat stopped");
     result
+}
+
+/// What the model menu offers: the config's models, the models already on disk, then the
+/// catalogue (the one recommended for this machine's memory first). Also returns the index of
+/// the recommended one.
+fn model_choices(config: &Config) -> (Vec<String>, usize) {
+    let mut models = config.models.clone();
+    let add = |m: String, models: &mut Vec<String>| {
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    };
+    if let Some(m) = &config.model {
+        add(m.clone(), &mut models);
+    }
+    for local in crate::hub::Hub::from_env().local_models() {
+        add(local.id, &mut models);
+    }
+    let recommended = crate::hub::catalogue::recommended_chat_model().repo;
+    add(recommended.to_owned(), &mut models);
+    for entry in crate::hub::catalogue::CATALOGUE {
+        add(entry.repo.to_owned(), &mut models);
+    }
+    let index = models.iter().position(|m| m == recommended).unwrap_or(0);
+    (models, index)
 }
 
 /// The model thread, or why there is none (shown again whenever it is needed).
