@@ -22,8 +22,16 @@ struct DownloadProgress<'a>(&'a mut dyn FnMut(LoadProgress));
 
 impl crate::hub::ProgressSink for DownloadProgress<'_> {
     fn update(&mut self, p: &crate::hub::Progress) {
+        let eta = p
+            .eta()
+            .map(|t| format!(", {}:{:02} left", t.as_secs() / 60, t.as_secs() % 60))
+            .unwrap_or_default();
+        let rate = crate::hub::human_bytes(p.rate() as u64);
         (self.0)(LoadProgress {
-            stage: format!("downloading {} ({}/{})", p.file, p.index, p.count),
+            stage: format!(
+                "downloading {} ({}/{}), {rate}/s{eta}",
+                p.file, p.index, p.count
+            ),
             done: p.done,
             total: p.total,
         });
@@ -340,5 +348,116 @@ impl Backend for ChatBackend {
         };
         session.save(store, engine)?;
         Ok(Some(session.name.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> String {
+        format!("{}/tests/fixtures/tiny-rwkv4", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn backend(data: &Path) -> ChatBackend {
+        let mut b = ChatBackend::new(data, None, LoadOptions::default()).unwrap();
+        b.load_model(&tiny(), &mut |_| {}).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_session_goes_through_every_command() {
+        let data = tempfile::tempdir().unwrap();
+        let mut b = backend(data.path());
+        let never = AtomicBool::new(false);
+        assert!(
+            b.send("hi", &never, &mut |_| {})
+                .unwrap_err()
+                .to_string()
+                .contains("no session")
+        );
+
+        let view = b.new_session("completion").unwrap();
+        assert_eq!(view.preset, "completion");
+        let mut streamed = String::new();
+        let stats = b
+            .send("The raven", &never, &mut |t| streamed.push_str(t))
+            .unwrap();
+        assert!(stats.generated_tokens > 0 && !streamed.is_empty());
+        assert_eq!(stats.session_tokens, b.view().unwrap().tokens);
+        b.regenerate(&never, &mut |_| {}).unwrap();
+        b.edit_last("A crow", &never, &mut |_| {}).unwrap();
+        let view = b.view().unwrap();
+        assert_eq!(view.messages.len(), 2);
+        assert_eq!(view.messages[0].text, "A crow");
+
+        let greedy = SamplingParams::greedy();
+        b.set_sampling(&greedy).unwrap();
+        assert_eq!(b.view().unwrap().sampling, greedy);
+        assert!(
+            b.set_sampling(&SamplingParams {
+                top_p: 7.0,
+                ..greedy
+            })
+            .is_err()
+        );
+        let view = b.set_preset("raven").unwrap();
+        assert_eq!(view.preset, "raven");
+
+        let original = view.name.clone();
+        b.rename(&original, "Corvids").unwrap();
+        assert_eq!(b.view().unwrap().title, "Corvids");
+        let fork = b.fork(1).unwrap();
+        assert_ne!(fork.name, original);
+        assert_eq!(fork.messages.len(), 2);
+        assert_eq!(fork.replayed_tokens, 0);
+
+        let listed = b.list_sessions().unwrap();
+        assert_eq!(listed.len(), 2);
+        b.delete(&fork.name).unwrap();
+        assert_eq!(b.list_sessions().unwrap().len(), 1);
+        assert_eq!(
+            b.save().unwrap(),
+            None,
+            "the deleted session was the open one"
+        );
+        let view = b.open_session(&original).unwrap();
+        assert_eq!(view.title, "Corvids");
+        assert_eq!(view.replayed_tokens, 0);
+    }
+
+    #[test]
+    fn another_model_rebuilds_the_open_session() {
+        let data = tempfile::tempdir().unwrap();
+        let mut b = backend(data.path());
+        b.new_session("raven").unwrap();
+        b.send("Hello", &AtomicBool::new(false), &mut |_| {})
+            .unwrap();
+        // The same model from another layout has the same fingerprint: nothing is replayed.
+        let raw = format!("{}/rwkv4-raw.pth", tiny());
+        let mut stages = vec![];
+        b.load_model(&raw, &mut |p| stages.push(p.stage)).unwrap();
+        assert_eq!(b.view().unwrap().replayed_tokens, 0, "{stages:?}");
+        // Other weights: the session's state is rebuilt from its transcript, with progress.
+        let mut tensors = candle_core::safetensors::load(
+            format!("{}/model.safetensors", tiny()),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let doubled = (tensors["rwkv.ln_out.weight"].clone() * 2.0).unwrap();
+        tensors.insert("rwkv.ln_out.weight".into(), doubled);
+        let other = data.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        candle_core::safetensors::save(&tensors, other.join("model.safetensors")).unwrap();
+        let mut stages = vec![];
+        b.load_model(other.to_str().unwrap(), &mut |p| stages.push(p.stage))
+            .unwrap();
+        assert!(b.view().unwrap().replayed_tokens > 0);
+        assert!(
+            stages.iter().any(|s| s.contains("rebuilding")),
+            "{stages:?}"
+        );
+        assert!(b.load_model("/nonexistent/model", &mut |_| {}).is_err());
+        assert!(b.view().is_ok(), "a failed load keeps the session");
     }
 }
