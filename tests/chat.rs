@@ -240,3 +240,21 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert!(err.to_string().contains("no message to edit"), "{err}");
     assert!(conv.messages().is_empty());
 }
+
+#[test]
+fn only_the_configured_number_of_turns_is_kept() {
+    let engine = engine();
+    let mut conv = Conversation::new(&engine, greedy_preset("raven")).unwrap();
+    conv.kept_turns = 1;
+    for msg in ["one", "two", "three"] {
+        send(&mut conv, &engine, msg);
+    }
+    assert_eq!(conv.saved_state().checkpoints.len(), 1);
+    let err = conv.fork(1).err().unwrap().to_string();
+    assert!(err.contains("no longer kept"), "{err}");
+    // The last turn is kept: regenerate and edit still work, and fork at the end.
+    let never = AtomicBool::new(false);
+    conv.regenerate(&engine, OPTS, &never, &mut |_| {}).unwrap();
+    conv.edit_last(&engine, "four", OPTS, &never, &mut |_| {}).unwrap();
+    assert_eq!(conv.fork(3).unwrap().messages().len(), 6);
+}

@@ -40,6 +40,9 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 500)]
     pub max_tokens: usize,
+    /// Keep the states around this many recent turns, for instant regenerate, edit and fork.
+    #[arg(long, default_value_t = crate::chat::conversation::DEFAULT_KEPT_TURNS)]
+    pub keep_turns: usize,
     /// Rebuild a session's state from its transcript when the saved one cannot be used.
     #[arg(long)]
     pub rebuild: bool,
@@ -106,6 +109,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         session.conversation.preset = preset;
     }
     session.conversation.sampling = args.sampling.apply(&session.conversation.sampling)?;
+    session.conversation.kept_turns = args.keep_turns.max(1);
     let base_seed = args.sampling.seed.unwrap_or_else(rand::random);
     let mut replayed = session.replayed_tokens;
 
