@@ -224,6 +224,9 @@ impl Store {
                 continue;
             }
             out.push(match self.load(&name) {
+                // A session being created (its lock taken, nothing saved yet) is not listed
+                // until it has a transcript.
+                Err(StoreError::NotFound(_)) => continue,
                 Ok(s) => SessionSummary {
                     title: s.display_title(),
                     model: s.model.clone(),
