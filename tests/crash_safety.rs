@@ -96,14 +96,13 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut saved_line = || loop {
+        // At least one save per round, then a kill anywhere in the saves that follow.
+        acknowledged = loop {
             let line = lines.next().unwrap().unwrap();
             if let Some(n) = line.strip_prefix("saved ") {
-                return n.parse::<usize>().unwrap();
+                break n.parse::<usize>().unwrap();
             }
         };
-        // At least one save per round, then a kill anywhere in the saves that follow.
-        acknowledged = saved_line();
         std::thread::sleep(std::time::Duration::from_micros(next(&mut seed) % 6000));
         child.kill().unwrap();
         child.wait().unwrap();

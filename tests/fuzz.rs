@@ -212,6 +212,30 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn an_accepted_session_name_is_one_plain_path_component(name in "[a-z./\\\\-_]{0,8}|.{0,8}") {
+        if rwkv_chat::store::validate_name(&name).is_ok() {
+            let parts: Vec<_> = Path::new(&name).components().collect();
+            prop_assert!(matches!(parts[..], [std::path::Component::Normal(_)]), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn an_accepted_model_id_names_only_paths_inside_the_cache(spec in "[a-z./@-]{0,16}") {
+        if let Some(spec) = rwkv_chat::hub::ModelSpec::parse(&spec) {
+            for part in [Some(spec.repo), spec.file, spec.revision].into_iter().flatten() {
+                let plain = Path::new(&part)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+                prop_assert!(plain && !part.is_empty(), "{part:?}");
+            }
+        }
+    }
+}
+
 fn tokenizer() -> &'static rwkv_chat::tokenizer::Tokenizer {
     static TOKENIZER: std::sync::OnceLock<rwkv_chat::tokenizer::Tokenizer> =
         std::sync::OnceLock::new();
