@@ -328,3 +328,25 @@ fn a_shard_index_with_an_absolute_path_is_refused() {
     let out = generate(dir.path());
     assert_user_error(&out, &["/etc/passwd", "outside the model directory"]);
 }
+
+/// A tokenizer whose ids lie beyond the model's embedding (or anywhere absurd) is refused at
+/// load, naming it, instead of failing at the first such token or sizing a table by the id.
+#[test]
+fn a_tokenizer_with_ids_beyond_the_model_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny().join(name), dir.path().join(name)).unwrap();
+    }
+    let text = std::fs::read_to_string(tiny().join("tokenizer.json")).unwrap();
+    let tokenizer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (id, expected) in [
+        (60_000u64, "this tokenizer belongs to another model"),
+        (4_000_000_000, "token id 4000000000 is far beyond"),
+    ] {
+        let mut bad = tokenizer.clone();
+        bad["model"]["vocab"]["hi"] = id.into();
+        std::fs::write(dir.path().join("tokenizer.json"), bad.to_string()).unwrap();
+        let out = generate(dir.path());
+        assert_user_error(&out, &["tokenizer.json", expected]);
+    }
+}
