@@ -134,6 +134,15 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
         );
     }
     assert!(acknowledged >= 200, "{acknowledged}");
+    // Temp files of killed writers are cleared by the next one to open the session.
+    let _lock = store.lock("k").unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(data.path().join("sessions/k"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 fn chat(data: &Path, session: &str) -> Command {
