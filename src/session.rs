@@ -103,7 +103,10 @@ impl OpenSession {
                 );
                 // Only a turn whose save was cut short is fed again.
                 let before = conv.tokens;
-                conv.append(engine, missing, progress)?;
+                // Appending reports progress even for nothing, which would read as a rebuild.
+                if !missing.is_empty() {
+                    conv.append(engine, missing, progress)?;
+                }
                 let replayed = conv.tokens - before;
                 (conv, replayed)
             }

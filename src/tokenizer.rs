@@ -59,7 +59,23 @@ impl Tokenizer {
 
     fn from_bytes(bytes: &[u8], source: String) -> Result<Self, String> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())?;
-        let size = inner.get_vocab_size(true);
+        let entries = inner.get_vocab_size(true);
+        // Ids index the piece table and the model's embedding, so the table spans the highest
+        // id (then checked against the model); a file claiming id 4e9 with a few entries is
+        // refused rather than sizing that table.
+        let size = inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        if size > 4 * entries + 1024 {
+            return Err(format!(
+                "token id {} is far beyond its {entries} entries",
+                size - 1
+            ));
+        }
+        let size = size.max(entries);
         let mut pieces = vec![Vec::new(); size];
         let unicode_to_byte = byte_level_decoding_table();
         for (token, id) in inner.get_vocab(false) {

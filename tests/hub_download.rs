@@ -35,6 +35,8 @@ struct Behaviour {
     stall: bool,
     /// With `cut`: keep the connection open, silent, instead of hanging up.
     go_silent: bool,
+    /// Name this commit in the repo info instead of `COMMIT`.
+    commit: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +208,8 @@ fn serve(
             .keys()
             .map(|k| serde_json::json!({ "rfilename": k }))
             .collect();
-        let info = serde_json::json!({ "id": repo, "sha": COMMIT, "siblings": siblings });
+        let sha = b.commit.as_deref().unwrap_or(COMMIT);
+        let info = serde_json::json!({ "id": repo, "sha": sha, "siblings": siblings });
         respond(&mut stream, 200, &[], info.to_string().as_bytes());
     } else if path.starts_with(&format!("{api}/revision/")) {
         respond(
@@ -654,6 +657,18 @@ fn a_server_error_is_reported() {
         &[REPO, "the hub answered HTTP 500", "try again later"],
     );
     assert!(!env.repo_dir().join("snapshots").exists());
+}
+
+/// A hostile hub naming a commit that is a path: refused before anything is written.
+#[test]
+fn a_commit_id_that_is_a_path_is_refused() {
+    let env = Env::new();
+    env.hub
+        .set(|b| b.commit = Some("../../../../escaped".into()));
+    let out = env.download();
+    assert_failure(&out, &["`../../../../escaped` is not a commit id"]);
+    assert!(!env.repo_dir().join("snapshots").exists());
+    assert!(!env.repo_dir().join("blobs").exists());
 }
 
 #[test]

@@ -36,8 +36,9 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str) -> Option<Self> {
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // One server per test: tests run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let socket = format!("rwkv-chat-test-{}-{n}", std::process::id());
         let status = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
@@ -221,4 +222,101 @@ fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
     let messages = session["transcript"]["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 4, "{session}");
     assert_eq!(messages[2]["text"], "Tell me more");
+}
+
+/// Waits until `check` holds; panics with `what` after a generous while.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn saved_messages(data: &Path) -> usize {
+    let Ok(store) = rwkv_chat::store::Store::open(data) else {
+        return 0;
+    };
+    let list = store.list().unwrap_or_default();
+    list.first()
+        .and_then(|s| store.load(&s.name).ok())
+        .map_or(0, |s| s.transcript.messages.len())
+}
+
+/// SIGTERM, SIGHUP and SIGINT mid-reply: the app gives the terminal back (cooked mode, main
+/// screen), logs that it saved, and the session opens afterwards in `chat` with the saved
+/// turn intact (at most the reply in flight is lost).
+#[test]
+fn termination_signals_restore_the_terminal_and_save_the_session() {
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-rwkv4");
+    for signal in ["TERM", "HUP", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let pid_file = dir.path().join("pid");
+        let command = format!(
+            "RWKV_CHAT_CONFIG_DIR={} sh -c 'echo $$ > {}; exec {} --model {} --data-dir {}'; \
+             echo EXIT=$?; stty -a | grep -q -- -icanon && echo RAW || echo COOKED; sleep 60",
+            quoted(&dir.path().join("config")),
+            pid_file.display(),
+            BIN,
+            tiny.display(),
+            data.display(),
+        );
+        let Some(tmux) = Tmux::start(&command) else {
+            eprintln!("tmux is not installed: skipping the signal test");
+            return;
+        };
+        tmux.wait_for("tokens");
+        tmux.keys(&["hello", "Enter"]);
+        wait_until("the first reply is saved", || saved_messages(&data) >= 2);
+        tmux.keys(&["tell me more", "Enter"]);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let screen = tmux.wait_for("EXIT=");
+        let screen = if screen.contains("COOKED") || screen.contains("RAW") {
+            screen
+        } else {
+            tmux.wait_for("COOKED")
+        };
+        assert!(screen.contains("EXIT=0"), "SIG{signal}:\n{screen}");
+        assert!(
+            screen.contains("COOKED"),
+            "SIG{signal} left raw mode:\n{screen}"
+        );
+        assert!(
+            !screen.contains("Sessions"),
+            "SIG{signal} left the alternate screen:\n{screen}"
+        );
+        let log = std::fs::read_to_string(data.join("rwkv-chat.log")).unwrap();
+        assert!(log.contains("termination signal"), "{log}");
+        assert!(log.contains("rwkv-chat stopped"), "{log}");
+        assert!(saved_messages(&data) >= 2);
+
+        // The session opens in line mode and goes on from its saved state.
+        let store = rwkv_chat::store::Store::open(&data).unwrap();
+        let name = store.list().unwrap()[0].name.clone();
+        let mut chat = Command::new(BIN)
+            .args(["chat", "--model"])
+            .arg(&tiny)
+            .args(["--session", &name, "--max-tokens", "3", "--format", "jsonl"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        writeln!(chat.stdin.take().unwrap(), "and then?").unwrap();
+        let out = chat.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "SIG{signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -123,4 +123,35 @@ mod tests {
         assert_eq!(text, "日本→語");
         assert_eq!(shown.concat(), text);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Whatever the pieces and stops: no panic on a char boundary, what is shown is
+        /// exactly the returned text, that text is a prefix of the input with no stop in it,
+        /// and a stop, when found, follows it in the input.
+        #[test]
+        fn shown_text_is_the_input_up_to_the_first_stop(
+            stops in proptest::collection::vec("[ab\n→é]{1,4}", 0..3),
+            pieces in proptest::collection::vec("[ab\n→é ]{0,5}", 0..12),
+        ) {
+            let stops_ref: Vec<&str> = stops.iter().map(String::as_str).collect();
+            let pieces_ref: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let (shown, text, stopped) = run(&stops_ref, &pieces_ref);
+            let input = pieces.concat();
+            proptest::prop_assert_eq!(shown.concat(), text.clone());
+            proptest::prop_assert!(input.starts_with(&text));
+            proptest::prop_assert!(!stops.iter().any(|s| text.contains(s.as_str())));
+            if stopped {
+                let rest = &input[text.len()..];
+                proptest::prop_assert!(stops.iter().any(|s| rest.starts_with(s.as_str())));
+            } else {
+                proptest::prop_assert_eq!(text, input);
+            }
+        }
+    }
 }

@@ -147,6 +147,13 @@ impl Hub {
             url: self.endpoint.clone(),
             reason: format!("the hub gave no commit id for {}", spec.repo),
         })?;
+        // The commit names the snapshot directory: a server must not choose another path.
+        if !super::cache::is_commit_hash(&commit) {
+            return Err(HubError::Protocol {
+                url: self.endpoint.clone(),
+                reason: format!("`{commit}` is not a commit id"),
+            });
+        }
         let names: Vec<String> = info
             .siblings
             .unwrap_or_default()
@@ -154,6 +161,13 @@ impl Hub {
             .map(|s| s.rfilename)
             .collect();
         let wanted = select_files(&spec.repo, &names, spec.file.as_deref())?;
+        // File names come from the server and become links in the snapshot.
+        if let Some(bad) = wanted.iter().find(|f| !is_plain_relative(f)) {
+            return Err(HubError::Protocol {
+                url: self.endpoint.clone(),
+                reason: format!("file name `{bad}` points outside the repository"),
+            });
+        }
 
         let entries = repo
             .get_paths_info()
@@ -565,6 +579,11 @@ fn remote_file(repo: &str, path: &str, entries: &[RepoTreeEntry]) -> Result<Remo
         })
 }
 
+fn is_plain_relative(path: &str) -> bool {
+    path.split('/')
+        .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'))
+}
+
 /// Blob names come from the server and become file names: hex digits only.
 fn is_safe_blob_name(hash: &str) -> bool {
     !hash.is_empty() && hash.len() <= 128 && hash.bytes().all(|b| b.is_ascii_hexdigit())
@@ -613,6 +632,21 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn server_file_names_that_leave_the_repository_are_refused() {
+        for bad in [
+            "pytorch_model-a/../../../../tmp/x-of-.bin",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "",
+        ] {
+            assert!(!is_plain_relative(bad), "{bad}");
+        }
+        assert!(is_plain_relative("sub/pytorch_model-00001-of-00002.bin"));
     }
 
     #[test]

@@ -176,10 +176,11 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Reads `spec` as a repo id, or `None` when it cannot be one (and so is a path).
     pub fn parse(spec: &str) -> Option<Self> {
+        // Revisions name files under the cache's `refs/` and files name links in a snapshot:
+        // both must be plain relative paths.
+        let plain = |f: &str| f.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
         let (path, revision) = match spec.split_once('@') {
-            Some((path, rev)) if !rev.is_empty() && !rev.contains("..") => {
-                (path, Some(rev.to_owned()))
-            }
+            Some((path, rev)) if plain(rev) => (path, Some(rev.to_owned())),
             Some(_) => return None,
             None => (spec, None),
         };
@@ -196,8 +197,7 @@ impl ModelSpec {
         if !name_ok(owner) || !name_ok(name) {
             return None;
         }
-        let file_ok = |f: &str| f.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-        if file.is_some_and(|f| !file_ok(f)) {
+        if file.is_some_and(|f| !plain(f)) {
             return None;
         }
         Some(Self {
@@ -539,6 +539,10 @@ mod tests {
             "a/b/../c",
             "o/n@",
             "~/models/x",
+            "o/n@/etc/passwd",
+            "o/n@refs/../../x",
+            "o/n@a//b",
+            "o/n/f.pth@.",
         ] {
             assert_eq!(ModelSpec::parse(path), None, "{path}");
         }

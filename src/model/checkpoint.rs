@@ -249,7 +249,9 @@ impl Checkpoint {
                     Reader::Safetensors(st)
                 }
                 Format::Pickle => {
+                    check_pickle_structure(path)?;
                     let pth = candle_core::pickle::PthTensors::new(path, None).map_err(corrupt)?;
+                    check_pickle_sizes(path, pth.tensor_infos())?;
                     for (name, info) in pth.tensor_infos() {
                         tensors.insert(
                             hf_name(name),
@@ -484,6 +486,159 @@ impl Checkpoint {
         read.and_then(|t| t.reshape(shape)?.to_dtype(DType::F32)?.to_device(device))
             .map_err(corrupt)
     }
+}
+
+/// candle's pickle reader only interprets opcodes into plain values (a `GLOBAL os system` is a
+/// name, a `REDUCE` a pair of values; nothing is imported or called), but its tensor
+/// extraction indexes argument tuples without checking their length, so a hostile pickle
+/// would panic it. The state dict is read here first with candle's own reader and every
+/// tensor record candle would take apart is checked to have the parts it expects.
+fn check_pickle_structure(path: &Path) -> Result<(), LoadError> {
+    use candle_core::pickle::{Object, Stack};
+    let corrupt = |reason: String| LoadError::Corrupt {
+        path: path.to_owned(),
+        format: "PyTorch zip",
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| corrupt(e.to_string()))?;
+    let names = zip
+        .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let pickles = names.into_iter().filter(|n| n.ends_with("data.pkl"));
+    for pickle in pickles {
+        let entry = zip.by_name(&pickle).map_err(|e| corrupt(e.to_string()))?;
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut std::io::BufReader::new(entry))
+            .and_then(|()| stack.finalize())
+            .map_err(|e| corrupt(format!("{pickle}: {}", error_reason(&e))))
+            .and_then(|obj| {
+                let obj = match obj {
+                    Object::Build { args, .. } => *args,
+                    obj => obj,
+                };
+                let Object::Dict(entries) = obj else {
+                    return Ok(());
+                };
+                entries.iter().try_for_each(|(name, value)| {
+                    if tensor_record_is_complete(value) {
+                        Ok(())
+                    } else {
+                        Err(corrupt(format!(
+                            "{pickle}: the record of tensor {name:?} is malformed"
+                        )))
+                    }
+                })
+            })?;
+    }
+    Ok(())
+}
+
+/// Mirrors the tuple indexing of candle's `Object::into_tensor_info` and `rebuild_args`.
+fn tensor_record_is_complete(value: &candle_core::pickle::Object) -> bool {
+    use candle_core::pickle::Object;
+    let class = |o: &Object, module: &str, name: &str| matches!(o, Object::Class { module_name, class_name } if module_name == module && class_name == name);
+    let Object::Reduce { callable, args } = value else {
+        return true;
+    };
+    let (callable, args): (&Object, &Object) =
+        if class(callable, "torch._tensor", "_rebuild_from_type_v2") {
+            match &**args {
+                Object::Tuple(a) if a.len() >= 3 => (&a[0], &a[2]),
+                Object::Tuple(_) => return false,
+                _ => return true,
+            }
+        } else if class(callable, "torch._utils", "_rebuild_parameter") {
+            match &**args {
+                Object::Tuple(a) if a.is_empty() => return false,
+                Object::Tuple(a) => match &a[0] {
+                    Object::Reduce { callable, args } => (callable, args),
+                    _ => return true,
+                },
+                _ => return true,
+            }
+        } else {
+            (callable, args)
+        };
+    if !class(callable, "torch._utils", "_rebuild_tensor_v2") {
+        return true;
+    }
+    let Object::Tuple(args) = args else {
+        return true;
+    };
+    if args.len() < 4 {
+        return false;
+    }
+    // The storage offset is multiplied by the element size; keep it far from overflowing.
+    let offset_ok = match &args[1] {
+        Object::Int(o) => *o >= 0,
+        Object::Long(o) => (0..1 << 40).contains(o),
+        _ => true,
+    };
+    let storage_ok = match &args[0] {
+        Object::PersistentLoad(id) => match &**id {
+            Object::Tuple(parts) => parts.len() >= 5,
+            _ => true,
+        },
+        _ => true,
+    };
+    offset_ok && storage_ok
+}
+
+/// candle's `PthTensors::get` allocates the shape a pickle declares before reading the data,
+/// so a file declaring a huge tensor would exhaust memory. Every tensor's bytes must lie
+/// within its zip entry and within the file itself (an entry's declared size can lie too).
+fn check_pickle_sizes(
+    path: &Path,
+    infos: &HashMap<String, candle_core::pickle::TensorInfo>,
+) -> Result<(), LoadError> {
+    let corrupt = |reason: String| LoadError::Corrupt {
+        path: path.to_owned(),
+        format: "PyTorch zip",
+        reason,
+    };
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| corrupt(e.to_string()))?;
+    for (name, info) in infos {
+        let entry = zip
+            .by_name(&info.path)
+            .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
+        let available = entry.size().min(file_len);
+        let needed = info
+            .layout
+            .dims()
+            .iter()
+            .try_fold(info.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_add(info.layout.start_offset()))
+            .and_then(|n| u64::try_from(n).ok());
+        match needed {
+            Some(needed) if needed <= available => {}
+            _ => {
+                return Err(corrupt(format!(
+                    "tensor `{name}` declares shape {:?} ({}), more than the {available} bytes stored for it",
+                    info.layout.dims(),
+                    needed.map_or_else(
+                        || "an overflowing size".to_owned(),
+                        |n| format!("{n} bytes")
+                    ),
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// candle errors can carry a backtrace in their `Display`; users get the first line only.

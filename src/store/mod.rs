@@ -170,6 +170,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     result.map_err(io(path))
 }
 
+/// Temp files of a writer that died mid-save (see [`write_atomic`]). Only the lock holder
+/// writes in a session directory, so once the lock is taken none of them is in use.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Held while a session is open; dropping it releases the lock.
 #[derive(Debug)]
 pub struct SessionLock {
@@ -224,6 +239,9 @@ impl Store {
                 continue;
             }
             out.push(match self.load(&name) {
+                // A session being created (its lock taken, nothing saved yet) is not listed
+                // until it has a transcript.
+                Err(StoreError::NotFound(_)) => continue,
                 Ok(s) => SessionSummary {
                     title: s.display_title(),
                     model: s.model.clone(),
@@ -328,7 +346,10 @@ impl Store {
             .open(&path)
             .map_err(io(&path))?;
         match file.try_lock() {
-            Ok(()) => Ok(SessionLock { _file: file }),
+            Ok(()) => {
+                remove_stale_temp_files(&dir);
+                Ok(SessionLock { _file: file })
+            }
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(name.to_owned())),
             Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }

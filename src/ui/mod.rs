@@ -5,6 +5,10 @@
 //! alternate screen, restored on every exit path, panics included), turns terminal and
 //! worker events into `update` inputs, carries out the effects, and redraws when something
 //! changed, at most once a frame, however fast tokens arrive.
+//!
+//! SIGTERM, SIGHUP (the terminal closed) and SIGINT (Ctrl+C where raw mode is off) end the
+//! app the way the quit key does: the terminal is given back and the worker saves the session
+//! before exiting, instead of the process dying with the terminal in raw mode.
 
 pub mod app;
 pub mod input;
@@ -17,7 +21,8 @@ mod tests;
 
 use std::io::{Stdout, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -111,12 +116,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     startup.push(Effect::Command(Command::ListSessions));
 
+    let stop = termination_flag()?;
     let mut tui = Tui::enter()?;
     let result = event_loop(
         &mut tui,
         &mut app,
         worker.as_ref().map_err(String::as_str),
         startup,
+        &stop,
     );
     drop(tui);
     if let Ok(worker) = worker {
@@ -190,11 +197,23 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Set when a termination signal arrives; the event loop sees it within one poll.
+fn termination_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGHUP, SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .with_context(|| format!("cannot handle signal {signal}"))?;
+    }
+    Ok(flag)
+}
+
 fn event_loop(
     tui: &mut Tui,
     app: &mut App,
     worker: WorkerRef,
     startup: Vec<Effect>,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let size = tui.terminal.size()?;
     update_all(
@@ -208,6 +227,10 @@ fn event_loop(
     let mut dirty = true;
     let mut last_draw = Instant::now() - FRAME;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!("termination signal: saving and quitting");
+            return Ok(());
+        }
         if dirty && last_draw.elapsed() >= FRAME {
             tui.terminal.draw(|f| render::render(f, app))?;
             last_draw = Instant::now();
@@ -219,14 +242,15 @@ fn event_loop(
             IDLE_POLL
         };
         let mut inputs = Vec::new();
-        if event::poll(wait)? {
+        // A signal interrupts the poll; that is a reason to look at the flag, not an error.
+        if poll(wait)? {
             // Everything already queued is taken at once, so a paste or a burst of keys
             // costs one redraw.
             loop {
                 if let Some(i) = terminal_input(event::read()?) {
                     inputs.push(i);
                 }
-                if !event::poll(Duration::ZERO)? {
+                if !poll(Duration::ZERO)? {
                     break;
                 }
             }
@@ -247,6 +271,13 @@ fn event_loop(
         if update_all(app, worker, inputs)? {
             return Ok(());
         }
+    }
+}
+
+fn poll(wait: Duration) -> std::io::Result<bool> {
+    match event::poll(wait) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        other => other,
     }
 }
 

@@ -815,3 +815,84 @@ fn model_output_cannot_reach_the_terminal_as_escapes() {
     assert!(s.contains("␛]52;c;ZXZpbA==␇␛[2J"));
     assert!(s.contains("evil␛]0;title␇"));
 }
+
+/// Bidi overrides (which reorder what the user reads), C1 controls (CSI as one code point),
+/// carriage returns and backspaces, in a reply and in pasted text: none reaches the screen.
+#[test]
+fn bidi_overrides_and_c1_controls_are_shown_harmlessly() {
+    let hostile = "safe\u{202e}txt.exe\u{2066}x\u{9b}2Jy\rz\x08w";
+    let mut app = ready(&[]);
+    ev(&mut app, Event::SessionOpened(view(&[])));
+    send(&mut app, "hi");
+    ev(
+        &mut app,
+        Event::Token {
+            request_id: 1,
+            text: hostile.into(),
+        },
+    );
+    update(&mut app, Input::Paste(hostile.into()));
+    let s = screen(&app, 80, 24);
+    for bad in ['\u{202e}', '\u{2066}', '\u{9b}', '\r', '\x08'] {
+        assert!(!s.contains(bad), "{bad:?} in:\n{s}");
+    }
+    assert!(s.contains("safe\u{fffd}txt.exe"), "{s}");
+}
+
+fn peak_mb() -> f64 {
+    crate::bench::peak_rss_mb().unwrap_or(0.0)
+}
+
+/// Scale benchmark, not a timed test (SECURITY.md reports its numbers): a chat of about
+/// 100,000 tokens of history and a 1 MB paste into the input box, drawn at 120x40.
+/// Run with `cargo test --lib scale_ -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints timings and memory"]
+fn scale_a_100k_token_chat_and_a_megabyte_paste() {
+    use std::time::Instant;
+    // About 11 tokens a sentence, 5 sentences a message, 2,000 messages: 110,000 tokens.
+    let text = "The raven flies over the hills and eats berries. ".repeat(5);
+    let history: Vec<(Role, &str)> = (0..2000)
+        .map(|i| {
+            (
+                if i % 2 == 0 { Role::User } else { Role::Bot },
+                text.as_str(),
+            )
+        })
+        .collect();
+    let before = peak_mb();
+    let t = Instant::now();
+    let mut app = ready(&history);
+    let opened = t.elapsed();
+    let t = Instant::now();
+    screen(&app, 120, 40);
+    let drawn = t.elapsed();
+    println!(
+        "100k-token chat: opened in {opened:?}, drawn in {drawn:?}, peak RSS {:.1} -> {:.1} MB",
+        before,
+        peak_mb()
+    );
+
+    let paste: String = (0..16_000)
+        .map(|i| {
+            format!("{i:>6} pasted line of text, eighty characters wide, padded out ........\n")
+        })
+        .collect();
+    assert!(paste.len() >= 1 << 20);
+    let t = Instant::now();
+    update(&mut app, Input::Paste(paste));
+    let pasted = t.elapsed();
+    let t = Instant::now();
+    screen(&app, 120, 40);
+    let drawn = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..10 {
+        update(&mut app, key(KeyCode::Char('a')));
+        screen(&app, 120, 40);
+    }
+    let keystroke = t.elapsed() / 10;
+    println!(
+        "1 MB paste: taken in {pasted:?}, drawn in {drawn:?}, a keystroke + redraw after it {keystroke:?}, peak RSS {:.1} MB",
+        peak_mb()
+    );
+}
