@@ -40,7 +40,7 @@ pub struct Cli {
     /// platform's config dir).
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
-    /// Chat app: weight precision in memory (f32, f16 or bf16).
+    /// Chat app: weight format in memory (f32, f16, bf16, or q8/q4 quantized at load time).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// Chat app: cpu, cuda or cuda:N.
@@ -73,7 +73,8 @@ pub struct ModelArgs {
     /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
     #[arg(long, short = 'm')]
     pub model: String,
-    /// Weight precision in memory: f32, f16 or bf16.
+    /// Weight format in memory: f32, f16, bf16, or q8/q4 (blocks of 32 with a scale, quantized
+    /// at load time; CPU only).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
