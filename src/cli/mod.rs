@@ -67,7 +67,7 @@ pub enum Command {
 }
 
 /// How to find and load a model; shared by every command that runs one.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model directory (Hugging Face layout), a weights file (.safetensors, .bin, .pth), or a
     /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
