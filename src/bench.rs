@@ -68,7 +68,12 @@ impl FromStr for Shape {
 /// distributions as `peer_bench.py`), so that the WKV exponentials behave realistically.
 pub fn random_model(shape: Shape, opts: LoadOptions) -> anyhow::Result<Rwkv> {
     let (h, layers) = shape.dims();
-    let cfg = Config::new(50277, h, layers);
+    random_model_of(&Config::new(50277, h, layers), opts)
+}
+
+/// A model of any size with random weights spread like trained ones.
+pub fn random_model_of(cfg: &Config, opts: LoadOptions) -> anyhow::Result<Rwkv> {
+    let (h, layers) = (cfg.hidden_size, cfg.num_hidden_layers);
     let dev = Device::Cpu;
     let normal =
         |shape: &[usize], mean: f64, std: f64| Tensor::randn(mean as f32, std as f32, shape, &dev);
@@ -106,7 +111,7 @@ pub fn random_model(shape: Shape, opts: LoadOptions) -> anyhow::Result<Rwkv> {
         t.insert(format!("{ffn}.receptance.weight"), matrix(h, h)?);
         t.insert(format!("{ffn}.value.weight"), matrix(h, 4 * h)?);
     }
-    Ok(Rwkv::new(&cfg, &Checkpoint::from_tensors(t), opts)?)
+    Ok(Rwkv::new(cfg, &Checkpoint::from_tensors(t), opts)?)
 }
 
 #[derive(Debug, Clone)]

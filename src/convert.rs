@@ -34,6 +34,9 @@ pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Re
             dst.display()
         );
     }
+    if let Some(q) = dtype.filter(|d| d.is_quantized()) {
+        bail!("convert writes f32, f16 or bf16 safetensors; --dtype {q} is made at load time");
+    }
     let files = ModelFiles::locate(src)?;
     let ckpt = Checkpoint::open(files.clone())?;
     let cfg = ckpt.config()?;
@@ -116,9 +119,9 @@ fn write_model(
         target.insert(
             "torch_dtype".into(),
             match dtype {
-                WeightDtype::F32 => "float32",
                 WeightDtype::F16 => "float16",
                 WeightDtype::Bf16 => "bfloat16",
+                _ => "float32",
             }
             .into(),
         );

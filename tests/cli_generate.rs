@@ -205,3 +205,43 @@ fn bench_reports_speed_memory_and_resume() {
     assert_eq!(out.status.code(), Some(2));
     assert!(common::stderr(&out).contains("unknown shape `13b`"));
 }
+
+#[test]
+fn perplexity_compares_a_quantized_model_with_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.txt");
+    std::fs::write(
+        &file,
+        "The raven is a large black bird that lives in forests.",
+    )
+    .unwrap();
+    let args = |dtype: &'static str| {
+        vec![
+            "perplexity".to_owned(),
+            "--model".into(),
+            tiny().to_str().unwrap().into(),
+            "--file".into(),
+            file.to_str().unwrap().into(),
+            "--format".into(),
+            "json".into(),
+            "--dtype".into(),
+            dtype.into(),
+            "--compare-f32".into(),
+        ]
+    };
+    for dtype in ["f32", "q8"] {
+        let owned = args(dtype);
+        let out = rwkv_chat(&owned.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(report["dtype"], dtype);
+        let agreement = report["top1_agreement"].as_f64().unwrap();
+        let diff = report["max_logit_diff"].as_f64().unwrap();
+        if dtype == "f32" {
+            assert_eq!(agreement, 1.0);
+            assert_eq!(diff, 0.0);
+        } else {
+            assert!((0.0..=1.0).contains(&agreement) && diff > 0.0, "{report}");
+        }
+    }
+}

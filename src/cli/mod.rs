@@ -40,7 +40,7 @@ pub struct Cli {
     /// platform's config dir).
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
-    /// Chat app: weight precision in memory (f32, f16 or bf16).
+    /// Chat app: weight format in memory (f32, f16, bf16, or q8/q4 quantized at load time).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// Chat app: cpu, cuda or cuda:N.
@@ -67,13 +67,14 @@ pub enum Command {
 }
 
 /// How to find and load a model; shared by every command that runs one.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model directory (Hugging Face layout), a weights file (.safetensors, .bin, .pth), or a
     /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
     #[arg(long, short = 'm')]
     pub model: String,
-    /// Weight precision in memory: f32, f16 or bf16.
+    /// Weight format in memory: f32, f16, bf16, or q8/q4 (blocks of 32 with a scale, quantized
+    /// at load time; CPU only).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).

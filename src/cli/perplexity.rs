@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::ModelArgs;
-use crate::eval::measure;
+use crate::eval::{compare, measure};
+use crate::model::WeightDtype;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
@@ -25,6 +26,10 @@ pub struct PerplexityArgs {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
+    /// Also load the model in f32 and report how far this dtype moves from it: the f32
+    /// perplexity, top-1 agreement and largest logit difference over the text.
+    #[arg(long)]
+    pub compare_f32: bool,
 }
 
 pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
@@ -35,17 +40,36 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let engine = args.model.load()?;
     let ids = engine.tokenizer.encode(&text)?;
     let result = measure(&engine, &ids).with_context(|| args.file.display().to_string())?;
+    let mut report = json!({
+        "dtype": engine.model.dtype().to_string(),
+        "tokens": result.tokens,
+        "nll": result.nll,
+        "perplexity": result.perplexity(),
+    });
+    if args.compare_f32 {
+        let mut reference = args.model.clone();
+        reference.dtype = WeightDtype::F32;
+        let reference = reference.load()?;
+        let cmp = compare(&reference.model, &engine.model, &ids)?;
+        report["f32_perplexity"] = json!(cmp.reference.perplexity());
+        report["top1_agreement"] = json!(cmp.top1_agreement);
+        report["max_logit_diff"] = json!(cmp.max_logit_diff);
+    }
     match args.format {
-        ReportFormat::Text => println!(
-            "tokens: {}\nnll: {:.6}\nperplexity: {:.4}",
-            result.tokens,
-            result.nll,
-            result.perplexity()
-        ),
-        ReportFormat::Json => println!(
-            "{}",
-            json!({"tokens": result.tokens, "nll": result.nll, "perplexity": result.perplexity()})
-        ),
+        ReportFormat::Text => {
+            println!(
+                "tokens: {}\nnll: {:.6}\nperplexity: {:.4}",
+                result.tokens,
+                result.nll,
+                result.perplexity()
+            );
+            for key in ["f32_perplexity", "top1_agreement", "max_logit_diff"] {
+                if let Some(v) = report.get(key) {
+                    println!("{key}: {v}");
+                }
+            }
+        }
+        ReportFormat::Json => println!("{report}"),
     }
     Ok(())
 }

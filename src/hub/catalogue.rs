@@ -68,11 +68,7 @@ impl CatalogueEntry {
 
     /// Memory needed to run the model with weights held in `dtype`.
     pub fn ram_bytes(&self, dtype: WeightDtype) -> u64 {
-        let per_weight = match dtype {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2,
-        };
-        self.parameters() * per_weight + RUNTIME_OVERHEAD
+        self.parameters() * dtype.bits_per_weight() / 8 + RUNTIME_OVERHEAD
     }
 }
 

@@ -464,9 +464,11 @@ impl Checkpoint {
             });
         }
         let read = match &self.readers[info.file] {
-            Reader::Safetensors(st) => st
-                .get(&info.stored_name)
-                .and_then(|view| view.load(&Device::Cpu)),
+            Reader::Safetensors(st) => st.get(&info.stored_name).and_then(|view| {
+                let tensor = view.load(&Device::Cpu)?;
+                release_pages(view.data());
+                Ok(tensor)
+            }),
             Reader::Pickle(pth) => pth.get(&info.stored_name).and_then(|t| {
                 t.ok_or_else(|| candle_core::Error::Msg("tensor vanished from the archive".into()))
             }),
@@ -640,6 +642,24 @@ fn check_pickle_sizes(
     }
     Ok(())
 }
+
+/// Drops the mapped file pages of a tensor once they have been copied into its own memory, so
+/// that loading holds the weights once, not once in the tensors and again in the mapping.
+#[cfg(unix)]
+fn release_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = bytes.as_ptr() as usize;
+    let begin = start - start % page.max(1);
+    let len = start + bytes.len() - begin;
+    // SAFETY: the range lies in the read-only mapping of the safetensors file, which stays
+    // mapped. MADV_DONTNEED only drops its resident pages; touching them again reads them
+    // back from the file, so every reference into the mapping still sees the same bytes.
+    unsafe { libc::madvise(begin as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
+#[cfg(not(unix))]
+fn release_pages(_bytes: &[u8]) {}
 
 /// candle errors can carry a backtrace in their `Display`; users get the first line only.
 fn error_reason(e: &candle_core::Error) -> String {

@@ -6,13 +6,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod gemv;
 mod wkv;
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{CpuStorage, D, DType, Device, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Checkpoint, ModelFiles};
@@ -20,21 +21,48 @@ pub use config::Config;
 pub use error::LoadError;
 use wkv::{Accumulators, WkvParams};
 
-/// How the large matrices are held in memory.
+/// How the large matrices are held in memory. `Q8` and `Q4` are blocks of 32 weights with
+/// one f32 scale (see [`gemv`]), quantized from f32 at load time; they run on the CPU only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
     F32,
     F16,
     Bf16,
+    Q8,
+    Q4,
 }
 
 impl WeightDtype {
+    pub const ALL: [WeightDtype; 5] = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::Bf16,
+        WeightDtype::Q8,
+        WeightDtype::Q4,
+    ];
+
+    /// The candle dtype of the tensors held densely: every matrix for the float formats, the
+    /// embeddings (only looked up, never multiplied) for the quantized ones.
     pub fn candle(self) -> DType {
         match self {
             WeightDtype::F32 => DType::F32,
-            WeightDtype::F16 => DType::F16,
+            WeightDtype::F16 | WeightDtype::Q8 | WeightDtype::Q4 => DType::F16,
             WeightDtype::Bf16 => DType::BF16,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, WeightDtype::Q8 | WeightDtype::Q4)
+    }
+
+    /// Memory per weight, scales included, in bits.
+    pub fn bits_per_weight(self) -> u64 {
+        match self {
+            WeightDtype::F32 => 32,
+            WeightDtype::F16 | WeightDtype::Bf16 => 16,
+            WeightDtype::Q8 => 8 + 32 / gemv::BLOCK as u64,
+            WeightDtype::Q4 => 4 + 32 / gemv::BLOCK as u64,
         }
     }
 }
@@ -46,7 +74,11 @@ impl FromStr for WeightDtype {
             "f32" | "fp32" | "float32" => Ok(WeightDtype::F32),
             "f16" | "fp16" | "float16" => Ok(WeightDtype::F16),
             "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
-            _ => Err(format!("unknown dtype `{s}` (expected f32, f16 or bf16)")),
+            "q8" | "q8_0" | "int8" => Ok(WeightDtype::Q8),
+            "q4" | "q4_0" | "int4" => Ok(WeightDtype::Q4),
+            _ => Err(format!(
+                "unknown dtype `{s}` (expected f32, f16, bf16, q8 or q4)"
+            )),
         }
     }
 }
@@ -57,6 +89,8 @@ impl fmt::Display for WeightDtype {
             WeightDtype::F32 => "f32",
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
+            WeightDtype::Q8 => "q8",
+            WeightDtype::Q4 => "q4",
         })
     }
 }
@@ -236,39 +270,133 @@ impl Mix {
     }
 }
 
-/// A bias-free projection `[out, in]`, held in the chosen weight dtype.
+/// Inputs with at most this many rows (the token step, short inputs) go through the host
+/// GEMV, which reads the weights once for all rows; longer prompt chunks are compute-bound and
+/// go through candle's matmul.
+const GEMV_MAX_ROWS: usize = 8;
+
+/// A bias-free projection `[out, in]`, held in the chosen weight format.
 struct Linear {
-    weight: Tensor,
+    weight: Weight,
+    rows: usize,
+    cols: usize,
+    /// transformers' power-of-two layer rescaling. On the CPU it multiplies the outputs (exact
+    /// for a power of two), so the weights are used as loaded instead of being copied to
+    /// scale them; on a GPU the products run in the weights' dtype, so it is folded into the
+    /// weights to keep f16 outputs in range, and this is 1.
+    out_scale: f32,
+}
+
+enum Weight {
+    /// f32, f16 or bf16 in a candle tensor: candle's matmul for prompt chunks, the host GEMV
+    /// reading its storage for the token step.
+    Dense(Tensor),
+    Q8(gemv::Q8),
+    Q4(gemv::Q4),
+}
+
+/// Runs `f` on the contiguous f32 data of a host tensor, without copying it.
+fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("expected a contiguous f32 tensor on the CPU");
+    };
+    Ok(f(&data[start..end]))
 }
 
 impl Linear {
     fn new(
         ckpt: &Checkpoint,
         name: &str,
-        (out, inp): (usize, usize),
+        (rows, cols): (usize, usize),
         scale: f64,
         opts: &Built,
     ) -> Result<Self, LoadError> {
-        let mut weight = ckpt.tensor(name, &[out, inp], &opts.device)?;
-        if scale != 1.0 {
-            weight = weight.affine(scale, 0.0)?;
-        }
+        let weight = ckpt.tensor(name, &[rows, cols], &opts.device)?;
+        let (weight, out_scale) = match opts.dtype {
+            WeightDtype::Q8 => (
+                Weight::Q8(with_host_f32(&weight, |w| gemv::Q8::quantize(w, cols))?),
+                scale,
+            ),
+            WeightDtype::Q4 => (
+                Weight::Q4(with_host_f32(&weight, |w| gemv::Q4::quantize(w, cols))?),
+                scale,
+            ),
+            dense if opts.device.is_cpu() => {
+                (Weight::Dense(weight.to_dtype(dense.candle())?), scale)
+            }
+            dense => (
+                Weight::Dense(weight.affine(scale, 0.0)?.to_dtype(dense.candle())?),
+                1.0,
+            ),
+        };
         Ok(Self {
-            weight: weight.to_dtype(opts.dtype)?,
+            weight,
+            rows,
+            cols,
+            out_scale: out_scale as f32,
+        })
+    }
+
+    /// Runs `f` on the weights as host rows. Fails for tensors off the CPU.
+    fn with_rows<R>(&self, f: impl FnOnce(gemv::Rows<'_>) -> R) -> candle_core::Result<R> {
+        let w = match &self.weight {
+            Weight::Q8(q) => return Ok(f(gemv::Rows::Q8(q))),
+            Weight::Q4(q) => return Ok(f(gemv::Rows::Q4(q))),
+            Weight::Dense(w) => w,
+        };
+        let (storage, layout) = w.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("expected contiguous weights on the CPU");
+        };
+        Ok(match cpu {
+            CpuStorage::F32(v) => f(gemv::Rows::F32(&v[start..end])),
+            CpuStorage::F16(v) => f(gemv::Rows::F16(&v[start..end])),
+            CpuStorage::BF16(v) => f(gemv::Rows::Bf16(&v[start..end])),
+            _ => candle_core::bail!("no host kernel for {:?} weights", w.dtype()),
         })
     }
 
     /// `x [T, in]` in f32 to `[T, out]` in f32.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = self.weight.dtype();
-        x.to_dtype(dtype)?
-            .matmul(&self.weight.t()?)?
-            .to_dtype(DType::F32)
+        let t = x.dim(0)?;
+        match &self.weight {
+            Weight::Dense(w) if !w.device().is_cpu() => {
+                return x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32);
+            }
+            _ => {}
+        }
+        if t <= GEMV_MAX_ROWS {
+            let x = x.contiguous()?;
+            let mut out = vec![0f32; t * self.rows];
+            with_host_f32(&x, |x| {
+                self.with_rows(|w| gemv::gemv(w, self.rows, self.cols, x, self.out_scale, &mut out))
+            })??;
+            return Tensor::from_vec(out, (t, self.rows), x.device());
+        }
+        let y = match &self.weight {
+            Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
+            // candle has no fast CPU matmul for bf16 or the block formats, and f16 outputs
+            // could overflow: widen the weights to f32 for the chunk.
+            _ => {
+                let dense = self.with_rows(|w| w.dequantize(self.rows, self.cols))?;
+                let w = Tensor::from_vec(dense, (self.rows, self.cols), x.device())?;
+                x.matmul(&w.t()?)?
+            }
+        };
+        if self.out_scale == 1.0 {
+            Ok(y)
+        } else {
+            y.affine(f64::from(self.out_scale), 0.0)
+        }
     }
 }
 
 struct Built {
-    dtype: DType,
+    dtype: WeightDtype,
     device: Device,
 }
 
@@ -349,8 +477,14 @@ impl Rwkv {
     /// Builds the model from an opened checkpoint, names mirroring the Hugging Face layout.
     pub fn new(cfg: &Config, ckpt: &Checkpoint, opts: LoadOptions) -> Result<Self, LoadError> {
         let device = opts.device.open()?;
+        if opts.dtype.is_quantized() && !device.is_cpu() {
+            return Err(LoadError::Tensor(format!(
+                "--dtype {} runs on the CPU only; use f16 or bf16 on a GPU",
+                opts.dtype
+            )));
+        }
         let built = Built {
-            dtype: opts.dtype.candle(),
+            dtype: opts.dtype,
             device: device.clone(),
         };
         let (h, a, f, v) = (
@@ -440,7 +574,7 @@ impl Rwkv {
         }
         let embeddings = ckpt
             .tensor(checkpoint::EMBEDDING, &[v, h], &device)?
-            .to_dtype(built.dtype)?;
+            .to_dtype(opts.dtype.candle())?;
         let ln_out = LayerNorm::new(ckpt, "rwkv.ln_out", h, eps, &device)?;
         let mut crc = crc32fast::Hasher::new();
         for block in &blocks {
