@@ -255,6 +255,7 @@ fn only_the_configured_number_of_turns_is_kept() {
     // The last turn is kept: regenerate and edit still work, and fork at the end.
     let never = AtomicBool::new(false);
     conv.regenerate(&engine, OPTS, &never, &mut |_| {}).unwrap();
-    conv.edit_last(&engine, "four", OPTS, &never, &mut |_| {}).unwrap();
+    conv.edit_last(&engine, "four", OPTS, &never, &mut |_| {})
+        .unwrap();
     assert_eq!(conv.fork(3).unwrap().messages().len(), 6);
 }

@@ -256,11 +256,12 @@ fn sigterm_mid_reply_in_line_mode_leaves_the_session_openable() {
 
         let out = chat_lines(&mut chat(data.path(), "t"), &["after the signal"]);
         assert!(out.status.success(), "round {round}: {}", stderr(&out));
-        assert!(
-            !stderr(&out).contains("rebuilding"),
-            "round {round}: {}",
-            stderr(&out)
-        );
+        // At most the turn whose save was cut short is fed again (a user turn of a few
+        // tokens and a reply of at most 6), never the whole history.
+        let reply: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        let replayed = reply["replayed_tokens"].as_u64().unwrap();
+        assert!(replayed < 30, "round {round}: {replayed} tokens replayed");
     }
 }
 

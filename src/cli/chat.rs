@@ -80,7 +80,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
             Rebuild::Ask
         };
         let mut progress = |done: usize, total: usize| {
-            eprint!("\rrebuilding the state: {done}/{total} tokens");
+            eprint!("\rfeeding the transcript: {done}/{total} tokens");
             if done == total {
                 eprintln!();
             }
