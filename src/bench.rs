@@ -254,7 +254,9 @@ fn measure_resume(engine: &Engine, history: usize) -> anyhow::Result<ResumeRepor
     };
     let history_tokens = {
         let mut session = OpenSession::create(&store, engine, "bench", preset, None)?;
-        session.send(&store, engine, &text, one, &never, &mut |_| {})?;
+        session.turn(&store, engine, |c, e| {
+            c.send(e, &text, one, &never, &mut |_| {})
+        })?;
         session.conversation.tokens
     };
 

@@ -1,11 +1,9 @@
 //! An open session: a conversation tied to its place in the store, saved after every turn.
 //! This is what the command line and the TUI's worker both drive.
 
-use std::sync::atomic::AtomicBool;
-
 use anyhow::Context;
 
-use crate::chat::{Conversation, Preset, Reply, ReplyOptions};
+use crate::chat::{Conversation, Preset, Reply};
 use crate::engine::Engine;
 use crate::store::{SessionFile, SessionLock, StateError, StateFile, Store, StoreError};
 
@@ -166,49 +164,15 @@ impl OpenSession {
             .with_context(|| format!("cannot save session `{}`", self.name))
     }
 
-    pub fn send(
+    /// Runs one turn on the conversation (send, regenerate, edit) and saves the session after
+    /// it, so a reply is on disk before it is reported.
+    pub fn turn(
         &mut self,
         store: &Store,
         engine: &Engine,
-        message: &str,
-        opts: ReplyOptions,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str),
+        run: impl FnOnce(&mut Conversation, &Engine) -> anyhow::Result<Reply>,
     ) -> anyhow::Result<Reply> {
-        let reply = self
-            .conversation
-            .send(engine, message, opts, cancel, on_text)?;
-        self.save(store, engine)?;
-        Ok(reply)
-    }
-
-    pub fn regenerate(
-        &mut self,
-        store: &Store,
-        engine: &Engine,
-        opts: ReplyOptions,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Reply> {
-        let reply = self
-            .conversation
-            .regenerate(engine, opts, cancel, on_text)?;
-        self.save(store, engine)?;
-        Ok(reply)
-    }
-
-    pub fn edit_last(
-        &mut self,
-        store: &Store,
-        engine: &Engine,
-        message: &str,
-        opts: ReplyOptions,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Reply> {
-        let reply = self
-            .conversation
-            .edit_last(engine, message, opts, cancel, on_text)?;
+        let reply = run(&mut self.conversation, engine)?;
         self.save(store, engine)?;
         Ok(reply)
     }

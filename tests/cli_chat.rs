@@ -5,53 +5,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{assert_user_error, stdout, tiny};
+use common::{assert_user_error, bin, chat_command, feed_lines, stdout, tiny};
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rwkv-chat"));
-    cmd.env("RUST_BACKTRACE", "1")
-        .env_remove("RWKV_CHAT_DATA_DIR")
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 /// Runs `chat` greedily in `data`, one input line per message.
 fn chat(data: &Path, model: &Path, session: &str, lines: &[&str], extra: &[&str]) -> Output {
-    let mut child = bin()
-        .args([
-            "chat",
-            "--model",
-            model.to_str().unwrap(),
-            "--session",
-            session,
-            "--temperature",
-            "0",
-        ])
-        .args([
-            "--max-tokens",
-            "12",
-            "--format",
-            "jsonl",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env("RWKV_CHAT_CONFIG_DIR", data.join("config"))
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for line in lines {
-        // A run that fails early (a bad flag) closes its stdin before reading it.
-        let _ = writeln!(stdin, "{line}");
-    }
-    drop(stdin);
-    child.wait_with_output().unwrap()
+    feed_lines(chat_command(data, model, session, 12).args(extra), lines)
 }
 
 fn replies(out: &Output) -> Vec<Value> {

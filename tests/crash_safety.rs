@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{assert_user_error, stderr, tiny};
+use common::{assert_user_error, chat_command, feed_lines, stderr, tiny};
 use rwkv_chat::chat::{Message, Preset, Role, SavedState, Transcript};
 use rwkv_chat::model::{Config, Fingerprint, State};
 use rwkv_chat::sampler::SamplingParams;
@@ -146,31 +146,7 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
 }
 
 fn chat(data: &Path, session: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rwkv-chat"));
-    cmd.args(["chat", "--model"])
-        .arg(tiny())
-        .args(["--session", session, "--temperature", "0"])
-        .args(["--max-tokens", "6", "--format", "jsonl", "--data-dir"])
-        .arg(data)
-        .env("RWKV_CHAT_CONFIG_DIR", data.join("config"))
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn chat_lines(cmd: &mut Command, lines: &[&str]) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for line in lines {
-        let _ = writeln!(stdin, "{line}");
-    }
-    drop(stdin);
-    child.wait_with_output().unwrap()
+    chat_command(data, &tiny(), session, 6)
 }
 
 fn session_files(data: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
@@ -186,7 +162,7 @@ fn session_files(data: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn a_full_disk_while_saving_keeps_the_previous_save() {
     let data = tempfile::tempdir().unwrap();
-    let out = chat_lines(&mut chat(data.path(), "s"), &["Hello", "More"]);
+    let out = feed_lines(&mut chat(data.path(), "s"), &["Hello", "More"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let before = session_files(data.path(), "s");
 
@@ -205,7 +181,7 @@ fn a_full_disk_while_saving_keeps_the_previous_save() {
             args.join(" ")
         ))
         .env("RWKV_CHAT_CONFIG_DIR", data.path().join("config"));
-    let out = chat_lines(&mut limited, &["This one cannot be saved"]);
+    let out = feed_lines(&mut limited, &["This one cannot be saved"]);
     assert_user_error(
         &out,
         &["cannot save session `s`", "session.json", "too large"],
@@ -218,7 +194,7 @@ fn a_full_disk_while_saving_keeps_the_previous_save() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    let out = chat_lines(&mut chat(data.path(), "s"), &["Again"]);
+    let out = feed_lines(&mut chat(data.path(), "s"), &["Again"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reply: serde_json::Value =
         serde_json::from_str(common::stdout(&out).lines().next().unwrap()).unwrap();
@@ -254,7 +230,7 @@ fn sigterm_mid_reply_in_line_mode_leaves_the_session_openable() {
         child.wait().unwrap();
         drop(stdin);
 
-        let out = chat_lines(&mut chat(data.path(), "t"), &["after the signal"]);
+        let out = feed_lines(&mut chat(data.path(), "t"), &["after the signal"]);
         assert!(out.status.success(), "round {round}: {}", stderr(&out));
         // At most the turn whose save was cut short is fed again (a user turn of a few
         // tokens and a reply of at most 6), never the whole history.
@@ -273,8 +249,8 @@ fn two_chats_and_a_lister_on_one_data_dir_do_not_interfere() {
     let lines: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| chat_lines(&mut chat(data.path(), "a"), &lines));
-        let b = s.spawn(|| chat_lines(&mut chat(data.path(), "b"), &lines));
+        let a = s.spawn(|| feed_lines(&mut chat(data.path(), "a"), &lines));
+        let b = s.spawn(|| feed_lines(&mut chat(data.path(), "b"), &lines));
         let store = Store::open(data.path()).unwrap();
         while !(a.is_finished() && b.is_finished()) {
             for summary in store.list().unwrap() {
@@ -302,7 +278,7 @@ fn two_chats_and_a_lister_on_one_data_dir_do_not_interfere() {
     BufReader::new(first.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let second = chat_lines(&mut chat(data.path(), "a"), &["me too"]);
+    let second = feed_lines(&mut chat(data.path(), "a"), &["me too"]);
     assert_user_error(&second, &["session `a` is open in another rwkv-chat"]);
     drop(stdin);
     assert!(first.wait().unwrap().success());

@@ -156,11 +156,17 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         let reply = if interactive && line.trim() == "/quit" {
             break;
         } else if interactive && line.trim() == "/retry" {
-            session.regenerate(&store, &engine, opts, &cancel, &mut on_text)
+            session.turn(&store, &engine, |c, e| {
+                c.regenerate(e, opts, &cancel, &mut on_text)
+            })
         } else if let Some(text) = line.strip_prefix("/edit ").filter(|_| interactive) {
-            session.edit_last(&store, &engine, text, opts, &cancel, &mut on_text)
+            session.turn(&store, &engine, |c, e| {
+                c.edit_last(e, text, opts, &cancel, &mut on_text)
+            })
         } else {
-            session.send(&store, &engine, line, opts, &cancel, &mut on_text)
+            session.turn(&store, &engine, |c, e| {
+                c.send(e, line, opts, &cancel, &mut on_text)
+            })
         };
         let reply = match reply {
             Ok(reply) => reply,

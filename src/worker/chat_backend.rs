@@ -10,12 +10,19 @@ use super::{
     Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, SessionInfo,
     SessionView, StopReason,
 };
-use crate::chat::{self, Preset, Reply, ReplyOptions};
+use crate::chat::{self, Conversation, Preset, Reply, ReplyOptions};
 use crate::engine::Engine;
 use crate::model::LoadOptions;
 use crate::sampler::SamplingParams;
 use crate::session::{OpenSession, Rebuild};
 use crate::store::Store;
+
+fn loaded(engine: &Option<(Engine, String)>) -> anyhow::Result<&Engine> {
+    engine
+        .as_ref()
+        .map(|(e, _)| e)
+        .context("no model is loaded: choose one in the model menu")
+}
 
 /// Download progress from the hub, as the worker's load progress.
 struct DownloadProgress<'a>(&'a mut dyn FnMut(LoadProgress));
@@ -69,20 +76,22 @@ impl ChatBackend {
     }
 
     fn engine(&self) -> anyhow::Result<&Engine> {
-        self.engine
-            .as_ref()
-            .map(|(e, _)| e)
-            .context("no model is loaded: choose one in the model menu")
+        loaded(&self.engine)
     }
 
-    fn parts(&mut self) -> anyhow::Result<(&Store, &Engine, &mut OpenSession)> {
-        let engine = self
-            .engine
-            .as_ref()
-            .map(|(e, _)| e)
-            .context("no model is loaded: choose one in the model menu")?;
+    /// Runs one turn on the open session with a fresh seed, saves it, and reports it.
+    fn reply(
+        &mut self,
+        run: impl FnOnce(&mut Conversation, &Engine, ReplyOptions) -> anyhow::Result<Reply>,
+    ) -> anyhow::Result<ReplyStats> {
+        let engine = loaded(&self.engine)?;
         let session = self.session.as_mut().context("no session is open")?;
-        Ok((&self.store, engine, session))
+        let opts = ReplyOptions {
+            max_tokens: MAX_REPLY_TOKENS,
+            seed: rand::random(),
+        };
+        let reply = session.turn(&self.store, engine, |c, e| run(c, e, opts))?;
+        Ok(self.stats(reply))
     }
 
     fn view(&self) -> anyhow::Result<SessionView> {
@@ -150,13 +159,6 @@ impl ChatBackend {
             decode_tokens_per_s: reply.decode_tok_s,
             session_tokens: conv.map_or(0, |c| c.tokens),
             state_bytes: conv.map_or(0, |c| c.state.size_bytes() as u64),
-        }
-    }
-
-    fn reply_options() -> ReplyOptions {
-        ReplyOptions {
-            max_tokens: MAX_REPLY_TOKENS,
-            seed: rand::random(),
         }
     }
 
@@ -238,11 +240,9 @@ impl Backend for ChatBackend {
         let preset = Preset::find(&self.presets, preset)?;
         self.close()?;
         let name = self.new_name();
-        let (engine, label) = self
-            .engine
-            .as_ref()
-            .context("no model is loaded: choose one in the model menu")?;
-        let session = OpenSession::create(&self.store, engine, &name, preset, Some(label.clone()))?;
+        let engine = loaded(&self.engine)?;
+        let label = self.engine.as_ref().map(|(_, l)| l.clone());
+        let session = OpenSession::create(&self.store, engine, &name, preset, label)?;
         self.session = Some(session);
         self.view()
     }
@@ -260,9 +260,7 @@ impl Backend for ChatBackend {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
-        let (store, engine, session) = self.parts()?;
-        let reply = session.send(store, engine, text, Self::reply_options(), cancel, on_token)?;
-        Ok(self.stats(reply))
+        self.reply(|c, e, opts| c.send(e, text, opts, cancel, on_token))
     }
 
     fn regenerate(
@@ -270,9 +268,7 @@ impl Backend for ChatBackend {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
-        let (store, engine, session) = self.parts()?;
-        let reply = session.regenerate(store, engine, Self::reply_options(), cancel, on_token)?;
-        Ok(self.stats(reply))
+        self.reply(|c, e, opts| c.regenerate(e, opts, cancel, on_token))
     }
 
     fn edit_last(
@@ -281,10 +277,7 @@ impl Backend for ChatBackend {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
-        let (store, engine, session) = self.parts()?;
-        let reply =
-            session.edit_last(store, engine, text, Self::reply_options(), cancel, on_token)?;
-        Ok(self.stats(reply))
+        self.reply(|c, e, opts| c.edit_last(e, text, opts, cancel, on_token))
     }
 
     fn fork(&mut self, at_turn: usize) -> anyhow::Result<SessionView> {
@@ -342,11 +335,10 @@ impl Backend for ChatBackend {
     }
 
     fn save(&mut self) -> anyhow::Result<Option<String>> {
-        let (store, engine, session) = match self.parts() {
-            Ok(parts) => parts,
-            Err(_) => return Ok(None),
+        let (Some((engine, _)), Some(session)) = (&self.engine, &mut self.session) else {
+            return Ok(None);
         };
-        session.save(store, engine)?;
+        session.save(&self.store, engine)?;
         Ok(Some(session.name.clone()))
     }
 }

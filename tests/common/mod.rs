@@ -79,15 +79,57 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Runs the real binary with a backtrace-friendly environment, so a panic or an `Err` from
-/// `main` would show in stderr.
-pub fn rwkv_chat(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rwkv-chat"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
+/// The real binary with a backtrace-friendly environment, so a panic or an `Err` from `main`
+/// would show in stderr, and no data dir from the environment.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rwkv-chat"));
+    cmd.env("RUST_BACKTRACE", "1")
         .env_remove("RUST_LOG")
-        .output()
-        .expect("run rwkv-chat")
+        .env_remove("RWKV_CHAT_DATA_DIR");
+    cmd
+}
+
+pub fn rwkv_chat(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run rwkv-chat")
+}
+
+/// `rwkv-chat chat`, greedy, one JSON line per reply, sessions and config under `data`.
+pub fn chat_command(data: &Path, model: &Path, session: &str, max_tokens: usize) -> Command {
+    let mut cmd = bin();
+    cmd.arg("chat")
+        .arg("--model")
+        .arg(model)
+        .args([
+            "--session",
+            session,
+            "--temperature",
+            "0",
+            "--format",
+            "jsonl",
+        ])
+        .args(["--max-tokens", &max_tokens.to_string(), "--data-dir"])
+        .arg(data)
+        .env("RWKV_CHAT_CONFIG_DIR", data.join("config"));
+    cmd
+}
+
+/// Runs `cmd` with `lines` on its stdin and waits for it.
+pub fn feed_lines(cmd: &mut Command, lines: &[&str]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rwkv-chat");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    for line in lines {
+        // A run that fails early (a bad flag) closes its stdin before reading it.
+        let _ = writeln!(stdin, "{line}");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("wait for rwkv-chat")
 }
 
 pub fn stderr(out: &Output) -> String {
