@@ -68,7 +68,7 @@ impl CatalogueEntry {
 
     /// Memory needed to run the model with weights held in `dtype`.
     pub fn ram_bytes(&self, dtype: WeightDtype) -> u64 {
-        self.parameters() * dtype.bits_per_weight() / 8 + RUNTIME_OVERHEAD
+        dtype.bytes(self.parameters()) + RUNTIME_OVERHEAD
     }
 }
 

@@ -7,11 +7,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gemv;
+mod host;
 mod wkv;
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, D, DType, Device, Storage, Tensor};
 use serde::{Deserialize, Serialize};
@@ -22,7 +24,7 @@ pub use error::LoadError;
 use wkv::{Accumulators, WkvParams};
 
 /// How the large matrices are held in memory. `Q8` and `Q4` are blocks of 32 weights with
-/// one f32 scale (see [`gemv`]), quantized from f32 at load time; they run on the CPU only.
+/// one f16 scale (see [`gemv`]), quantized from f32 at load time; they run on the CPU only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
@@ -56,13 +58,14 @@ impl WeightDtype {
         matches!(self, WeightDtype::Q8 | WeightDtype::Q4)
     }
 
-    /// Memory per weight, scales included, in bits.
-    pub fn bits_per_weight(self) -> u64 {
+    /// Memory that `weights` weights take in this format, block scales included.
+    pub fn bytes(self, weights: u64) -> u64 {
+        let scales = 2 * weights.div_ceil(gemv::BLOCK as u64);
         match self {
-            WeightDtype::F32 => 32,
-            WeightDtype::F16 | WeightDtype::Bf16 => 16,
-            WeightDtype::Q8 => 8 + 32 / gemv::BLOCK as u64,
-            WeightDtype::Q4 => 4 + 32 / gemv::BLOCK as u64,
+            WeightDtype::F32 => 4 * weights,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2 * weights,
+            WeightDtype::Q8 => weights + scales,
+            WeightDtype::Q4 => weights.div_ceil(2) + scales,
         }
     }
 }
@@ -229,6 +232,9 @@ impl State {
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// The same parameters on the host, for [`host`].
+    host_weight: Vec<f32>,
+    host_bias: Vec<f32>,
     eps: f32,
 }
 
@@ -240,9 +246,13 @@ impl LayerNorm {
         eps: f64,
         dev: &Device,
     ) -> Result<Self, LoadError> {
+        let weight = ckpt.tensor(&format!("{prefix}.weight"), &[size], dev)?;
+        let bias = ckpt.tensor(&format!("{prefix}.bias"), &[size], dev)?;
         Ok(Self {
-            weight: ckpt.tensor(&format!("{prefix}.weight"), &[size], dev)?,
-            bias: ckpt.tensor(&format!("{prefix}.bias"), &[size], dev)?,
+            host_weight: weight.to_vec1()?,
+            host_bias: bias.to_vec1()?,
+            weight,
+            bias,
             eps: eps as f32,
         })
     }
@@ -256,24 +266,26 @@ impl LayerNorm {
 struct Mix {
     mix: Tensor,
     rest: Tensor,
+    host_mix: Vec<f32>,
+    host_rest: Vec<f32>,
 }
 
 impl Mix {
     fn new(ckpt: &Checkpoint, name: &str, size: usize, dev: &Device) -> Result<Self, LoadError> {
         let mix = ckpt.tensor(name, &[size], dev)?;
         let rest = mix.affine(-1.0, 1.0)?;
-        Ok(Self { mix, rest })
+        Ok(Self {
+            host_mix: mix.to_vec1()?,
+            host_rest: rest.to_vec1()?,
+            mix,
+            rest,
+        })
     }
 
     fn forward(&self, x: &Tensor, prev: &Tensor) -> candle_core::Result<Tensor> {
         x.broadcast_mul(&self.mix)? + prev.broadcast_mul(&self.rest)?
     }
 }
-
-/// Inputs with at most this many rows (the token step, short inputs) go through the host
-/// GEMV, which reads the weights once for all rows; longer prompt chunks are compute-bound and
-/// go through candle's matmul.
-const GEMV_MAX_ROWS: usize = 8;
 
 /// A bias-free projection `[out, in]`, held in the chosen weight format.
 struct Linear {
@@ -288,8 +300,8 @@ struct Linear {
 }
 
 enum Weight {
-    /// f32, f16 or bf16 in a candle tensor: candle's matmul for prompt chunks, the host GEMV
-    /// reading its storage for the token step.
+    /// f32, f16 or bf16 in a candle tensor: read in place by the host products on the CPU,
+    /// multiplied by candle's matmul on a GPU.
     Dense(Tensor),
     Q8(gemv::Q8),
     Q4(gemv::Q4),
@@ -362,36 +374,18 @@ impl Linear {
 
     /// `x [T, in]` in f32 to `[T, out]` in f32.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Weight::Dense(w) = &self.weight
+            && !w.device().is_cpu()
+        {
+            return x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32);
+        }
+        let x = x.contiguous()?;
         let t = x.dim(0)?;
-        match &self.weight {
-            Weight::Dense(w) if !w.device().is_cpu() => {
-                return x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32);
-            }
-            _ => {}
-        }
-        if t <= GEMV_MAX_ROWS {
-            let x = x.contiguous()?;
-            let mut out = vec![0f32; t * self.rows];
-            with_host_f32(&x, |x| {
-                self.with_rows(|w| gemv::gemv(w, self.rows, self.cols, x, self.out_scale, &mut out))
-            })??;
-            return Tensor::from_vec(out, (t, self.rows), x.device());
-        }
-        let y = match &self.weight {
-            Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
-            // candle has no fast CPU matmul for bf16 or the block formats, and f16 outputs
-            // could overflow: widen the weights to f32 for the chunk.
-            _ => {
-                let dense = self.with_rows(|w| w.dequantize(self.rows, self.cols))?;
-                let w = Tensor::from_vec(dense, (self.rows, self.cols), x.device())?;
-                x.matmul(&w.t()?)?
-            }
-        };
-        if self.out_scale == 1.0 {
-            Ok(y)
-        } else {
-            y.affine(f64::from(self.out_scale), 0.0)
-        }
+        let mut out = vec![0f32; t * self.rows];
+        with_host_f32(&x, |x| {
+            self.with_rows(|w| gemv::matmul(w, self.rows, self.cols, x, self.out_scale, &mut out))
+        })??;
+        Tensor::from_vec(out, (t, self.rows), x.device())
     }
 }
 
@@ -460,8 +454,10 @@ pub struct Rwkv {
     dtype: WeightDtype,
     device: Device,
     /// Tokens per sequence-mode call; longer inputs are split. Larger is faster for prompts
-    /// and takes `chunk * 4 * hidden` floats of scratch.
+    /// and takes `chunk * (8 * hidden + ffn)` floats of scratch.
     pub chunk_size: usize,
+    /// The CPU forward pass's buffers, kept between calls.
+    scratch: Mutex<host::Scratch>,
 }
 
 pub const DEFAULT_CHUNK_SIZE: usize = 128;
@@ -608,6 +604,7 @@ impl Rwkv {
             dtype: opts.dtype,
             device,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            scratch: Mutex::default(),
         })
     }
 
@@ -654,6 +651,23 @@ impl Rwkv {
         state: &mut State,
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
+        self.check_input(tokens, state)?;
+        if !self.device.is_cpu() {
+            return self.forward_chunk_candle(tokens, state, all_logits);
+        }
+        // A panic in another call can only have left stale numbers in the buffers, and every
+        // call overwrites what it reads: a poisoned lock is safe to take.
+        let mut scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forward_host(&mut scratch, tokens, state, all_logits)
+    }
+
+    fn check_input(&self, tokens: &[u32], state: &State) -> candle_core::Result<()> {
+        if tokens.is_empty() {
+            candle_core::bail!("forward needs at least one token");
+        }
         if !state.fits(&self.cfg) {
             candle_core::bail!("the state does not fit this model");
         }
@@ -663,6 +677,18 @@ impl Rwkv {
                 self.cfg.vocab_size
             );
         }
+        Ok(())
+    }
+
+    /// [`Rwkv::forward_chunk`] as candle tensor operations: what runs on a GPU. On the CPU the
+    /// host path replaces it, and the tests hold the two to each other.
+    pub fn forward_chunk_candle(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.check_input(tokens, state)?;
         let t = tokens.len();
         let ids = Tensor::from_slice(tokens, t, &self.device)?;
         let mut x = self
