@@ -339,9 +339,11 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 }
 
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
-/// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`.
+/// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
+/// which writes the panel's columns of `out` in place.
 fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     let t = x.len() / cols;
+    assert_eq!(out.len(), t * rows, "matmul output size");
     // The token step multiplies 8- and 4-bit weights with the input rounded to 8 bits; so
     // must prompt chunks, or the chunk size would change the results.
     let rounded;
@@ -355,13 +357,14 @@ fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mu
     let panel = rows
         .div_ceil(4 * rayon::current_num_threads())
         .clamp(16, PANEL_ROWS);
-    let mut by_row = vec![0f32; rows * t];
-    by_row
-        .par_chunks_mut(panel * t)
-        .enumerate()
-        .for_each_init(Vec::new, |buf, (task, dst)| {
-            let first = task * panel;
-            let n = dst.len() / t;
+    let out = Columns {
+        ptr: out.as_mut_ptr(),
+        stride: rows,
+    };
+    (0..rows.div_ceil(panel)).into_par_iter().for_each(|task| {
+        let first = task * panel;
+        let n = panel.min(rows - first);
+        PANEL.with_borrow_mut(|buf| {
             let weights: &[f32] = match w {
                 Rows::F32(w) => &w[first * cols..(first + n) * cols],
                 _ => {
@@ -372,27 +375,72 @@ fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mu
                     buf
                 }
             };
-            product(t, n, cols, x, weights, scale, dst);
+            // SAFETY: `out` is `[t, rows]` (asserted above) and borrowed mutably for this whole
+            // function; this task alone writes its columns `first..first + n`, `n <= rows -
+            // first`.
+            unsafe { product(t, n, cols, x, weights, scale, out.at(first)) };
         });
-    transpose_into(&by_row, t, out);
+    });
 }
 
-/// `dst[j, i] = scale * (w[j] . x[i])` for `x` `[m, k]`, `w` `[n, k]` and `dst` `[n, m]`, all
-/// row-major and contiguous. The weights are gemm's left operand: it packs that one in the
-/// inner loop, and the inputs are the smaller matrix.
-fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32, dst: &mut [f32]) {
-    assert!(x.len() == m * k && w.len() == n * k && dst.len() == n * m);
-    // SAFETY: the assert above bounds every index gemm derives from these dimensions and
-    // strides: lhs `(j, l)` is `w[j * k + l]`, rhs `(l, i)` is `x[i * k + l]`, dst `(j, i)` is
-    // `dst[j * m + i]`. `dst` is borrowed mutably, so nothing else aliases it.
+thread_local! {
+    /// Each thread's buffer for a panel of widened weights, kept between calls: allocating
+    /// it per call had the kernel zeroing fresh pages for a fifth of a prompt's time.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A row-major output matrix from some column on, shared by tasks of [`panels`] that each
+/// write only their own columns.
+#[derive(Clone, Copy)]
+struct Columns {
+    ptr: *mut f32,
+    /// Elements from one row to the next.
+    stride: usize,
+}
+
+// SAFETY: the tasks sharing it write disjoint elements, and the borrow it comes from outlives
+// them all (see `panels`).
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    fn at(self, column: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(column),
+            ..self
+        }
+    }
+}
+
+/// `out[i, j] = scale * (w[j] . x[i])` for `x` `[m, k]` and `w` `[n, k]`, row-major.
+/// The weights are gemm's left operand, the one it packs in its inner loop; the inputs are the
+/// smaller matrix.
+///
+/// # Safety
+///
+/// `out[i, j]` must be valid for writes, and not otherwise accessed during the call, for every
+/// `i < m` and `j < n`.
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    scale: f32,
+    out: Columns,
+) {
+    assert!(x.len() == m * k && w.len() == n * k && n <= out.stride);
+    // SAFETY: the assert bounds every index gemm derives for its operands: lhs `(j, l)` is
+    // `w[j * k + l]`, rhs `(l, i)` is `x[i * k + l]`; the caller vouches for dst `(j, i)` at
+    // `out.ptr[i * out.stride + j]`.
     unsafe {
         gemm::gemm(
             n,
             m,
             k,
-            dst.as_mut_ptr(),
+            out.ptr,
+            out.stride as isize,
             1,
-            m as isize,
             false,
             w.as_ptr(),
             1,

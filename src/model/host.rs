@@ -37,7 +37,7 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + wkv::exp(-x))
 }
 
 impl Linear {

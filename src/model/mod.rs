@@ -460,7 +460,10 @@ pub struct Rwkv {
     scratch: Mutex<host::Scratch>,
 }
 
-pub const DEFAULT_CHUNK_SIZE: usize = 128;
+/// Measured at 1b5 in f32 on a 2-core machine here: 33 prompt tokens/s in chunks of 128, 37
+/// in 256, 44 in 512 (the products' efficiency grows with the rows they share); 169m: 420,
+/// 500, 540. Prompts are fed whole, so the chunk does not make anything less responsive.
+pub const DEFAULT_CHUNK_SIZE: usize = 512;
 
 impl Rwkv {
     /// Opens and loads a model directory or weights file.
