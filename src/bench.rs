@@ -160,12 +160,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let started = Instant::now();
     let (engine, label) = match &opts.source {
         ModelSource::Path(path) => (
-            Engine::load(path, opts.load, None)?,
+            Engine::load(path, opts.load.clone(), None)?,
             path.display().to_string(),
         ),
         ModelSource::Random(shape) => (
             Engine {
-                model: random_model(*shape, opts.load)?,
+                model: random_model(*shape, opts.load.clone())?,
                 tokenizer: Tokenizer::neox(),
                 files: crate::model::ModelFiles {
                     weights: vec![],

@@ -70,6 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         load: LoadOptions {
             dtype: args.dtype,
             device: args.device,
+            weight_cache: None,
         },
         chunk_size: args.chunk_size,
         prefill: args.prefill,

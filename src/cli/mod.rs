@@ -46,6 +46,9 @@ pub struct Cli {
     /// Chat app: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Chat app: keep q8/q4 weights under the data directory between loads.
+    #[arg(long)]
+    pub cache_weights: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +92,10 @@ pub struct ModelArgs {
     /// Load a hub model's PyTorch files as they are, without making a safetensors copy once.
     #[arg(long)]
     pub no_convert: bool,
+    /// Keep q8/q4 weights under the data directory (`quantized/`), so that later loads read
+    /// them instead of reading and quantizing the f32 checkpoint.
+    #[arg(long)]
+    pub cache_weights: bool,
 }
 
 impl ModelArgs {
@@ -96,6 +103,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             dtype: self.dtype,
             device: self.device,
+            weight_cache: weight_cache(self.cache_weights, None)?,
         };
         let mut hub = crate::hub::Hub::from_env();
         hub.convert &= !self.no_convert;
@@ -133,15 +141,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Sessions(args)) => sessions::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         None => crate::ui::run(crate::ui::Options {
-            model: cli.model,
-            data_dir: cli.data_dir,
-            config_dir: cli.config_dir,
             load: LoadOptions {
                 dtype: cli.dtype,
                 device: cli.device,
+                weight_cache: weight_cache(cli.cache_weights, cli.data_dir.clone())?,
             },
+            model: cli.model,
+            data_dir: cli.data_dir,
+            config_dir: cli.config_dir,
         }),
     }
+}
+
+/// Where `--cache-weights` keeps quantized weights: `quantized/` in the data directory.
+fn weight_cache(enabled: bool, data_dir: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    if !enabled {
+        return Ok(None);
+    }
+    Ok(Some(crate::paths::data_dir(data_dir)?.join("quantized")))
 }
 
 fn positive(s: &str) -> Result<usize, String> {

@@ -420,15 +420,7 @@ impl Columns {
 ///
 /// `out[i, j]` must be valid for writes, and not otherwise accessed during the call, for every
 /// `i < m` and `j < n`.
-unsafe fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    x: &[f32],
-    w: &[f32],
-    scale: f32,
-    out: Columns,
-) {
+unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32, out: Columns) {
     assert!(x.len() == m * k && w.len() == n * k && n <= out.stride);
     // SAFETY: the assert bounds every index gemm derives for its operands: lhs `(j, l)` is
     // `w[j * k + l]`, rhs `(l, i)` is `x[i * k + l]`; the caller vouches for dst `(j, i)` at

@@ -3,6 +3,7 @@
 //! The residual stream stays in f32 whatever the weights' dtype; only the matrix products run
 //! in the weights' dtype, and the layer rescaling of transformers keeps their outputs in range.
 
+mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -11,7 +12,7 @@ mod host;
 mod wkv;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
 
@@ -146,10 +147,13 @@ impl DeviceSpec {
 }
 
 /// What to load and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     pub dtype: WeightDtype,
     pub device: DeviceSpec,
+    /// Where to keep q8 and q4 weights between loads (see [`cache`]); `None` quantizes at
+    /// every load.
+    pub weight_cache: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -157,6 +161,7 @@ impl Default for LoadOptions {
         Self {
             dtype: WeightDtype::F32,
             device: DeviceSpec::Cpu,
+            weight_cache: None,
         }
     }
 }
@@ -289,6 +294,8 @@ impl Mix {
 
 /// A bias-free projection `[out, in]`, held in the chosen weight format.
 struct Linear {
+    /// The checkpoint name, which also names it in the weight cache.
+    name: String,
     weight: Weight,
     rows: usize,
     cols: usize,
@@ -324,8 +331,17 @@ impl Linear {
         name: &str,
         (rows, cols): (usize, usize),
         scale: f64,
-        opts: &Built,
+        opts: &mut Built,
     ) -> Result<Self, LoadError> {
+        if let Some(weight) = opts.cache.as_mut().and_then(|c| c.take(name, rows, cols)) {
+            return Ok(Self {
+                name: name.to_owned(),
+                weight,
+                rows,
+                cols,
+                out_scale: scale as f32,
+            });
+        }
         let weight = ckpt.tensor(name, &[rows, cols], &opts.device)?;
         let (weight, out_scale) = match opts.dtype {
             WeightDtype::Q8 => (
@@ -345,6 +361,7 @@ impl Linear {
             ),
         };
         Ok(Self {
+            name: name.to_owned(),
             weight,
             rows,
             cols,
@@ -392,6 +409,7 @@ impl Linear {
 struct Built {
     dtype: WeightDtype,
     device: Device,
+    cache: Option<cache::WeightCache>,
 }
 
 struct TimeMix {
@@ -458,6 +476,8 @@ pub struct Rwkv {
     pub chunk_size: usize,
     /// The CPU forward pass's buffers, kept between calls.
     scratch: Mutex<host::Scratch>,
+    /// Whether every quantized matrix came from the weight cache.
+    from_cache: bool,
 }
 
 /// Measured at 1b5 in f32 on a 2-core machine here: 33 prompt tokens/s in chunks of 128, 37
@@ -482,9 +502,16 @@ impl Rwkv {
                 opts.dtype
             )));
         }
-        let built = Built {
+        let cache = match &opts.weight_cache {
+            Some(dir) if opts.dtype.is_quantized() && !ckpt.files.weights.is_empty() => Some(
+                cache::WeightCache::open(dir, &ckpt.files.weights, opts.dtype),
+            ),
+            _ => None,
+        };
+        let mut built = Built {
             dtype: opts.dtype,
             device: device.clone(),
+            cache,
         };
         let (h, a, f, v) = (
             cfg.hidden_size,
@@ -529,21 +556,27 @@ impl Rwkv {
                     mix_k: Mix::new(ckpt, &format!("{att}.time_mix_key"), h, &device)?,
                     mix_v: Mix::new(ckpt, &format!("{att}.time_mix_value"), h, &device)?,
                     mix_r: Mix::new(ckpt, &format!("{att}.time_mix_receptance"), h, &device)?,
-                    key: Linear::new(ckpt, &format!("{att}.key.weight"), (a, h), 1.0, &built)?,
-                    value: Linear::new(ckpt, &format!("{att}.value.weight"), (a, h), 1.0, &built)?,
+                    key: Linear::new(ckpt, &format!("{att}.key.weight"), (a, h), 1.0, &mut built)?,
+                    value: Linear::new(
+                        ckpt,
+                        &format!("{att}.value.weight"),
+                        (a, h),
+                        1.0,
+                        &mut built,
+                    )?,
                     receptance: Linear::new(
                         ckpt,
                         &format!("{att}.receptance.weight"),
                         (a, h),
                         1.0,
-                        &built,
+                        &mut built,
                     )?,
                     output: Linear::new(
                         ckpt,
                         &format!("{att}.output.weight"),
                         (h, a),
                         scale,
-                        &built,
+                        &mut built,
                     )?,
                     wkv: WkvParams {
                         decay,
@@ -553,20 +586,20 @@ impl Rwkv {
                 feed_forward: ChannelMix {
                     mix_k: Mix::new(ckpt, &format!("{ffn}.time_mix_key"), h, &device)?,
                     mix_r: Mix::new(ckpt, &format!("{ffn}.time_mix_receptance"), h, &device)?,
-                    key: Linear::new(ckpt, &format!("{ffn}.key.weight"), (f, h), 1.0, &built)?,
+                    key: Linear::new(ckpt, &format!("{ffn}.key.weight"), (f, h), 1.0, &mut built)?,
                     receptance: Linear::new(
                         ckpt,
                         &format!("{ffn}.receptance.weight"),
                         (h, h),
                         1.0,
-                        &built,
+                        &mut built,
                     )?,
                     value: Linear::new(
                         ckpt,
                         &format!("{ffn}.value.weight"),
                         (h, f),
                         scale,
-                        &built,
+                        &mut built,
                     )?,
                 },
             });
@@ -597,18 +630,46 @@ impl Rwkv {
             vocab: v as u32,
             weights: crc.finalize(),
         };
-        Ok(Self {
+        let model = Self {
             cfg: cfg.clone(),
             fingerprint,
             embeddings,
             blocks,
             ln_out,
-            head: Linear::new(ckpt, "head.weight", (v, h), 1.0, &built)?,
+            head: Linear::new(ckpt, "head.weight", (v, h), 1.0, &mut built)?,
             dtype: opts.dtype,
             device,
             chunk_size: DEFAULT_CHUNK_SIZE,
             scratch: Mutex::default(),
-        })
+            from_cache: built.cache.as_ref().is_some_and(|c| c.complete()),
+        };
+        if let Some(cache) = built.cache {
+            cache.save(
+                model
+                    .linears()
+                    .map(|l| (l.name.as_str(), l.rows, l.cols, &l.weight)),
+            );
+        }
+        Ok(model)
+    }
+
+    /// Every projection, in load order.
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                let (a, f) = (&b.attention, &b.feed_forward);
+                [
+                    &a.key,
+                    &a.value,
+                    &a.receptance,
+                    &a.output,
+                    &f.key,
+                    &f.receptance,
+                    &f.value,
+                ]
+            })
+            .chain([&self.head])
     }
 
     pub fn config(&self) -> &Config {
@@ -617,6 +678,11 @@ impl Rwkv {
 
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// True when the quantized weights were read from the weight cache, not made by this load.
+    pub fn weights_from_cache(&self) -> bool {
+        self.from_cache
     }
 
     pub fn dtype(&self) -> WeightDtype {

@@ -199,7 +199,7 @@ impl Backend for ChatBackend {
             done: 0,
             total: 0,
         });
-        let engine = Engine::load(&path, self.load, None)?;
+        let engine = Engine::load(&path, self.load.clone(), None)?;
         let info = ModelInfo {
             name: spec.to_owned(),
             dtype: engine.model.dtype().to_string(),

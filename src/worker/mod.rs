@@ -251,7 +251,7 @@ pub fn default_backend(options: &BackendOptions) -> anyhow::Result<Box<dyn Backe
     Ok(Box::new(chat_backend::ChatBackend::new(
         &data_dir,
         presets,
-        options.load,
+        options.load.clone(),
     )?))
 }
 

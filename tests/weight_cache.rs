@@ -1,0 +1,160 @@
+//! q8/q4 weights kept on disk between loads (`--cache-weights`): a second load reads them and
+//! gives the same model; a damaged or stale file is never trusted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Golden, bin, stderr, tiny};
+use rwkv_chat::model::{LoadOptions, Rwkv, WeightDtype};
+
+fn load(model: &Path, dtype: WeightDtype, cache: &Path) -> Rwkv {
+    Rwkv::load(
+        model,
+        LoadOptions {
+            dtype,
+            weight_cache: Some(cache.to_owned()),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn logits(model: &Rwkv) -> Vec<f32> {
+    let golden = Golden::load();
+    let mut state = model.new_state();
+    model
+        .forward_chunk(&golden.input_ids, &mut state, true)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_second_load_reads_the_cache_and_gives_the_same_model() {
+    for dtype in [WeightDtype::Q8, WeightDtype::Q4] {
+        let cache = tempfile::tempdir().unwrap();
+        let first = load(&tiny(), dtype, cache.path());
+        assert!(!first.weights_from_cache(), "{dtype}: nothing cached yet");
+        let files = cache_files(cache.path());
+        assert_eq!(files.len(), 1, "{dtype}: one cache file, no temporary left");
+        assert!(files[0].to_string_lossy().ends_with(&format!(".{dtype}")));
+
+        let second = load(&tiny(), dtype, cache.path());
+        assert!(second.weights_from_cache(), "{dtype}: read from the cache");
+        assert_eq!(logits(&first), logits(&second), "{dtype}: the same weights");
+        assert_eq!(
+            cache_files(cache.path()),
+            files,
+            "{dtype}: not written again"
+        );
+    }
+}
+
+#[test]
+fn float_formats_and_loads_without_a_cache_write_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = load(&tiny(), WeightDtype::Bf16, cache.path());
+    assert!(!model.weights_from_cache());
+    assert!(cache_files(cache.path()).is_empty());
+}
+
+/// Damage anywhere (a flipped byte in the weights, a cut, a file of another format or of
+/// nothing) makes the load quantize afresh and replace the file.
+#[test]
+fn a_damaged_cache_is_ignored_and_replaced() {
+    let cache = tempfile::tempdir().unwrap();
+    let fresh = logits(&load(&tiny(), WeightDtype::Q8, cache.path()));
+    let file = cache_files(cache.path()).remove(0);
+    let good = std::fs::read(&file).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let damaged: [(&str, Vec<u8>); 5] = [
+        ("a flipped byte", flipped),
+        ("cut short", good[..good.len() - 100].to_vec()),
+        ("only the magic", good[..8].to_vec()),
+        ("empty", vec![]),
+        (
+            "not a cache",
+            b"hello, world, this is not a cache file at all".to_vec(),
+        ),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&file, bytes).unwrap();
+        let model = load(&tiny(), WeightDtype::Q8, cache.path());
+        assert!(!model.weights_from_cache(), "{what}: not trusted");
+        assert_eq!(logits(&model), fresh, "{what}: quantized afresh");
+        assert_eq!(std::fs::read(&file).unwrap(), good, "{what}: replaced");
+    }
+}
+
+/// The file is named by the checkpoint's files, sizes and times: a changed checkpoint and the
+/// other format each get their own.
+#[test]
+fn another_checkpoint_or_format_gets_its_own_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny().join(name), dir.path().join(name)).unwrap();
+    }
+    load(dir.path(), WeightDtype::Q8, cache.path());
+    load(dir.path(), WeightDtype::Q4, cache.path());
+    assert_eq!(cache_files(cache.path()).len(), 2);
+
+    // The same bytes written again: a new modification time, so a new file.
+    let weights = dir.path().join("model.safetensors");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&weights, std::fs::read(&weights).unwrap()).unwrap();
+    let model = load(dir.path(), WeightDtype::Q8, cache.path());
+    assert!(!model.weights_from_cache());
+    assert_eq!(cache_files(cache.path()).len(), 3);
+}
+
+#[test]
+fn the_cli_flag_caches_under_the_data_dir_and_warns_about_a_bad_file() {
+    let data = tempfile::tempdir().unwrap();
+    let generate = || {
+        bin()
+            .env("RWKV_CHAT_DATA_DIR", data.path())
+            .args(["generate", "--model"])
+            .arg(tiny())
+            .args([
+                "--dtype",
+                "q4",
+                "--cache-weights",
+                "--prompt",
+                "Hello",
+                "--max-tokens",
+                "3",
+                "--temperature",
+                "0",
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = generate();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let files = cache_files(&data.path().join("quantized"));
+    assert_eq!(files.len(), 1);
+
+    std::fs::write(&files[0], b"RWKVQNT1 and then nonsense").unwrap();
+    let second = generate();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("ignoring weight cache"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(first.stdout, second.stdout, "the same text either way");
+}
