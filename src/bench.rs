@@ -147,6 +147,8 @@ pub struct BenchReport {
     pub dtype: String,
     pub threads: usize,
     pub load_s: f64,
+    /// The q8/q4 weights came from the weight cache (`--cache-weights`).
+    pub weights_from_cache: bool,
     pub prefill_tokens: usize,
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
@@ -209,6 +211,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         dtype: model.dtype().to_string(),
         threads: candle_core::utils::get_num_threads(),
         load_s,
+        weights_from_cache: model.weights_from_cache(),
         prefill_tokens: prompt.len(),
         prefill_tok_s: prompt.len() as f64 / prefill_s,
         decode_tokens: opts.decode,

@@ -158,3 +158,23 @@ fn the_cli_flag_caches_under_the_data_dir_and_warns_about_a_bad_file() {
     );
     assert_eq!(first.stdout, second.stdout, "the same text either way");
 }
+
+#[test]
+fn bench_times_a_load_from_the_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let bench = || {
+        let out = bin()
+            .env("RWKV_CHAT_DATA_DIR", data.path())
+            .args(["bench", "--model"])
+            .arg(tiny())
+            .args(["--dtype", "q8", "--cache-weights", "--prefill", "4"])
+            .args(["--decode", "1", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["weights_from_cache"].as_bool().unwrap()
+    };
+    assert!(!bench(), "the first load quantizes");
+    assert!(bench(), "the second reads the cache");
+}

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// beside feeding that history again.
     #[arg(long, value_delimiter = ',')]
     pub resume: Vec<usize>,
+    /// Keep q8/q4 weights under the data directory between loads, as the other commands do
+    /// with this flag: a second run times a load from the cache.
+    #[arg(long)]
+    pub cache_weights: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
 }
@@ -70,7 +74,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         load: LoadOptions {
             dtype: args.dtype,
             device: args.device,
-            weight_cache: None,
+            weight_cache: super::weight_cache(args.cache_weights, None)?,
         },
         chunk_size: args.chunk_size,
         prefill: args.prefill,
@@ -84,7 +88,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "model        {} ({}, {} threads)",
                 report.model, report.dtype, report.threads
             );
-            println!("load         {:.2} s", report.load_s);
+            let cached = if report.weights_from_cache {
+                " (weights from the cache)"
+            } else {
+                ""
+            };
+            println!("load         {:.2} s{cached}", report.load_s);
             println!(
                 "prefill      {:.1} tok/s over {} tokens",
                 report.prefill_tok_s, report.prefill_tokens
