@@ -19,6 +19,8 @@
 //! The 8- and 4-bit formats are blocks of [`BLOCK`] weights sharing one f16 scale (ggml's
 //! q8_0 and q4_0), made at load time from f32 weights.
 
+use std::cell::RefCell;
+
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
@@ -151,6 +153,7 @@ impl Q4 {
 
 /// Input rows quantized to 8 bits in blocks of [`BLOCK`], each row padded with zeros to whole
 /// blocks: the other operand of the integer kernels.
+#[derive(Default)]
 struct Int8Rows {
     quants: Vec<i8>,
     scales: Vec<f32>,
@@ -159,13 +162,25 @@ struct Int8Rows {
 
 impl Int8Rows {
     fn quantize(x: &[f32], cols: usize) -> Self {
+        let mut rows = Self::default();
+        rows.fill(x, cols);
+        rows
+    }
+
+    /// Quantizes `x` into this buffer, reusing its memory.
+    fn fill(&mut self, x: &[f32], cols: usize) {
         let nb = blocks(cols);
         let rows = x.len() / cols;
-        let mut quants = vec![0i8; rows * nb * BLOCK];
-        let mut scales = vec![0f32; rows * nb];
-        for ((q, s), row) in quants
+        self.blocks = nb;
+        // Cleared first, so the padding of every row is zero.
+        self.quants.clear();
+        self.quants.resize(rows * nb * BLOCK, 0);
+        self.scales.clear();
+        self.scales.resize(rows * nb, 0.0);
+        for ((q, s), row) in self
+            .quants
             .chunks_mut(nb * BLOCK)
-            .zip(scales.chunks_mut(nb))
+            .zip(self.scales.chunks_mut(nb))
             .zip(x.chunks(cols))
         {
             for ((q, s), block) in q.chunks_mut(BLOCK).zip(s).zip(row.chunks(BLOCK)) {
@@ -173,14 +188,12 @@ impl Int8Rows {
                 *s = max / 127.0;
                 let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
                 for (q, &x) in q.iter_mut().zip(block) {
-                    *q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                    // Rounds to nearest by adding and removing 1.5 * 2^23 (|x * inv| <= 127),
+                    // which vectorises where `round` is a libm call.
+                    const ROUND: f32 = 12_582_912.0;
+                    *q = ((x * inv + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
                 }
             }
-        }
-        Self {
-            quants,
-            scales,
-            blocks: nb,
         }
     }
 
@@ -295,11 +308,40 @@ pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out:
 /// [`matmul`] for few input rows: each weight row is read once from memory for all of them.
 pub fn gemv(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     let t = x.len() / cols;
-    let int8 = w.is_quantized().then(|| Int8Rows::quantize(x, cols));
-    let input = |ti: usize| match &int8 {
-        Some(q) => q.row(ti),
-        None => Input::F32(&x[ti * cols..(ti + 1) * cols]),
-    };
+    if !w.is_quantized() {
+        let input = |ti: usize| Input::F32(&x[ti * cols..(ti + 1) * cols]);
+        return gemv_rows(w, rows, cols, t, input, scale, out);
+    }
+    // The token step runs this a few hundred times per token: the 8-bit input's buffer is
+    // kept per thread. Rayon may start another job on this thread while it waits for this
+    // one's tasks; such a nested call finds the buffer taken and makes its own.
+    INPUT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut q) => {
+            q.fill(x, cols);
+            let q = &*q;
+            gemv_rows(w, rows, cols, t, |ti| q.row(ti), scale, out);
+        }
+        Err(_) => {
+            let q = Int8Rows::quantize(x, cols);
+            gemv_rows(w, rows, cols, t, |ti| q.row(ti), scale, out);
+        }
+    });
+}
+
+thread_local! {
+    static INPUT: RefCell<Int8Rows> = RefCell::new(Int8Rows::default());
+}
+
+/// [`gemv`] with input row `ti` given by `input(ti)`.
+fn gemv_rows<'a>(
+    w: Rows<'_>,
+    rows: usize,
+    cols: usize,
+    t: usize,
+    input: impl Fn(usize) -> Input<'a> + Sync,
+    scale: f32,
+    out: &mut [f32],
+) {
     if t == 1 {
         let x = input(0);
         out.par_chunks_mut(ROWS_PER_TASK)
@@ -386,7 +428,7 @@ fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mu
 thread_local! {
     /// Each thread's buffer for a panel of widened weights, kept between calls: allocating
     /// it per call had the kernel zeroing fresh pages for a fifth of a prompt's time.
-    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A row-major output matrix from some column on, shared by tasks of [`panels`] that each
