@@ -36,6 +36,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: cannot change `theme` here without touching the rest of the file; edit it yourself"
+    )]
+    Edit { path: PathBuf },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
         path: PathBuf,
@@ -83,9 +92,123 @@ impl Config {
     }
 }
 
+/// Makes `name` the theme in `dir`'s `config.toml`, keeping every other line (comments
+/// included) as the user wrote it: the top-level `theme = ...` line is replaced, or one is
+/// added before the first table. The result must parse to the same config with the new theme,
+/// or nothing is written. The file is replaced atomically.
+pub fn save_theme(dir: &Path, name: &str) -> Result<(), ConfigError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let before = Config::parse(&path, &text)?;
+    let edited = with_theme(&text, name);
+    let after =
+        Config::parse(&path, &edited).map_err(|_| ConfigError::Edit { path: path.clone() })?;
+    let want = Config {
+        theme: Some(name.to_owned()),
+        ..before
+    };
+    if after != want {
+        return Err(ConfigError::Edit { path });
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            crate::store::write_atomic(&path, edited.as_bytes()).map_err(std::io::Error::other)
+        })
+        .map_err(|source| ConfigError::Write { path, source })
+}
+
+/// `text` with its top-level `theme` key set to `name`.
+fn with_theme(text: &str, name: &str) -> String {
+    let line = format!("theme = {}", toml::Value::String(name.to_owned()));
+    let mut out: Vec<String> = Vec::new();
+    let mut placed = false;
+    let mut in_table = false;
+    for l in text.lines() {
+        let trimmed = l.trim_start();
+        if trimmed.starts_with('[') && !in_table {
+            in_table = true;
+            if !placed {
+                out.push(line.clone());
+                placed = true;
+            }
+        }
+        let is_theme = trimmed
+            .strip_prefix("theme")
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_theme && !in_table && !placed {
+            out.push(line.clone());
+            placed = true;
+            continue;
+        }
+        out.push(l.to_owned());
+    }
+    if !placed {
+        out.push(line);
+    }
+    let mut edited = out.join("\n");
+    edited.push('\n');
+    edited
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saving_the_theme_keeps_everything_else() {
+        let cases = [
+            ("", "theme = \"light\"\n"),
+            (
+                "# mine\ntheme = \"dark\"  # was\nmodel = \"m\"\n",
+                "# mine\ntheme = \"light\"\nmodel = \"m\"\n",
+            ),
+            (
+                "model = \"m\"\n\n[keys]\nquit = \"f10\"\n",
+                "model = \"m\"\n\ntheme = \"light\"\n[keys]\nquit = \"f10\"\n",
+            ),
+        ];
+        for (text, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+            save_theme(dir.path(), "light").unwrap();
+            let got = std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(
+                Config::load(dir.path()).unwrap().theme.as_deref(),
+                Some("light")
+            );
+        }
+    }
+
+    #[test]
+    fn a_theme_name_is_quoted_and_a_missing_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("new");
+        save_theme(&config_dir, "my \"odd\" \\ theme").unwrap();
+        let c = Config::load(&config_dir).unwrap();
+        assert_eq!(c.theme.as_deref(), Some("my \"odd\" \\ theme"));
+    }
+
+    /// A config that does not parse, or one the line edit cannot change safely, is left as
+    /// it is, with a message saying why.
+    #[test]
+    fn a_config_it_cannot_edit_is_left_alone() {
+        for (text, needle) in [
+            ("theme = \n", "config.toml:1:"),
+            ("\"theme\" = \"dark\"\n", "edit it yourself"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(CONFIG_FILE);
+            std::fs::write(&path, text).unwrap();
+            let e = save_theme(dir.path(), "light").unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+    }
 
     #[test]
     fn a_full_config_parses() {

@@ -39,6 +39,8 @@ pub enum Effect {
     Command(Command),
     /// Put this text on the clipboard (OSC 52).
     Copy(String),
+    /// Write this theme into the config file, so it is the theme of the next start too.
+    SaveTheme(String),
     /// Save (shutdown the worker) and leave.
     Quit,
 }
@@ -930,8 +932,13 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
                 }
             }
         }
-        Overlay::Themes { selected, .. } => {
+        Overlay::Themes { selected, previous } => {
             if enter {
+                if selected != previous
+                    && let Some((name, _)) = app.themes.list.get(*selected)
+                {
+                    fx.push(Effect::SaveTheme(name.clone()));
+                }
                 return;
             }
             navigate(selected, app.themes.list.len(), key.code);

@@ -118,13 +118,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let stop = termination_flag()?;
     let mut tui = Tui::enter()?;
-    let result = event_loop(
-        &mut tui,
-        &mut app,
-        worker.as_ref().map_err(String::as_str),
-        startup,
-        &stop,
-    );
+    let world = World {
+        worker: worker.as_ref().map_err(String::as_str),
+        config_dir: config_dir.as_deref(),
+    };
+    let result = event_loop(&mut tui, &mut app, world, startup, &stop);
     drop(tui);
     if let Ok(worker) = worker {
         if let Some(p) = app.pending {
@@ -166,15 +164,32 @@ fn model_choices(config: &Config) -> (Vec<String>, usize) {
 /// The model thread, or why there is none (shown again whenever it is needed).
 type WorkerRef<'a> = Result<&'a Worker, &'a str>;
 
+/// What effects act on besides the terminal.
+#[derive(Clone, Copy)]
+struct World<'a> {
+    worker: WorkerRef<'a>,
+    config_dir: Option<&'a Path>,
+}
+
 /// Carries out effects; returns true to quit.
-fn apply(app: &mut App, worker: WorkerRef, effects: Vec<Effect>) -> anyhow::Result<bool> {
+fn apply(app: &mut App, world: World, effects: Vec<Effect>) -> anyhow::Result<bool> {
     for effect in effects {
         match effect {
-            Effect::Command(c) => match worker {
+            Effect::Command(c) => match world.worker {
                 Ok(w) => w.send(c),
                 Err(why) => app.error(why),
             },
             Effect::Copy(text) => copy(&text)?,
+            Effect::SaveTheme(name) => {
+                let saved = match world.config_dir {
+                    Some(dir) => config::save_theme(dir, &name).map_err(|e| e.to_string()),
+                    None => Err("no config directory to save the theme in".to_owned()),
+                };
+                if let Err(why) = saved {
+                    tracing::warn!("{why}");
+                    app.error(&why);
+                }
+            }
             Effect::Quit => return Ok(true),
         }
     }
@@ -211,17 +226,17 @@ fn termination_flag() -> anyhow::Result<Arc<AtomicBool>> {
 fn event_loop(
     tui: &mut Tui,
     app: &mut App,
-    worker: WorkerRef,
+    world: World,
     startup: Vec<Effect>,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let size = tui.terminal.size()?;
     update_all(
         app,
-        worker,
+        world,
         vec![Input::Resize(size.width, size.height), Input::Tick(now())],
     )?;
-    if apply(app, worker, startup)? {
+    if apply(app, world, startup)? {
         return Ok(());
     }
     let mut dirty = true;
@@ -255,7 +270,7 @@ fn event_loop(
                 }
             }
         }
-        if let Ok(w) = worker {
+        if let Ok(w) = world.worker {
             while let Some(e) = w.try_recv() {
                 inputs.push(Input::Worker(e));
             }
@@ -268,7 +283,7 @@ fn event_loop(
             continue;
         }
         dirty = true;
-        if update_all(app, worker, inputs)? {
+        if update_all(app, world, inputs)? {
             return Ok(());
         }
     }
@@ -282,10 +297,10 @@ fn poll(wait: Duration) -> std::io::Result<bool> {
 }
 
 /// Feeds inputs to `update` and carries out the effects; true to quit.
-fn update_all(app: &mut App, worker: WorkerRef, inputs: Vec<Input>) -> anyhow::Result<bool> {
+fn update_all(app: &mut App, world: World, inputs: Vec<Input>) -> anyhow::Result<bool> {
     for input in inputs {
         let effects = app::update(app, input);
-        if apply(app, worker, effects)? {
+        if apply(app, world, effects)? {
             return Ok(true);
         }
     }

@@ -334,17 +334,23 @@ fn menus_open_and_do_their_job() {
         }]
     );
 
-    // Theme picker previews, Esc undoes, Enter keeps.
+    // Theme picker previews, Esc undoes, Enter keeps and saves it in the config.
     let dark = app.theme;
     update(&mut app, key(KeyCode::F(6)));
     update(&mut app, key(KeyCode::Down));
     assert_ne!(app.theme, dark);
-    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(update(&mut app, key(KeyCode::Esc)), []);
     assert_eq!(app.theme, dark);
     update(&mut app, key(KeyCode::F(6)));
     update(&mut app, key(KeyCode::Down));
-    update(&mut app, key(KeyCode::Enter));
+    assert_eq!(
+        update(&mut app, key(KeyCode::Enter)),
+        [Effect::SaveTheme("light".into())]
+    );
     assert_eq!(app.themes.list[app.theme].0, "light");
+    // Enter on the theme already in use changes nothing, so writes nothing.
+    update(&mut app, key(KeyCode::F(6)));
+    assert_eq!(update(&mut app, key(KeyCode::Enter)), []);
 }
 
 #[test]
