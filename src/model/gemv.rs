@@ -648,53 +648,51 @@ mod x86 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    /// `w . x` with `widen(w, i)` giving weights `i..i + 8` as f32, four accumulators deep;
+    /// `tail` takes what is left past the last multiple of 32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widened_dot<T>(
+        w: &[T],
+        x: &[f32],
+        widen: impl Fn(&[T], usize) -> __m256,
+        tail: fn(&[T], &[f32]) -> f32,
+    ) -> f32 {
         let n = w.len().min(x.len());
         let main = n - n % 32;
         let mut acc = [_mm256_setzero_ps(); 4];
         for i in (0..main).step_by(32) {
             ahead(w, i);
             for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(load(w, i + 8 * k), load(x, i + 8 * k), *acc);
+                *acc = _mm256_fmadd_ps(widen(w, i + 8 * k), load(x, i + 8 * k), *acc);
             }
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(sum) + portable::dot_f32(&w[main..n], &x[main..n])
+        hsum(sum) + tail(&w[main..n], &x[main..n])
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        widened_dot(w, x, |w, i| load(w, i), portable::dot_f32)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let main = n - n % 32;
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in (0..main).step_by(32) {
-            ahead(w, i);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let wv = _mm256_cvtph_ps(bytes16(w, i + 8 * k));
-                *acc = _mm256_fmadd_ps(wv, load(x, i + 8 * k), *acc);
-            }
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(sum) + portable::dot_f16(&w[main..n], &x[main..n])
+        widened_dot(
+            w,
+            x,
+            |w, i| _mm256_cvtph_ps(bytes16(w, i)),
+            portable::dot_f16,
+        )
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let main = n - n % 32;
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in (0..main).step_by(32) {
-            ahead(w, i);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // A bf16 is the top half of an f32: widen and shift into place.
-                let wide = _mm256_cvtepu16_epi32(bytes16(w, i + 8 * k));
-                let wv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide));
-                *acc = _mm256_fmadd_ps(wv, load(x, i + 8 * k), *acc);
-            }
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(sum) + portable::dot_bf16(&w[main..n], &x[main..n])
+        // A bf16 is the top half of an f32: widen and shift into place.
+        let widen = |w: &[bf16], i| {
+            let wide = _mm256_cvtepu16_epi32(bytes16(w, i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+        };
+        widened_dot(w, x, widen, portable::dot_bf16)
     }
 
     /// Loads an array of 32 bytes.
