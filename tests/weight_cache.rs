@@ -80,8 +80,14 @@ fn a_damaged_cache_is_ignored_and_replaced() {
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x40;
-    let damaged: [(&str, Vec<u8>); 5] = [
+    let header = br#"{"dtype":"q8","matrices":[{"name":"head.weight","rows":18446744073709551615,"cols":64}]}"#;
+    let mut huge = b"RWKVQNT1".to_vec();
+    huge.extend((header.len() as u64).to_le_bytes());
+    huge.extend(header);
+    huge.extend([0; 4]);
+    let damaged: [(&str, Vec<u8>); 6] = [
         ("a flipped byte", flipped),
+        ("a header with sizes that overflow", huge),
         ("cut short", good[..good.len() - 100].to_vec()),
         ("only the magic", good[..8].to_vec()),
         ("empty", vec![]),

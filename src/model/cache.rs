@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,13 +40,14 @@ struct Entry {
 }
 
 impl Entry {
-    fn sizes(&self, dtype: WeightDtype) -> (usize, usize) {
-        let blocks = self.rows * self.cols.div_ceil(BLOCK);
-        let quants = match dtype {
-            WeightDtype::Q4 => blocks * BLOCK / 2,
-            _ => blocks * BLOCK,
-        };
-        (quants, 2 * blocks)
+    /// Bytes of quants and of scales; `None` for sizes no real matrix has (a damaged header).
+    fn sizes(&self, dtype: WeightDtype) -> Option<(usize, usize)> {
+        let blocks = self.rows.checked_mul(self.cols.div_ceil(BLOCK))?;
+        let quants = blocks.checked_mul(match dtype {
+            WeightDtype::Q4 => BLOCK / 2,
+            _ => BLOCK,
+        })?;
+        Some((quants, blocks.checked_mul(2)?))
     }
 }
 
@@ -169,22 +171,21 @@ fn read(path: &Path, dtype: WeightDtype) -> anyhow::Result<Found> {
     let header: Header = serde_json::from_slice(&r.bytes(header_len as usize)?)?;
     anyhow::ensure!(header.dtype == dtype, "holds {}, not {dtype}", header.dtype);
     // Every size comes from the header; check they add up to the file before allocating.
-    let body: u64 = header
-        .matrices
-        .iter()
-        .map(|e| {
-            let (q, s) = e.sizes(dtype);
-            (q + s) as u64
-        })
-        .sum();
+    let mut sizes = Vec::with_capacity(header.matrices.len());
+    let mut expected = 16 + header_len + 4;
+    for e in &header.matrices {
+        let (q, s) = e
+            .sizes(dtype)
+            .with_context(|| format!("impossible size for {}", e.name))?;
+        expected = expected.saturating_add(q as u64).saturating_add(s as u64);
+        sizes.push((q, s));
+    }
     anyhow::ensure!(
-        16 + header_len + body + 4 == len,
-        "{len} bytes where the header describes {}",
-        16 + header_len + body + 4
+        expected == len,
+        "{len} bytes where the header describes {expected}"
     );
     let mut found = HashMap::new();
-    for e in header.matrices {
-        let (nq, ns) = e.sizes(dtype);
+    for (e, (nq, ns)) in header.matrices.into_iter().zip(sizes) {
         let quants = r.bytes(nq)?;
         let scales = r
             .bytes(ns)?
