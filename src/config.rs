@@ -193,6 +193,19 @@ mod tests {
         assert_eq!(c.theme.as_deref(), Some("my \"odd\" \\ theme"));
     }
 
+    /// A config dir that is a file cannot hold `config.toml`: an error naming the file, and
+    /// the file in the way is left as it was.
+    #[test]
+    fn a_config_dir_that_is_a_file_is_an_error_naming_config_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("cfg");
+        std::fs::write(&blocked, b"a file, not a directory").unwrap();
+        let e = save_theme(&blocked, "light").unwrap_err().to_string();
+        assert!(e.starts_with("cannot read "), "{e}");
+        assert!(e.contains("cfg/config.toml"), "{e}");
+        assert_eq!(std::fs::read(&blocked).unwrap(), b"a file, not a directory");
+    }
+
     /// A config that does not parse, or one the line edit cannot change safely, is left as
     /// it is, with a message saying why.
     #[test]

@@ -184,3 +184,37 @@ fn bench_times_a_load_from_the_cache() {
     assert!(!bench(), "the first load quantizes");
     assert!(bench(), "the second reads the cache");
 }
+
+/// A cache that cannot be written costs only time: the load succeeds and says why.
+#[test]
+fn an_unwritable_cache_still_loads_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"a file where the cache dir should be").unwrap();
+    let model = load(&tiny(), WeightDtype::Q4, &blocked);
+    assert!(!model.weights_from_cache());
+    let fresh = Rwkv::load(
+        &tiny(),
+        LoadOptions {
+            dtype: WeightDtype::Q4,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(logits(&model), logits(&fresh));
+
+    let out = bin()
+        .env("RWKV_CHAT_DATA_DIR", &blocked)
+        .args(["generate", "--model"])
+        .arg(tiny())
+        .args(["--dtype", "q4", "--cache-weights", "--prompt", "Hi"])
+        .args(["--max-tokens", "2", "--temperature", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not write weight cache"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -12,7 +12,7 @@
 //!
 //! Prompt chunks (many rows of input) are compute-bound: [`matmul`] hands them to the `gemm`
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
-//! panel to f32 in a per-task buffer rather than the whole matrix. For the 8- and 4-bit
+//! panel to f32 in a per-thread buffer rather than the whole matrix. For the 8- and 4-bit
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
 //! text is split into chunks.
 //!
