@@ -77,7 +77,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        let mut config: Self = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start).min(text.len());
             let before = text.get(..offset).unwrap_or_default();
             let line = before.matches('\n').count() + 1;
@@ -88,8 +88,33 @@ impl Config {
                 column,
                 message: e.message().to_owned(),
             }
-        })
+        })?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if let Some(model) = &mut config.model {
+            *model = expand_home(model, home.as_deref());
+        }
+        for model in &mut config.models {
+            *model = expand_home(model, home.as_deref());
+        }
+        Ok(config)
     }
+}
+
+/// A model path as a shell would read it: `~`, `$HOME` or `${HOME}` at the start is the home
+/// directory (a config file is not run through a shell, yet users write paths as if it were).
+/// Hub ids and other paths are kept as written.
+fn expand_home(spec: &str, home: Option<&Path>) -> String {
+    let Some(home) = home.and_then(Path::to_str) else {
+        return spec.to_owned();
+    };
+    for prefix in ["~", "$HOME", "${HOME}"] {
+        if let Some(rest) = spec.strip_prefix(prefix)
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return format!("{home}{rest}");
+        }
+    }
+    spec.to_owned()
 }
 
 /// Makes `name` the theme in `dir`'s `config.toml`, keeping every other line (comments
@@ -236,8 +261,28 @@ regenerate = "f5"
 quit = ["ctrl+q", "alt+x"]
 "#;
         let c = Config::parse(Path::new("c.toml"), text).unwrap();
-        assert_eq!(c.model.as_deref(), Some("~/models/raven"));
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(c.model, Some(format!("{home}/models/raven")));
+        assert_eq!(c.models, ["a.pth"]);
         assert_eq!(c.keys.len(), 2);
+    }
+
+    #[test]
+    fn model_paths_start_at_home_as_in_a_shell() {
+        let home = Some(Path::new("/home/u"));
+        for (spec, want) in [
+            ("~/m", "/home/u/m"),
+            ("~", "/home/u"),
+            ("$HOME/m", "/home/u/m"),
+            ("${HOME}/a/b.pth", "/home/u/a/b.pth"),
+            ("~other/m", "~other/m"),
+            ("$HOMEx/m", "$HOMEx/m"),
+            ("RWKV/rwkv-raven-1b5", "RWKV/rwkv-raven-1b5"),
+            ("/abs/~/m", "/abs/~/m"),
+        ] {
+            assert_eq!(expand_home(spec, home), want, "{spec}");
+        }
+        assert_eq!(expand_home("~/m", None), "~/m");
     }
 
     #[test]

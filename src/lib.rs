@@ -13,6 +13,7 @@ pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod paths;
+pub mod report;
 pub mod sampler;
 pub mod session;
 pub mod store;

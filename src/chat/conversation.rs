@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::preset::Preset;
 use super::stop::StopMatcher;
 use crate::engine::Engine;
-use crate::model::State;
+use crate::model::{Fingerprint, State};
 use crate::sampler::{Sampler, SamplingParams};
 
 const END_OF_TEXT: u32 = 0;
@@ -91,6 +91,19 @@ pub struct SavedState {
     pub tokens: usize,
     pub state: State,
     pub checkpoints: Vec<TurnCheckpoint>,
+}
+
+impl SavedState {
+    /// True when the state and every checkpoint have the shapes of the model with
+    /// `fingerprint` (see [`State::fits`]).
+    pub fn fits(&self, fingerprint: &Fingerprint) -> bool {
+        self.state.fits(fingerprint)
+            && self.checkpoints.iter().all(|c| {
+                c.before_user.fits(fingerprint)
+                    && c.before_reply.fits(fingerprint)
+                    && c.reply_logits.len() == fingerprint.vocab as usize
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The command line: clap definitions, dispatch, and the one place errors are printed.
 //!
-//! Errors are printed as `error: ` and their whole chain (`{:#}`), then the process exits with
-//! status 1; `main` never returns an `Err`, which would print a backtrace when
+//! Errors are printed as `error: ` and their whole chain ([`crate::report::describe`]), then
+//! the process exits with status 1; `main` never returns an `Err`, which would print a backtrace when
 //! `RUST_BACKTRACE` is set.
 
 mod bench;
@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::report::describe(&e));
             ExitCode::FAILURE
         }
     }

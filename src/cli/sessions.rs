@@ -90,7 +90,10 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
             }
             for s in sessions {
                 let line = match &s.problem {
-                    Some(problem) => format!("{:<28} (unreadable: {problem})\n", s.name),
+                    // An error message quotes the damaged file: defused even in a pipe.
+                    Some(problem) => {
+                        format!("{:<28} (unreadable: {})\n", s.name, sanitize(problem))
+                    }
                     None => format!(
                         "{:<28} {:>4} turns  {}  {:<15} {}\n",
                         s.name,

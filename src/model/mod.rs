@@ -206,6 +206,21 @@ impl State {
         }
     }
 
+    /// True when every vector has the length the model with `fingerprint` uses: a state read
+    /// from disk can pass its checksum and still be of another shape (edited, or written by a
+    /// bug), and must then be rebuilt rather than fed to the model.
+    pub fn fits(&self, fingerprint: &Fingerprint) -> bool {
+        let (h, a) = (fingerprint.hidden as usize, fingerprint.attention as usize);
+        self.layers.len() == fingerprint.layers as usize
+            && self.layers.iter().all(|l| {
+                l.ffn_x.len() == h
+                    && l.att_x.len() == h
+                    && l.att_num.len() == a
+                    && l.att_den.len() == a
+                    && l.att_max.len() == a
+            })
+    }
+
     /// Bytes the state takes in memory or on disk (before any header).
     pub fn size_bytes(&self) -> usize {
         self.layers
@@ -218,19 +233,6 @@ impl State {
                     + l.att_max.len())
             })
             .sum()
-    }
-
-    /// True when the state has the shape `cfg` describes.
-    pub fn fits(&self, cfg: &Config) -> bool {
-        let (h, a) = (cfg.hidden_size, cfg.attention_size());
-        self.layers.len() == cfg.num_hidden_layers
-            && self.layers.iter().all(|l| {
-                l.ffn_x.len() == h
-                    && l.att_x.len() == h
-                    && l.att_num.len() == a
-                    && l.att_den.len() == a
-                    && l.att_max.len() == a
-            })
     }
 }
 
@@ -737,7 +739,7 @@ impl Rwkv {
         if tokens.is_empty() {
             candle_core::bail!("forward needs at least one token");
         }
-        if !state.fits(&self.cfg) {
+        if !state.fits(&self.fingerprint) {
             candle_core::bail!("the state does not fit this model");
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {

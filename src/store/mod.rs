@@ -10,6 +10,7 @@
 //! transcript before the state: a crash leaves either the old save or a state that no longer
 //! matches its transcript, which is detected and rebuilt from the transcript.
 
+pub mod fs;
 pub mod state_file;
 
 use std::fs::File;
@@ -22,9 +23,12 @@ use serde::{Deserialize, Serialize};
 use crate::chat::{Preset, Transcript};
 use crate::model::Fingerprint;
 use crate::sampler::SamplingParams;
+use fs::FileError;
 pub use state_file::{StateError, StateFile};
 
 pub const SESSION_FORMAT: u32 = 1;
+/// The largest `session.json` read: a transcript of a million tokens is a few MB.
+pub const MAX_SESSION_FILE: u64 = 64 << 20;
 
 /// `session.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +122,17 @@ pub enum StoreError {
         #[source]
         source: StateError,
     },
+    #[error("{}: {problem}", path.display())]
+    File { path: PathBuf, problem: FileError },
+}
+
+impl StoreError {
+    fn file(path: &Path, problem: FileError) -> Self {
+        Self::File {
+            path: path.to_owned(),
+            problem,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -158,7 +173,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&tmp)?;
+        // A leftover of a writer with this pid (or a planted link) is removed, not followed.
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = fs::no_follow(File::options().write(true).create_new(true)).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -202,13 +219,18 @@ impl Store {
         Ok(Self { sessions })
     }
 
+    /// The session's directory, refused when it is a symbolic link: every read and write of
+    /// a session goes through here, so none of them can be sent outside the data dir.
     pub fn dir(&self, name: &str) -> Result<PathBuf, StoreError> {
         validate_name(name)?;
-        Ok(self.sessions.join(name))
+        let dir = self.sessions.join(name);
+        fs::refuse_symlink(&dir).map_err(|e| StoreError::file(&dir, e))?;
+        Ok(dir)
     }
 
     pub fn exists(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.dir(name)?.join("session.json").is_file())
+        let path = self.dir(name)?.join("session.json");
+        Ok(std::fs::symlink_metadata(path).is_ok())
     }
 
     /// A fresh name from the current time: `chat-YYYYMMDD-HHMMSS`.
@@ -235,7 +257,8 @@ impl Store {
         for entry in std::fs::read_dir(&self.sessions).map_err(io(&self.sessions))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
-            if validate_name(&name).is_err() || !entry.path().is_dir() {
+            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if validate_name(&name).is_err() || !(is_link || entry.path().is_dir()) {
                 continue;
             }
             out.push(match self.load(&name) {
@@ -268,14 +291,12 @@ impl Store {
 
     pub fn load(&self, name: &str) -> Result<SessionFile, StoreError> {
         let path = self.dir(name)?.join("session.json");
-        let bytes = match std::fs::read(&path) {
+        let bytes = match fs::read_regular(&path, MAX_SESSION_FILE) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(name.to_owned()));
-            }
-            Err(e) => return Err(io(&path)(e)),
+            Err(FileError::NotFound) => return Err(StoreError::NotFound(name.to_owned())),
+            Err(e) => return Err(StoreError::file(&path, e)),
         };
-        let file: SessionFile =
+        let mut file: SessionFile =
             serde_json::from_slice(&bytes).map_err(|e| StoreError::BadSession {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -288,6 +309,20 @@ impl Store {
                     file.format
                 ),
             });
+        }
+        // One bad setting must not make the whole session unreadable: it falls back to the
+        // preset's (or the default) and says so; the next save writes the fallback.
+        if let Err(reason) = file.sampling.validate() {
+            let fallback = if file.preset.sampling.validate().is_ok() {
+                file.preset.sampling.clone()
+            } else {
+                SamplingParams::default()
+            };
+            tracing::warn!(
+                "{}: {reason}; using the preset's sampling settings",
+                path.display()
+            );
+            file.sampling = fallback;
         }
         Ok(file)
     }
@@ -305,6 +340,14 @@ impl Store {
             path: dir.join("session.json"),
             reason: e.to_string(),
         })?;
+        // What cannot be read back is never written (serde_json writes an infinite number as
+        // `null`, which no reader accepts).
+        if let Err(e) = serde_json::from_slice::<SessionFile>(&json) {
+            return Err(StoreError::BadSession {
+                path: dir.join("session.json"),
+                reason: format!("refusing to save what could not be read back: {e}"),
+            });
+        }
         write_atomic(&dir.join("session.json"), &json)?;
         if let Some(state) = state {
             let path = dir.join("state.bin");
@@ -324,14 +367,12 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(state_err(StateError::Missing));
-            }
-            Err(e) => return Err(io(&path)(e)),
+        let (mut file, len) = match fs::open_regular(&path, state_file::MAX_FILE) {
+            Ok(f) => f,
+            Err(FileError::NotFound) => return Err(state_err(StateError::Missing)),
+            Err(e) => return Err(state_err(StateError::Unreadable(e.to_string()))),
         };
-        state_file::decode(&bytes).map_err(state_err)
+        state_file::decode_from(&mut file, len).map_err(state_err)
     }
 
     /// Takes the session's lock, refused while another process holds it.
@@ -339,12 +380,10 @@ impl Store {
         let dir = self.dir(name)?;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        // A planted (even dangling) link would have the lock file created at its target.
+        let file = fs::no_follow(File::options().create(true).truncate(false).write(true))
             .open(&path)
-            .map_err(io(&path))?;
+            .map_err(|e| StoreError::file(&path, e.into()))?;
         match file.try_lock() {
             Ok(()) => {
                 remove_stale_temp_files(&dir);

@@ -5,6 +5,8 @@
 //! the header (u32 LE), then a bincode 2 payload. The checksum is verified before decoding,
 //! and decoding is bounded, so a hostile or damaged file is refused without large allocations.
 
+use std::io::{Read, Seek, SeekFrom};
+
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{SavedState, Transcript};
@@ -14,7 +16,9 @@ const MAGIC: &[u8; 8] = b"RWKVCHAT";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 16;
 /// No real state file comes near this: a 14B model's state is 4 MB.
-const MAX_PAYLOAD: usize = 1 << 30;
+pub const MAX_PAYLOAD: usize = 1 << 30;
+/// The largest `state.bin` read at all: header and the largest payload.
+pub const MAX_FILE: u64 = HEADER as u64 + MAX_PAYLOAD as u64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
@@ -43,6 +47,10 @@ pub enum StateError {
     },
     #[error("the state does not belong to this transcript")]
     Stale,
+    #[error("the state's vectors do not have this model's sizes")]
+    WrongShape,
+    #[error("cannot read the state file: {0}")]
+    Unreadable(String),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -61,31 +69,71 @@ pub fn encode(file: &StateFile) -> Result<Vec<u8>, StateError> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<StateFile, StateError> {
-    if bytes.len() < HEADER {
-        return Err(if MAGIC.starts_with(bytes) || bytes.starts_with(MAGIC) {
+    decode_from(&mut std::io::Cursor::new(bytes), bytes.len() as u64)
+}
+
+/// Decodes a state file of `len` bytes from `file`: the checksum is computed over the stream
+/// first, so a damaged file of any size costs a read, never its size in memory.
+pub fn decode_from<R: Read + Seek>(file: &mut R, len: u64) -> Result<StateFile, StateError> {
+    let io = |e: std::io::Error| StateError::Unreadable(e.to_string());
+    let mut header = [0u8; HEADER];
+    let got = read_up_to(file, &mut header).map_err(io)?;
+    let header = &header[..got];
+    if got < HEADER {
+        return Err(if MAGIC.starts_with(header) || header.starts_with(MAGIC) {
             StateError::Truncated
         } else {
             StateError::NotAStateFile
         });
     }
-    if &bytes[..8] != MAGIC {
+    if &header[..8] != MAGIC {
         return Err(StateError::NotAStateFile);
     }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if version != FORMAT_VERSION {
         return Err(StateError::Version(version));
     }
-    let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-    let payload = &bytes[HEADER..];
-    if crc32fast::hash(payload) != crc {
+    let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    let payload_len = len.saturating_sub(HEADER as u64);
+    if payload_len > MAX_PAYLOAD as u64 {
+        return Err(StateError::Corrupt(format!(
+            "{payload_len} bytes, more than any state ({MAX_PAYLOAD} at most)"
+        )));
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hashed = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        hashed += n as u64;
+    }
+    if hasher.finalize() != crc || hashed != payload_len {
         return Err(StateError::Corrupt("checksum mismatch".into()));
     }
-    let (file, used): (StateFile, usize) = bincode::serde::decode_from_slice(payload, config())
+    file.seek(SeekFrom::Start(HEADER as u64)).map_err(io)?;
+    let mut payload = std::io::BufReader::new(file.take(payload_len));
+    let file: StateFile = bincode::serde::decode_from_std_read(&mut payload, config())
         .map_err(|e| StateError::Corrupt(e.to_string()))?;
-    if used != payload.len() {
+    if payload.read(&mut [0u8; 1]).map_err(io)? != 0 {
         return Err(StateError::Corrupt("trailing bytes".into()));
     }
     Ok(file)
+}
+
+/// Fills as much of `buf` as the stream holds.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 impl StateFile {
@@ -101,6 +149,9 @@ impl StateFile {
                 saved: self.fingerprint,
                 current,
             });
+        }
+        if !self.saved.fits(&current) {
+            return Err(StateError::WrongShape);
         }
         (0..=transcript.messages.len())
             .rev()
