@@ -1,16 +1,29 @@
-//! Text to token ids and back. Encoding is the `tokenizers` crate's; decoding is done here from
-//! each token's bytes, so that a stream of tokens turns into text as soon as it forms whole
-//! UTF-8 characters (byte-level BPE splits emoji and CJK characters across tokens).
+//! Text to token ids and back. RWKV-4 models use GPT-NeoX's byte-level BPE, encoded by the
+//! `tokenizers` crate; the World models (v5, v6, v7) use the World vocab's greedy byte trie
+//! ([`world`]). Decoding is done here from each token's bytes, for both, so that a stream of
+//! tokens turns into text as soon as it forms whole UTF-8 characters (both split emoji and
+//! CJK characters across tokens).
+
+mod world;
 
 use std::path::{Path, PathBuf};
 
 use crate::model::LoadError;
 
 /// The GPT-NeoX 20B tokenizer used by every RWKV-4 Pile and Raven model.
-pub(crate) const NEOX_20B: &[u8] = include_bytes!("assets/20B_tokenizer.json");
+pub(crate) const NEOX_20B: &[u8] = include_bytes!("../assets/20B_tokenizer.json");
+/// The World vocab of every v5, v6 and v7 World model, as the rwkv 0.8.32 wheel ships it.
+const WORLD_VOCAB: &str = include_str!("../assets/rwkv_vocab_v20230424.txt");
+/// A vocab file is refused above this size (the World vocab is 1.2 MB).
+const MAX_VOCAB_FILE: u64 = 64 << 20;
+
+enum Encoder {
+    Bpe(Box<tokenizers::Tokenizer>),
+    World(world::Trie),
+}
 
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    encoder: Encoder,
     /// The bytes each id stands for.
     pieces: Vec<Vec<u8>>,
     /// Where it came from, for messages: a file, or the built-in tokenizer.
@@ -25,16 +38,40 @@ impl Tokenizer {
             .unwrap_or_else(|e| unreachable!("embedded tokenizer: {e}"))
     }
 
+    /// The World tokenizer built into the binary.
+    pub fn world() -> Self {
+        // A test checks that the embedded vocab parses, so this cannot fail at run time.
+        Self::from_world_vocab(WORLD_VOCAB, "built-in RWKV World tokenizer".into())
+            .unwrap_or_else(|e| unreachable!("embedded vocab: {e}"))
+    }
+
+    /// A `tokenizer.json` (BPE) or a World vocab `.txt` file.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let io = |source| LoadError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        Self::from_bytes(&bytes, path.display().to_string()).map_err(|reason| {
-            LoadError::BadTokenizer {
-                path: path.to_owned(),
-                reason,
+        };
+        let bytes = match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_VOCAB_FILE => {
+                return Err(LoadError::BadTokenizer {
+                    path: path.to_owned(),
+                    reason: format!("{} bytes is too large for a tokenizer", m.len()),
+                });
             }
+            Ok(_) => std::fs::read(path).map_err(io)?,
+            Err(e) => return Err(io(e)),
+        };
+        let source = path.display().to_string();
+        let parsed = if path.extension().is_some_and(|e| e == "txt") {
+            std::str::from_utf8(&bytes)
+                .map_err(|e| format!("not UTF-8 text ({e})"))
+                .and_then(|text| Self::from_world_vocab(text, source))
+        } else {
+            Self::from_bytes(&bytes, source)
+        };
+        parsed.map_err(|reason| LoadError::BadTokenizer {
+            path: path.to_owned(),
+            reason,
         })
     }
 
@@ -96,7 +133,16 @@ impl Tokenizer {
             }
         }
         Ok(Self {
-            inner,
+            encoder: Encoder::Bpe(Box::new(inner)),
+            pieces,
+            source,
+        })
+    }
+
+    fn from_world_vocab(text: &str, source: String) -> Result<Self, String> {
+        let (pieces, trie) = world::parse_vocab(text)?;
+        Ok(Self {
+            encoder: Encoder::World(trie),
             pieces,
             source,
         })
@@ -107,11 +153,24 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+        self.encode_bytes(text.as_bytes())
+    }
+
+    /// Encodes raw bytes; BPE needs them to be UTF-8, the World trie takes any.
+    pub fn encode_bytes(&self, bytes: &[u8]) -> anyhow::Result<Vec<u32>> {
+        match &self.encoder {
+            Encoder::Bpe(inner) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?;
+                let encoding = inner
+                    .encode(text, false)
+                    .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?;
+                Ok(encoding.get_ids().to_vec())
+            }
+            Encoder::World(trie) => trie
+                .encode(bytes)
+                .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}")),
+        }
     }
 
     /// The bytes of one token; empty for an id the tokenizer does not know.
@@ -217,6 +276,16 @@ mod tests {
         let tok = Tokenizer::neox();
         assert_eq!(tok.vocab_size(), 50277);
         assert_eq!(tok.piece(0), b"<|endoftext|>");
+    }
+
+    #[test]
+    fn the_embedded_world_vocab_parses() {
+        let tok = Tokenizer::world();
+        assert_eq!(tok.vocab_size(), 65530);
+        assert_eq!(tok.piece(0), b"");
+        assert_eq!(tok.piece(65529), [b' '; 128]);
+        // Every byte is a token, so any input encodes.
+        assert!((0..=255u8).all(|b| tok.encode_bytes(&[b]).is_ok()));
     }
 
     #[test]
