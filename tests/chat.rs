@@ -1,7 +1,7 @@
 //! The conversation engine on the fixture model: the state always equals feeding the visible
 //! transcript, and regenerate, edit and fork equal a fresh session given the same text.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

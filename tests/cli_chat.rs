@@ -1,7 +1,7 @@
 //! `rwkv-chat chat` and `rwkv-chat sessions` as a user runs them: sessions that resume from
 //! the saved state, damaged state files, locks, crashes while saving.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The real binary's `generate` and `perplexity` on the fixture model.
 
-mod common;
+use crate::common;
 
 use common::{Golden, rwkv_chat, stdout, tiny};
 use rwkv_chat::model::{LoadOptions, Rwkv};

@@ -1,7 +1,7 @@
 //! `rwkv-chat convert` from the raw `.pth` and the sharded `.bin` fixture: the directory it
 //! writes loads and matches the reference outputs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! that a reader sees the old save or the new one, never a mix, and a saved turn is never
 //! lost afterwards.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -89,7 +89,12 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for round in 0..200 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_writer_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "crash_safety::crash_writer_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(WRITER_ENV, data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

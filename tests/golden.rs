@@ -1,7 +1,7 @@
 //! The model against the reference outputs of transformers (cross-checked with ChatRWKV's
 //! engine), for every checkpoint layout the fixture ships.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! refused with one clear message naming the file, through the real binary (so an abort from
 //! a huge allocation would fail the test too), and nothing in a pickle is ever executed.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

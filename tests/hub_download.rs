@@ -2,7 +2,7 @@
 //! `HF_ENDPOINT`, with `HF_HOME` in a temp dir: the real download code runs, including broken,
 //! corrupt, failing and stalled transfers. Nothing here touches the network.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

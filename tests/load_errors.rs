@@ -1,7 +1,7 @@
 //! Every bad model input a user can give gets one clear message naming the file, exit status
 //! 1, and no panic or backtrace. Bad copies are made in temp dirs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! states of the wrong shape, escapes in damaged files. Each test makes the condition on disk
 //! and runs the real binary.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -166,35 +166,37 @@ fn fifos_as_session_files_do_not_hang_anything() {
     );
 }
 
-/// Runs `cmd` and returns its output and its own peak RSS in kB (from `wait4`).
-// Reaped by `wait4` itself, which std's `Child` cannot be told about.
-#[allow(clippy::zombie_processes)]
-fn peak_rss_kb(cmd: &mut Command) -> (Output, i64) {
-    use std::io::Read;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        err.read_to_end(&mut buf).unwrap();
-        buf
-    });
-    let mut stdout_bytes = Vec::new();
-    out.read_to_end(&mut stdout_bytes).unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
-    let output = Output {
-        status: std::os::unix::process::ExitStatusExt::from_raw(status),
-        stdout: stdout_bytes,
-        stderr: reader.join().unwrap(),
-    };
-    (output, usage.ru_maxrss)
+/// Runs `cmd` and returns its output and its peak RSS in kB. The count comes from a small
+/// Python parent (`RUSAGE_CHILDREN`): a process spawned from this test binary starts with the
+/// binary's own high-water mark (vfork shares its memory until exec, and Linux keeps the
+/// larger mark), which would measure the test suite instead of rwkv-chat.
+fn peak_rss_kb(cmd: &Command) -> (Output, i64) {
+    const SCRIPT: &str = "import resource, subprocess, sys\n\
+        p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True)\n\
+        sys.stdout.buffer.write(p.stdout)\n\
+        sys.stderr.buffer.write(p.stderr)\n\
+        sys.stderr.write('\\nPEAK_RSS_KB=%d' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(p.returncode)\n";
+    let mut python = Command::new("python3");
+    python
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => python.env(key, v),
+            None => python.env_remove(key),
+        };
+    }
+    let mut out = run_bounded(&mut python);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (rest, rss) = err
+        .rsplit_once("\nPEAK_RSS_KB=")
+        .expect("python3 reports the peak");
+    let rss = rss.trim().parse().unwrap();
+    out.stderr = rest.as_bytes().to_vec();
+    (out, rss)
 }
 
 #[test]
@@ -213,7 +215,7 @@ fn huge_sparse_state_files_are_refused_without_reading_them_into_memory() {
         std::io::Write::write_all(&mut &file, &header).unwrap();
         file.set_len(size).unwrap();
         drop(file);
-        let (out, rss_kb) = peak_rss_kb(&mut chat(data.path(), "s"));
+        let (out, rss_kb) = peak_rss_kb(&chat(data.path(), "s"));
         assert_user_error(&out, &[needle, "--rebuild"]);
         eprintln!("{size} byte sparse state.bin: peak RSS {rss_kb} kB");
         assert!(

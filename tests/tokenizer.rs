@@ -1,7 +1,7 @@
 //! The GPT-NeoX tokenizer against the reference ids, and streaming decode against broken
 //! UTF-8.
 
-mod common;
+use crate::common;
 
 use rwkv_chat::tokenizer::Tokenizer;
 

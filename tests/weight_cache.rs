@@ -1,7 +1,7 @@
 //! q8/q4 weights kept on disk between loads (`--cache-weights`): a second load reads them and
 //! gives the same model; a damaged or stale file is never trusted.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

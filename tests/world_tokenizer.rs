@@ -2,7 +2,7 @@
 //! vector exact, the vocab file read with either line end and beside a model, streaming decode
 //! that never shows a broken character, and time linear in the input.
 
-mod common;
+use crate::common;
 
 use rwkv_chat::tokenizer::Tokenizer;
 
