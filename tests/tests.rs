@@ -19,4 +19,5 @@ mod tokenizer;
 mod tui;
 mod untrusted_text;
 mod weight_cache;
+mod world_golden;
 mod world_tokenizer;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod gemv;
 mod host;
+pub mod v7;
 mod wkv;
 
 use std::fmt;

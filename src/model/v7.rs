@@ -1,0 +1,489 @@
+//! RWKV-7 "Goose" (x070), the generation of the current World and G1 models, in plain f32
+//! loops: the reference the fast paths are held to, and what the World-model work
+//! (issue 12) builds on. It is not yet wired into [`super::Rwkv`], the engine or the chat app.
+//!
+//! The math is BlinkDL's `rwkv` package (0.8.32, `rwkv/model.py`, `RWKV_x070`) for one token:
+//! `x = ln0(emb[t])`; per layer `x += TMix(ln1(x))`, `x += CMix(ln2(x))`; logits
+//! `head · ln_out(x)`. TMix keeps a per-head matrix `S` (`[h, v, k]` order, as rwkv pip's
+//! state): `S ← S·diag(w) − (S·κ̂)(κ̂∘a)ᵀ + v kᵀ`, `out = S r`, GroupNorm per head with eps
+//! 64e-5, plus the bonus `(Σ r∘k∘r_k) v`, gated by `g`. Layer 0's value is kept for every other
+//! layer's value residual (`v_first`), recomputed every token, so it is not state.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+
+/// The shapes of a v7 model, read off its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V7Config {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_size: usize,
+    pub ffn: usize,
+}
+
+/// What a v7 model carries from one token to the next, per layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct V7LayerState {
+    /// `ln1(x)` of the previous token: the time mix's token shift.
+    pub att_x: Vec<f32>,
+    /// The WKV matrices, `[heads, head_size (v), head_size (k)]`.
+    pub att_kv: Vec<f32>,
+    /// `ln2(x)` of the previous token: the channel mix's token shift.
+    pub ffn_x: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct V7State {
+    pub layers: Vec<V7LayerState>,
+}
+
+impl V7State {
+    /// The state before any token: all zeros.
+    pub fn new(cfg: &V7Config) -> Self {
+        let layer = V7LayerState {
+            att_x: vec![0.0; cfg.hidden],
+            att_kv: vec![0.0; cfg.heads * cfg.head_size * cfg.head_size],
+            ffn_x: vec![0.0; cfg.hidden],
+        };
+        Self {
+            layers: vec![layer; cfg.layers],
+        }
+    }
+}
+
+/// A matrix stored `[rows, cols]` row-major.
+struct Matrix {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl Matrix {
+    /// `W · x` for `W` stored `[out, in]` (the projections).
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.data
+            .chunks_exact(self.cols)
+            .map(|row| row.iter().zip(x).map(|(w, x)| w * x).sum())
+            .collect()
+    }
+
+    /// `x · W` for `W` stored `[in, out]` (the LoRA factors).
+    fn apply_left(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; self.cols];
+        for (xi, row) in x.iter().zip(self.data.chunks_exact(self.cols)) {
+            for (o, w) in out.iter_mut().zip(row) {
+                *o += xi * w;
+            }
+        }
+        out
+    }
+}
+
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Norm {
+    fn apply(&self, x: &[f32], eps: f32) -> Vec<f32> {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        x.iter()
+            .zip(&self.weight)
+            .zip(&self.bias)
+            .map(|((v, w), b)| (v - mean) * inv * w + b)
+            .collect()
+    }
+}
+
+struct Layer {
+    ln1: Norm,
+    ln2: Norm,
+    /// `x_r, x_w, x_k, x_v, x_a, x_g`.
+    mix: [Vec<f32>; 6],
+    w0: Vec<f32>,
+    w1: Matrix,
+    w2: Matrix,
+    a0: Vec<f32>,
+    a1: Matrix,
+    a2: Matrix,
+    /// Layer 0 has none: its value is `v_first`.
+    v_lora: Option<(Vec<f32>, Matrix, Matrix)>,
+    g1: Matrix,
+    g2: Matrix,
+    k_k: Vec<f32>,
+    k_a: Vec<f32>,
+    r_k: Vec<f32>,
+    receptance: Matrix,
+    key: Matrix,
+    value: Matrix,
+    output: Matrix,
+    ln_x: Norm,
+    ffn_x_k: Vec<f32>,
+    ffn_key: Matrix,
+    ffn_value: Matrix,
+}
+
+pub struct V7 {
+    pub cfg: V7Config,
+    /// `ln0(emb)`, row per token.
+    emb: Vec<f32>,
+    layers: Vec<Layer>,
+    ln_out: Norm,
+    head: Matrix,
+}
+
+const LN_EPS: f32 = 1e-5;
+/// rwkv pip's GroupNorm eps for `ln_x`, whatever the head size.
+const LN_X_EPS: f32 = 64e-5;
+/// `exp(-0.5)` as rwkv pip writes it: decay is `exp(-0.606531 · sigmoid(w0 + lora))`.
+const DECAY_SCALE: f32 = 0.606531;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Renames a flash-linear-attention checkpoint (`fla-hub/rwkv7-*`, `model.safetensors`) to
+/// BlinkDL's names, following fla's `utils/convert_from_rwkv7.py`: LoRA factors are stored
+/// transposed (`nn.Linear` weights) and their final bias is the `*0` vector. Checkpoints
+/// written before fla 6b673e6b hold the six mixers as one `attn.x_x` [6, C] (rows r, w, k, v,
+/// a, g), split here as fla's own loader migrates them.
+pub fn from_fla(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
+    let mut out = HashMap::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let err = |e: candle_core::Error| format!("`{name}`: {e}");
+        let renamed = match name.as_str() {
+            "model.embeddings.weight" => "emb.weight".to_owned(),
+            "model.norm.weight" => "ln_out.weight".to_owned(),
+            "model.norm.bias" => "ln_out.bias".to_owned(),
+            "lm_head.weight" => "head.weight".to_owned(),
+            _ => {
+                let rest = name.strip_prefix("model.layers.").ok_or_else(|| {
+                    format!("`{name}` is not a flash-linear-attention RWKV-7 name")
+                })?;
+                let (layer, leaf) = rest
+                    .split_once('.')
+                    .ok_or_else(|| format!("`{name}` has no layer"))?;
+                let p = |leaf: &str| format!("blocks.{layer}.{leaf}");
+                if leaf == "attn.x_x" {
+                    for (row, mix) in ["r", "w", "k", "v", "a", "g"].iter().enumerate() {
+                        out.insert(p(&format!("att.x_{mix}")), t.get(row).map_err(err)?);
+                    }
+                    continue;
+                }
+                if let Some((kind, part)) = leaf
+                    .strip_prefix("attn.")
+                    .and_then(|lora| lora.split_once("_lora.lora."))
+                {
+                    let (suffix, value) = match part {
+                        "0.weight" => ("1", t.t().map_err(err)?),
+                        "2.weight" => ("2", t.t().map_err(err)?),
+                        "2.bias" => ("0", t),
+                        _ => return Err(format!("unknown LoRA tensor `{name}`")),
+                    };
+                    out.insert(p(&format!("att.{kind}{suffix}")), value);
+                    continue;
+                }
+                let mapped = match leaf {
+                    "pre_norm.weight" => "ln0.weight",
+                    "pre_norm.bias" => "ln0.bias",
+                    "attn_norm.weight" => "ln1.weight",
+                    "attn_norm.bias" => "ln1.bias",
+                    "ffn_norm.weight" => "ln2.weight",
+                    "ffn_norm.bias" => "ln2.bias",
+                    "attn.r_proj.weight" => "att.receptance.weight",
+                    "attn.k_proj.weight" => "att.key.weight",
+                    "attn.v_proj.weight" => "att.value.weight",
+                    "attn.o_proj.weight" => "att.output.weight",
+                    "attn.g_norm.weight" => "att.ln_x.weight",
+                    "attn.g_norm.bias" => "att.ln_x.bias",
+                    other => match other.strip_prefix("attn.") {
+                        Some(att) => {
+                            out.insert(p(&format!("att.{att}")), t);
+                            continue;
+                        }
+                        // ffn.x_k, ffn.key.weight, ffn.value.weight keep their names.
+                        None => other,
+                    },
+                };
+                p(mapped)
+            }
+        };
+        out.insert(renamed, t);
+    }
+    Ok(out)
+}
+
+impl V7 {
+    /// Builds the model from tensors under BlinkDL's names (any float dtype; kept as f32).
+    pub fn from_tensors(tensors: &HashMap<String, Tensor>) -> Result<Self, String> {
+        let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), String> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| format!("no tensor `{name}`"))?;
+            let data = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| format!("`{name}`: {e}"))?;
+            Ok((t.dims().to_vec(), data))
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, String> {
+            let (_, data) = get(name)?;
+            if data.len() != len {
+                return Err(format!("`{name}` has {} values, not {len}", data.len()));
+            }
+            Ok(data)
+        };
+        let matrix = |name: &str| -> Result<Matrix, String> {
+            let (dims, data) = get(name)?;
+            match dims[..] {
+                [rows, cols] => Ok(Matrix { rows, cols, data }),
+                _ => Err(format!("`{name}` is not a matrix ({dims:?})")),
+            }
+        };
+        let norm = |prefix: &str, len: usize| -> Result<Norm, String> {
+            Ok(Norm {
+                weight: vector(&format!("{prefix}.weight"), len)?,
+                bias: vector(&format!("{prefix}.bias"), len)?,
+            })
+        };
+        let emb = matrix("emb.weight")?;
+        let (vocab, hidden) = (emb.rows, emb.cols);
+        let (r_k_dims, _) = get("blocks.0.att.r_k")?;
+        let [heads, head_size] = r_k_dims[..] else {
+            return Err(format!(
+                "`blocks.0.att.r_k` is {r_k_dims:?}, not [heads, head size]"
+            ));
+        };
+        if heads * head_size != hidden {
+            return Err(format!(
+                "{heads} heads of {head_size} do not make the width {hidden}"
+            ));
+        }
+        let layers = (0..)
+            .take_while(|i| tensors.contains_key(&format!("blocks.{i}.ln1.weight")))
+            .count();
+        let ffn = matrix("blocks.0.ffn.key.weight")?.rows;
+        let cfg = V7Config {
+            vocab,
+            hidden,
+            layers,
+            heads,
+            head_size,
+            ffn,
+        };
+        let ln0 = norm("blocks.0.ln0", hidden)?;
+        let emb = emb
+            .data
+            .chunks_exact(hidden)
+            .flat_map(|row| ln0.apply(row, LN_EPS))
+            .collect();
+        let layers = (0..layers)
+            .map(|i| -> Result<Layer, String> {
+                let p = |leaf: &str| format!("blocks.{i}.{leaf}");
+                let mix = |leaf: &str| vector(&p(&format!("att.x_{leaf}")), hidden);
+                let v_lora = if i == 0 {
+                    None
+                } else {
+                    Some((
+                        vector(&p("att.v0"), hidden)?,
+                        matrix(&p("att.v1"))?,
+                        matrix(&p("att.v2"))?,
+                    ))
+                };
+                Ok(Layer {
+                    ln1: norm(&p("ln1"), hidden)?,
+                    ln2: norm(&p("ln2"), hidden)?,
+                    mix: [
+                        mix("r")?,
+                        mix("w")?,
+                        mix("k")?,
+                        mix("v")?,
+                        mix("a")?,
+                        mix("g")?,
+                    ],
+                    w0: vector(&p("att.w0"), hidden)?,
+                    w1: matrix(&p("att.w1"))?,
+                    w2: matrix(&p("att.w2"))?,
+                    a0: vector(&p("att.a0"), hidden)?,
+                    a1: matrix(&p("att.a1"))?,
+                    a2: matrix(&p("att.a2"))?,
+                    v_lora,
+                    g1: matrix(&p("att.g1"))?,
+                    g2: matrix(&p("att.g2"))?,
+                    k_k: vector(&p("att.k_k"), hidden)?,
+                    k_a: vector(&p("att.k_a"), hidden)?,
+                    r_k: vector(&p("att.r_k"), hidden)?,
+                    receptance: matrix(&p("att.receptance.weight"))?,
+                    key: matrix(&p("att.key.weight"))?,
+                    value: matrix(&p("att.value.weight"))?,
+                    output: matrix(&p("att.output.weight"))?,
+                    ln_x: norm(&p("att.ln_x"), hidden)?,
+                    ffn_x_k: vector(&p("ffn.x_k"), hidden)?,
+                    ffn_key: matrix(&p("ffn.key.weight"))?,
+                    ffn_value: matrix(&p("ffn.value.weight"))?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            cfg,
+            emb,
+            layers,
+            ln_out: norm("ln_out", hidden)?,
+            head: matrix("head.weight")?,
+        })
+    }
+
+    /// Feeds one token and returns the logits after it.
+    pub fn forward_token(&self, token: u32, state: &mut V7State) -> Result<Vec<f32>, String> {
+        let (c, n) = (self.cfg.hidden, self.cfg.head_size);
+        let row = token as usize;
+        if row >= self.cfg.vocab {
+            return Err(format!(
+                "token {token} is beyond the vocab of {}",
+                self.cfg.vocab
+            ));
+        }
+        let mut x = self.emb[row * c..(row + 1) * c].to_vec();
+        let mut v_first: Vec<f32> = Vec::new();
+        for (layer, st) in self.layers.iter().zip(&mut state.layers) {
+            let xx = layer.ln1.apply(&x, LN_EPS);
+            let att = layer.time_mix(&xx, st, &mut v_first, n);
+            st.att_x = xx;
+            x.iter_mut().zip(&att).for_each(|(x, a)| *x += a);
+
+            let xx = layer.ln2.apply(&x, LN_EPS);
+            let mixed: Vec<f32> = xx
+                .iter()
+                .zip(&st.ffn_x)
+                .zip(&layer.ffn_x_k)
+                .map(|((x, prev), m)| x + (prev - x) * m)
+                .collect();
+            let k: Vec<f32> = layer
+                .ffn_key
+                .apply(&mixed)
+                .into_iter()
+                .map(|v| v.max(0.0).powi(2))
+                .collect();
+            let ffn = layer.ffn_value.apply(&k);
+            st.ffn_x = xx;
+            x.iter_mut().zip(&ffn).for_each(|(x, f)| *x += f);
+        }
+        Ok(self.head.apply(&self.ln_out.apply(&x, LN_EPS)))
+    }
+}
+
+impl Layer {
+    fn time_mix(
+        &self,
+        x: &[f32],
+        st: &mut V7LayerState,
+        v_first: &mut Vec<f32>,
+        n: usize,
+    ) -> Vec<f32> {
+        let mixed: Vec<Vec<f32>> = self
+            .mix
+            .iter()
+            .map(|m| {
+                x.iter()
+                    .zip(&st.att_x)
+                    .zip(m)
+                    .map(|((x, prev), m)| x + (prev - x) * m)
+                    .collect()
+            })
+            .collect();
+        let [xr, xw, xk, xv, xa, xg] = &mixed[..] else {
+            unreachable!("six mixes")
+        };
+        let r = self.receptance.apply(xr);
+        let w_lora = self.w2.apply_left(
+            &self
+                .w1
+                .apply_left(xw)
+                .into_iter()
+                .map(f32::tanh)
+                .collect::<Vec<_>>(),
+        );
+        let mut k = self.key.apply(xk);
+        let mut v = self.value.apply(xv);
+        let a: Vec<f32> = self
+            .a2
+            .apply_left(&self.a1.apply_left(xa))
+            .iter()
+            .zip(&self.a0)
+            .map(|(l, a0)| sigmoid(a0 + l))
+            .collect();
+        let g = self.g2.apply_left(
+            &self
+                .g1
+                .apply_left(xg)
+                .into_iter()
+                .map(sigmoid)
+                .collect::<Vec<_>>(),
+        );
+        // κ̂: the key scaled by k_k, L2-normalised per head (F.normalize, eps 1e-12).
+        let mut kk: Vec<f32> = k.iter().zip(&self.k_k).map(|(k, s)| k * s).collect();
+        for head in kk.chunks_exact_mut(n) {
+            let norm = head.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            head.iter_mut().for_each(|v| *v /= norm);
+        }
+        for ((k, a), ka) in k.iter_mut().zip(&a).zip(&self.k_a) {
+            *k *= 1.0 + (a - 1.0) * ka;
+        }
+        match &self.v_lora {
+            None => *v_first = v.clone(),
+            Some((v0, v1, v2)) => {
+                let gate = v2.apply_left(&v1.apply_left(xv));
+                for (((v, first), l), v0) in v.iter_mut().zip(v_first.iter()).zip(&gate).zip(v0) {
+                    *v += (first - *v) * sigmoid(v0 + l);
+                }
+            }
+        }
+        let w: Vec<f32> = w_lora
+            .iter()
+            .zip(&self.w0)
+            .map(|(l, w0)| (-DECAY_SCALE * sigmoid(w0 + l)).exp())
+            .collect();
+
+        let mut out = vec![0.0f32; x.len()];
+        for h in 0..x.len() / n {
+            let span = h * n..(h + 1) * n;
+            let s = &mut st.att_kv[h * n * n..(h + 1) * n * n];
+            let (r, k, v, w, kk, a) = (
+                &r[span.clone()],
+                &k[span.clone()],
+                &v[span.clone()],
+                &w[span.clone()],
+                &kk[span.clone()],
+                &a[span.clone()],
+            );
+            for i in 0..n {
+                let row = &mut s[i * n..(i + 1) * n];
+                // (S κ̂)_i over the state before this token.
+                let sk: f32 = row.iter().zip(kk).map(|(s, kk)| s * kk).sum();
+                let mut o = 0.0;
+                for j in 0..n {
+                    row[j] = row[j] * w[j] - sk * kk[j] * a[j] + v[i] * k[j];
+                    o += row[j] * r[j];
+                }
+                out[h * n + i] = o;
+            }
+            let head = Norm {
+                weight: self.ln_x.weight[span.clone()].to_vec(),
+                bias: self.ln_x.bias[span.clone()].to_vec(),
+            }
+            .apply(&out[span.clone()], LN_X_EPS);
+            let bonus: f32 = (0..n).map(|j| r[j] * k[j] * self.r_k[h * n + j]).sum();
+            for i in 0..n {
+                out[h * n + i] = (head[i] + bonus * v[i]) * g[h * n + i];
+            }
+        }
+        self.output.apply(&out)
+    }
+}
