@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use rwkv_chat::model::v7::{V7, V7State};
+use rwkv_chat::model::finch::Finch;
+use rwkv_chat::model::reference::{Generation, WorldState};
+use rwkv_chat::model::v7::V7;
 
 use crate::common;
 
@@ -38,30 +40,24 @@ fn argmax(v: &[f32]) -> u32 {
         .0 as u32
 }
 
-#[test]
-fn tiny_v7_pth_matches_the_reference() {
-    let tensors: HashMap<String, Tensor> =
-        candle_core::pickle::read_all(common::fixture("world/tiny-v7/model.pth"))
-            .unwrap()
-            .into_iter()
-            .collect();
-    let model = V7::from_tensors(&tensors).unwrap();
-    assert_eq!(
-        (model.cfg.layers, model.cfg.heads, model.cfg.head_size),
-        (2, 2, 64)
-    );
-    let g = golden("tiny-v7");
-    let prompt = ids(&g["input_ids"]);
+/// Feeds the fixture's prompt token by token from the zero state and checks the logits at
+/// every position (1e-3), their argmax, the state after the prompt (1e-4) and the greedy
+/// continuation (exact).
+fn check_against_golden(
+    dir: &str,
+    vocab: usize,
+    mut state: WorldState,
+    mut forward: impl FnMut(u32, &mut WorldState) -> Vec<f32>,
+) {
+    let g = golden(dir);
     let want = f32s(&g["logits"]);
-    let vocab = model.cfg.vocab;
-    let mut state = V7State::new(&model.cfg);
     let mut logits = Vec::new();
-    for (pos, &t) in prompt.iter().enumerate() {
-        logits = model.forward_token(t, &mut state).unwrap();
+    for (pos, &t) in ids(&g["input_ids"]).iter().enumerate() {
+        logits = forward(t, &mut state);
         let row = &want[pos * vocab..(pos + 1) * vocab];
         let diff = common::max_abs_diff(&logits, row);
-        assert!(diff < 1e-3, "position {pos}: logits differ by {diff}");
-        assert_eq!(argmax(&logits), argmax(row), "position {pos}");
+        assert!(diff < 1e-3, "{dir} position {pos}: logits differ by {diff}");
+        assert_eq!(argmax(&logits), argmax(row), "{dir} position {pos}");
     }
     for (i, layer) in state.layers.iter().enumerate() {
         for (name, got) in [
@@ -70,16 +66,31 @@ fn tiny_v7_pth_matches_the_reference() {
             ("ffn_x_prev", &layer.ffn_x),
         ] {
             let diff = common::max_abs_diff(got, &f32s(&g[&format!("state.{i}.{name}")]));
-            assert!(diff < 1e-4, "layer {i} {name} differs by {diff}");
+            assert!(diff < 1e-4, "{dir} layer {i} {name} differs by {diff}");
         }
     }
     let mut greedy = Vec::new();
     for _ in 0..ids(&g["greedy_ids"]).len() {
         let next = argmax(&logits);
         greedy.push(next);
-        logits = model.forward_token(next, &mut state).unwrap();
+        logits = forward(next, &mut state);
     }
-    assert_eq!(greedy, ids(&g["greedy_ids"]));
+    assert_eq!(greedy, ids(&g["greedy_ids"]), "{dir}");
+}
+
+#[test]
+fn tiny_v7_pth_matches_the_reference() {
+    let model = V7::from_tensors(&pth("world/tiny-v7/model.pth")).unwrap();
+    assert_eq!(
+        (model.cfg.layers, model.cfg.heads, model.cfg.head_size),
+        (2, 2, 64)
+    );
+    check_against_golden(
+        "tiny-v7",
+        model.cfg.vocab,
+        WorldState::new(&model.cfg),
+        |t, s| model.forward_token(t, s).unwrap(),
+    );
 }
 
 fn pth(path: &str) -> HashMap<String, Tensor> {
@@ -124,7 +135,7 @@ fn tiny_v7_in_the_fla_layouts_is_the_same_model() {
     for tensors in [split, fused] {
         let model = V7::from_tensors(&rwkv_chat::model::v7::from_fla(tensors).unwrap()).unwrap();
         assert_eq!(model.cfg, reference.cfg);
-        let mut state = V7State::new(&model.cfg);
+        let mut state = WorldState::new(&model.cfg);
         let mut logits = Vec::new();
         for &t in &ids(&g["input_ids"]) {
             logits = model.forward_token(t, &mut state).unwrap();
@@ -170,7 +181,7 @@ fn e2e_v7_with_the_world_tokenizer_matches_the_reference() {
     let g = golden("e2e-v7");
     let prompt = tok.encode(json["prompt"].as_str().unwrap()).unwrap();
     assert_eq!(prompt, ids(&g["input_ids"]));
-    let mut state = V7State::new(&model.cfg);
+    let mut state = WorldState::new(&model.cfg);
     let mut logits = Vec::new();
     for &t in &prompt {
         logits = model.forward_token(t, &mut state).unwrap();
@@ -191,7 +202,7 @@ fn e2e_v7_with_the_world_tokenizer_matches_the_reference() {
 
     let nll_ids = ids(&g["nll_token_ids"]);
     let want: Vec<f64> = g["nll_per_token"].to_vec1::<f64>().unwrap();
-    let mut state = V7State::new(&model.cfg);
+    let mut state = WorldState::new(&model.cfg);
     let mut total = 0.0f64;
     for (i, pair) in nll_ids.windows(2).enumerate() {
         let logits = model.forward_token(pair[0], &mut state).unwrap();
@@ -213,4 +224,16 @@ fn e2e_v7_with_the_world_tokenizer_matches_the_reference() {
     let mean = total / want.len() as f64;
     let want_mean = want.iter().sum::<f64>() / want.len() as f64;
     assert!((mean - want_mean).abs() < 1e-4, "{mean} vs {want_mean}");
+}
+
+/// v5.2 and v6 from BlinkDL's .pth against the reference.
+#[test]
+fn tiny_v5_and_v6_pth_match_the_reference() {
+    for (dir, generation) in [("tiny-v5", Generation::V5), ("tiny-v6", Generation::V6)] {
+        let model = Finch::from_tensors(&pth(&format!("world/{dir}/model.pth"))).unwrap();
+        assert_eq!(model.cfg.generation, generation);
+        check_against_golden(dir, model.cfg.vocab, WorldState::new(&model.cfg), |t, s| {
+            model.forward_token(t, s).unwrap()
+        });
+    }
 }

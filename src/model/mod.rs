@@ -7,8 +7,10 @@ mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod finch;
 pub mod gemv;
 mod host;
+pub mod reference;
 pub mod v7;
 mod wkv;
 

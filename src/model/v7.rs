@@ -11,95 +11,12 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-/// The shapes of a v7 model, read off its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct V7Config {
-    pub vocab: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub head_size: usize,
-    pub ffn: usize,
-}
-
-/// What a v7 model carries from one token to the next, per layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct V7LayerState {
-    /// `ln1(x)` of the previous token: the time mix's token shift.
-    pub att_x: Vec<f32>,
-    /// The WKV matrices, `[heads, head_size (v), head_size (k)]`.
-    pub att_kv: Vec<f32>,
-    /// `ln2(x)` of the previous token: the channel mix's token shift.
-    pub ffn_x: Vec<f32>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct V7State {
-    pub layers: Vec<V7LayerState>,
-}
-
-impl V7State {
-    /// The state before any token: all zeros.
-    pub fn new(cfg: &V7Config) -> Self {
-        let layer = V7LayerState {
-            att_x: vec![0.0; cfg.hidden],
-            att_kv: vec![0.0; cfg.heads * cfg.head_size * cfg.head_size],
-            ffn_x: vec![0.0; cfg.hidden],
-        };
-        Self {
-            layers: vec![layer; cfg.layers],
-        }
-    }
-}
-
-/// A matrix stored `[rows, cols]` row-major.
-struct Matrix {
-    rows: usize,
-    cols: usize,
-    data: Vec<f32>,
-}
-
-impl Matrix {
-    /// `W · x` for `W` stored `[out, in]` (the projections).
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        self.data
-            .chunks_exact(self.cols)
-            .map(|row| row.iter().zip(x).map(|(w, x)| w * x).sum())
-            .collect()
-    }
-
-    /// `x · W` for `W` stored `[in, out]` (the LoRA factors).
-    fn apply_left(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; self.cols];
-        for (xi, row) in x.iter().zip(self.data.chunks_exact(self.cols)) {
-            for (o, w) in out.iter_mut().zip(row) {
-                *o += xi * w;
-            }
-        }
-        out
-    }
-}
-
-struct Norm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Norm {
-    fn apply(&self, x: &[f32], eps: f32) -> Vec<f32> {
-        let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        x.iter()
-            .zip(&self.weight)
-            .zip(&self.bias)
-            .map(|((v, w), b)| (v - mean) * inv * w + b)
-            .collect()
-    }
-}
+use super::reference::{
+    Ends, Generation, LN_EPS, LN_X_EPS, Matrix, Norm, Weights, WorldConfig, WorldLayerState,
+    WorldState, shift, sigmoid,
+};
 
 struct Layer {
     ln1: Norm,
@@ -130,23 +47,13 @@ struct Layer {
 }
 
 pub struct V7 {
-    pub cfg: V7Config,
-    /// `ln0(emb)`, row per token.
-    emb: Vec<f32>,
+    pub cfg: WorldConfig,
+    ends: Ends,
     layers: Vec<Layer>,
-    ln_out: Norm,
-    head: Matrix,
 }
 
-const LN_EPS: f32 = 1e-5;
-/// rwkv pip's GroupNorm eps for `ln_x`, whatever the head size.
-const LN_X_EPS: f32 = 64e-5;
 /// `exp(-0.5)` as rwkv pip writes it: decay is `exp(-0.606531 · sigmoid(w0 + lora))`.
 const DECAY_SCALE: f32 = 0.606531;
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 /// Renames a flash-linear-attention checkpoint (`fla-hub/rwkv7-*`, `model.safetensors`) to
 /// BlinkDL's names, following fla's `utils/convert_from_rwkv7.py`: LoRA factors are stored
@@ -222,40 +129,10 @@ pub fn from_fla(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tens
 impl V7 {
     /// Builds the model from tensors under BlinkDL's names (any float dtype; kept as f32).
     pub fn from_tensors(tensors: &HashMap<String, Tensor>) -> Result<Self, String> {
-        let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), String> {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| format!("no tensor `{name}`"))?;
-            let data = t
-                .to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| format!("`{name}`: {e}"))?;
-            Ok((t.dims().to_vec(), data))
-        };
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>, String> {
-            let (_, data) = get(name)?;
-            if data.len() != len {
-                return Err(format!("`{name}` has {} values, not {len}", data.len()));
-            }
-            Ok(data)
-        };
-        let matrix = |name: &str| -> Result<Matrix, String> {
-            let (dims, data) = get(name)?;
-            match dims[..] {
-                [rows, cols] => Ok(Matrix { rows, cols, data }),
-                _ => Err(format!("`{name}` is not a matrix ({dims:?})")),
-            }
-        };
-        let norm = |prefix: &str, len: usize| -> Result<Norm, String> {
-            Ok(Norm {
-                weight: vector(&format!("{prefix}.weight"), len)?,
-                bias: vector(&format!("{prefix}.bias"), len)?,
-            })
-        };
-        let emb = matrix("emb.weight")?;
-        let (vocab, hidden) = (emb.rows, emb.cols);
-        let (r_k_dims, _) = get("blocks.0.att.r_k")?;
+        let w = Weights(tensors);
+        let ends = Ends::load(&w)?;
+        let (vocab, hidden) = (ends.vocab(), ends.hidden());
+        let (r_k_dims, _) = w.get("blocks.0.att.r_k")?;
         let [heads, head_size] = r_k_dims[..] else {
             return Err(format!(
                 "`blocks.0.att.r_k` is {r_k_dims:?}, not [heads, head size]"
@@ -266,11 +143,10 @@ impl V7 {
                 "{heads} heads of {head_size} do not make the width {hidden}"
             ));
         }
-        let layers = (0..)
-            .take_while(|i| tensors.contains_key(&format!("blocks.{i}.ln1.weight")))
-            .count();
-        let ffn = matrix("blocks.0.ffn.key.weight")?.rows;
-        let cfg = V7Config {
+        let layers = w.layers();
+        let ffn = w.matrix("blocks.0.ffn.key.weight")?.rows;
+        let cfg = WorldConfig {
+            generation: Generation::V7,
             vocab,
             hidden,
             layers,
@@ -278,28 +154,22 @@ impl V7 {
             head_size,
             ffn,
         };
-        let ln0 = norm("blocks.0.ln0", hidden)?;
-        let emb = emb
-            .data
-            .chunks_exact(hidden)
-            .flat_map(|row| ln0.apply(row, LN_EPS))
-            .collect();
         let layers = (0..layers)
             .map(|i| -> Result<Layer, String> {
                 let p = |leaf: &str| format!("blocks.{i}.{leaf}");
-                let mix = |leaf: &str| vector(&p(&format!("att.x_{leaf}")), hidden);
+                let mix = |leaf: &str| w.vector(&p(&format!("att.x_{leaf}")), hidden);
                 let v_lora = if i == 0 {
                     None
                 } else {
                     Some((
-                        vector(&p("att.v0"), hidden)?,
-                        matrix(&p("att.v1"))?,
-                        matrix(&p("att.v2"))?,
+                        w.vector(&p("att.v0"), hidden)?,
+                        w.matrix(&p("att.v1"))?,
+                        w.matrix(&p("att.v2"))?,
                     ))
                 };
                 Ok(Layer {
-                    ln1: norm(&p("ln1"), hidden)?,
-                    ln2: norm(&p("ln2"), hidden)?,
+                    ln1: w.norm(&p("ln1"), hidden)?,
+                    ln2: w.norm(&p("ln2"), hidden)?,
                     mix: [
                         mix("r")?,
                         mix("w")?,
@@ -308,49 +178,36 @@ impl V7 {
                         mix("a")?,
                         mix("g")?,
                     ],
-                    w0: vector(&p("att.w0"), hidden)?,
-                    w1: matrix(&p("att.w1"))?,
-                    w2: matrix(&p("att.w2"))?,
-                    a0: vector(&p("att.a0"), hidden)?,
-                    a1: matrix(&p("att.a1"))?,
-                    a2: matrix(&p("att.a2"))?,
+                    w0: w.vector(&p("att.w0"), hidden)?,
+                    w1: w.matrix(&p("att.w1"))?,
+                    w2: w.matrix(&p("att.w2"))?,
+                    a0: w.vector(&p("att.a0"), hidden)?,
+                    a1: w.matrix(&p("att.a1"))?,
+                    a2: w.matrix(&p("att.a2"))?,
                     v_lora,
-                    g1: matrix(&p("att.g1"))?,
-                    g2: matrix(&p("att.g2"))?,
-                    k_k: vector(&p("att.k_k"), hidden)?,
-                    k_a: vector(&p("att.k_a"), hidden)?,
-                    r_k: vector(&p("att.r_k"), hidden)?,
-                    receptance: matrix(&p("att.receptance.weight"))?,
-                    key: matrix(&p("att.key.weight"))?,
-                    value: matrix(&p("att.value.weight"))?,
-                    output: matrix(&p("att.output.weight"))?,
-                    ln_x: norm(&p("att.ln_x"), hidden)?,
-                    ffn_x_k: vector(&p("ffn.x_k"), hidden)?,
-                    ffn_key: matrix(&p("ffn.key.weight"))?,
-                    ffn_value: matrix(&p("ffn.value.weight"))?,
+                    g1: w.matrix(&p("att.g1"))?,
+                    g2: w.matrix(&p("att.g2"))?,
+                    k_k: w.vector(&p("att.k_k"), hidden)?,
+                    k_a: w.vector(&p("att.k_a"), hidden)?,
+                    r_k: w.vector(&p("att.r_k"), hidden)?,
+                    receptance: w.matrix(&p("att.receptance.weight"))?,
+                    key: w.matrix(&p("att.key.weight"))?,
+                    value: w.matrix(&p("att.value.weight"))?,
+                    output: w.matrix(&p("att.output.weight"))?,
+                    ln_x: w.norm(&p("att.ln_x"), hidden)?,
+                    ffn_x_k: w.vector(&p("ffn.x_k"), hidden)?,
+                    ffn_key: w.matrix(&p("ffn.key.weight"))?,
+                    ffn_value: w.matrix(&p("ffn.value.weight"))?,
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            cfg,
-            emb,
-            layers,
-            ln_out: norm("ln_out", hidden)?,
-            head: matrix("head.weight")?,
-        })
+        Ok(Self { cfg, ends, layers })
     }
 
     /// Feeds one token and returns the logits after it.
-    pub fn forward_token(&self, token: u32, state: &mut V7State) -> Result<Vec<f32>, String> {
-        let (c, n) = (self.cfg.hidden, self.cfg.head_size);
-        let row = token as usize;
-        if row >= self.cfg.vocab {
-            return Err(format!(
-                "token {token} is beyond the vocab of {}",
-                self.cfg.vocab
-            ));
-        }
-        let mut x = self.emb[row * c..(row + 1) * c].to_vec();
+    pub fn forward_token(&self, token: u32, state: &mut WorldState) -> Result<Vec<f32>, String> {
+        let n = self.cfg.head_size;
+        let mut x = self.ends.embed(token)?;
         let mut v_first: Vec<f32> = Vec::new();
         for (layer, st) in self.layers.iter().zip(&mut state.layers) {
             let xx = layer.ln1.apply(&x, LN_EPS);
@@ -359,12 +216,7 @@ impl V7 {
             x.iter_mut().zip(&att).for_each(|(x, a)| *x += a);
 
             let xx = layer.ln2.apply(&x, LN_EPS);
-            let mixed: Vec<f32> = xx
-                .iter()
-                .zip(&st.ffn_x)
-                .zip(&layer.ffn_x_k)
-                .map(|((x, prev), m)| x + (prev - x) * m)
-                .collect();
+            let mixed = shift(&xx, &st.ffn_x, &layer.ffn_x_k);
             let k: Vec<f32> = layer
                 .ffn_key
                 .apply(&mixed)
@@ -375,7 +227,7 @@ impl V7 {
             st.ffn_x = xx;
             x.iter_mut().zip(&ffn).for_each(|(x, f)| *x += f);
         }
-        Ok(self.head.apply(&self.ln_out.apply(&x, LN_EPS)))
+        Ok(self.ends.logits(&x))
     }
 }
 
@@ -383,21 +235,11 @@ impl Layer {
     fn time_mix(
         &self,
         x: &[f32],
-        st: &mut V7LayerState,
+        st: &mut WorldLayerState,
         v_first: &mut Vec<f32>,
         n: usize,
     ) -> Vec<f32> {
-        let mixed: Vec<Vec<f32>> = self
-            .mix
-            .iter()
-            .map(|m| {
-                x.iter()
-                    .zip(&st.att_x)
-                    .zip(m)
-                    .map(|((x, prev), m)| x + (prev - x) * m)
-                    .collect()
-            })
-            .collect();
+        let mixed: Vec<Vec<f32>> = self.mix.iter().map(|m| shift(x, &st.att_x, m)).collect();
         let [xr, xw, xk, xv, xa, xg] = &mixed[..] else {
             unreachable!("six mixes")
         };
@@ -474,11 +316,7 @@ impl Layer {
                 }
                 out[h * n + i] = o;
             }
-            let head = Norm {
-                weight: self.ln_x.weight[span.clone()].to_vec(),
-                bias: self.ln_x.bias[span.clone()].to_vec(),
-            }
-            .apply(&out[span.clone()], LN_X_EPS);
+            let head = self.ln_x.apply_at(&out[span.clone()], h * n, LN_X_EPS);
             let bonus: f32 = (0..n).map(|j| r[j] * k[j] * self.r_k[h * n + j]).sum();
             for i in 0..n {
                 out[h * n + i] = (head[i] + bonus * v[i]) * g[h * n + i];
