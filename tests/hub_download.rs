@@ -1136,3 +1136,22 @@ fn a_library_download_reports_progress_and_can_be_cancelled() {
     assert_eq!(sink.finished, ["config.json", "tokenizer.json", WEIGHTS]);
     assert!(sink.updates > 3);
 }
+
+/// A hub answer that never ends is refused at `MAX_API_BODY` (8 MiB), not held in memory.
+#[test]
+fn an_endless_api_answer_is_refused() {
+    for endpoint in ["revision", "paths-info"] {
+        let env = Env::new();
+        env.hub.set(|b| b.endless = Some(endpoint));
+        let out = env.download();
+        assert_failure(
+            &out,
+            &[
+                endpoint,
+                "the answer is larger than 8 MiB",
+                "more than any repository listing; refused",
+            ],
+        );
+        assert!(!env.repo_dir().join("snapshots").exists());
+    }
+}

@@ -890,6 +890,57 @@ mod tests {
         );
     }
 
+    fn paths_info(json: &str) -> Vec<PathInfo> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// The hub's answer as it arrives (the shape huggingface_hub's `RepoFile` reads).
+    #[test]
+    fn an_lfs_file_is_named_and_checked_by_its_sha256() {
+        let sha = "2185abc1".repeat(8);
+        let entries = paths_info(&format!(
+            r#"[{{"type":"file","oid":"bf14037d0123456789abcdef0123456789abcdef","size":2700000,
+                "path":"model.safetensors","xetHash":"ab","lfs":{{"oid":"{sha}","size":2700000,
+                "pointerSize":134}}}},
+               {{"type":"file","oid":"0123456789abcdef0123456789abcdef01234567","size":519,
+                "path":"config.json"}},
+               {{"type":"directory","oid":"89abcdef0123456789abcdef0123456789abcdef",
+                "path":"sub"}}]"#
+        ));
+        let url = Url::parse("http://127.0.0.1/api").unwrap();
+        let weights = remote_file("r", "model.safetensors", &entries, &url).unwrap();
+        assert_eq!(weights.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            (weights.hash.as_str(), weights.size),
+            (sha.as_str(), 2_700_000)
+        );
+        let config = remote_file("r", "config.json", &entries, &url).unwrap();
+        assert_eq!(config.sha256, None);
+        assert_eq!(config.hash, "0123456789abcdef0123456789abcdef01234567");
+        let err = remote_file("r", "sub", &entries, &url).unwrap_err();
+        assert!(err.to_string().contains("file `sub` not found"), "{err}");
+    }
+
+    #[test]
+    fn hashes_that_are_not_hex_are_refused() {
+        let url = Url::parse("http://127.0.0.1/api").unwrap();
+        let entries = paths_info(
+            r#"[{"type":"file","oid":"../../x","size":1,"path":"a"},
+                {"type":"file","oid":"00","size":1,"path":"b","lfs":{"oid":"abc","size":1}}]"#,
+        );
+        let err = remote_file("r", "a", &entries, &url).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a: `../../x` is not a git blob id"),
+            "{err}"
+        );
+        let err = remote_file("r", "b", &entries, &url).unwrap_err();
+        assert!(
+            err.to_string().contains("b: `abc` is not a sha256"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn content_range_start_is_parsed() {
         let v = reqwest::header::HeaderValue::from_static("bytes 100-199/200");
