@@ -432,16 +432,18 @@ fn serve_cdn(
         return None;
     }
     let sha = path.strip_prefix("/repos/").unwrap_or_default();
+    let raw = b.extra_files.iter().map(|(name, bytes)| (name, bytes));
     let found = shared
         .repos
         .values()
         .flat_map(|files| files.iter())
+        .chain(raw)
         .find(|(_, bytes)| is_lfs(bytes) && sha256_hex(bytes) == sha);
-    let Some((name, bytes)) = found else {
+    let Some((name, bytes)) = found.map(|(n, b)| (n.clone(), b.clone())) else {
         respond(&mut stream, 404, &[], b"NoSuchKey");
         return None;
     };
-    let mut bytes = bytes.clone();
+    let mut bytes = bytes;
     if name == WEIGHTS && b.corrupt {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
@@ -1154,4 +1156,82 @@ fn an_endless_api_answer_is_refused() {
         );
         assert!(!env.repo_dir().join("snapshots").exists());
     }
+}
+
+/// What a hostile hub can name a file: an OSC 52 clipboard write.
+const HOSTILE_PTH: &str = "m\x1b]52;c;ZXZpbA==\x07.pth";
+
+fn raw_pth() -> Vec<u8> {
+    std::fs::read(tiny().join("rwkv4-raw.pth")).unwrap()
+}
+
+fn assert_no_escapes(what: &str, bytes: &[u8]) {
+    assert!(
+        !bytes.iter().any(|b| matches!(b, 0x1b | 0x07)),
+        "{what} carries ESC or BEL: {}",
+        String::from_utf8_lossy(bytes)
+    );
+}
+
+#[test]
+fn hub_file_names_reach_the_terminal_defused() {
+    let env = Env::new();
+    env.hub
+        .set(|b| b.extra_files = vec![(HOSTILE_PTH.into(), raw_pth())]);
+    let out = env.run(&["models", "download", RAW_REPO], false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_escapes("the progress on stderr", &out.stderr);
+    assert!(
+        stderr(&out).contains("m␛]52;c;ZXZpbA==␇.pth"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Folder names in the cache and the models directory are shown by `models list`.
+    let evil_cache = env.cache().join("models--evil--rwkv\x1b]0;pwned\x07");
+    std::fs::create_dir_all(evil_cache.join("blobs")).unwrap();
+    let evil_model = env.home.path().join("models/rwkv\x1b[2J\u{202e}x");
+    std::fs::create_dir_all(&evil_model).unwrap();
+    for name in ["config.json", WEIGHTS] {
+        std::fs::copy(tiny().join(name), evil_model.join(name)).unwrap();
+    }
+    let out = env.run(&["models", "list"], true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_escapes("models list", &out.stdout);
+    let listed = stdout(&out);
+    assert!(!listed.contains('\u{202e}'), "{listed}");
+    assert!(listed.contains("evil/rwkv␛]0;pwned␇"), "{listed}");
+    assert!(listed.contains("rwkv␛[2J\u{FFFD}x"), "{listed}");
+    assert!(listed.contains(RAW_REPO), "{listed}");
+}
+
+#[test]
+fn a_raw_repo_whose_only_pth_is_in_a_subfolder_is_refused_before_downloading() {
+    let env = Env::new();
+    let nested = "v12/RWKV-4-tiny.pth";
+    env.hub
+        .set(|b| b.extra_files = vec![(nested.into(), raw_pth())]);
+    let out = env.run(&["models", "download", RAW_REPO], false);
+    assert_failure(
+        &out,
+        &[
+            "its only model file, `v12/RWKV-4-tiny.pth`, is in a subfolder",
+            &format!("name it: `{RAW_REPO}/{nested}`"),
+        ],
+    );
+    let raw_dir = env.cache().join("models--test--raw-rwkv4");
+    assert!(!raw_dir.join("blobs").exists());
+    assert!(
+        env.hub
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("/resolve/")),
+        "something was downloaded"
+    );
+
+    // Named as the message says, it downloads and loads offline.
+    let named = format!("{RAW_REPO}/{nested}");
+    let out = env.run(&["models", "download", &named], false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_golden(&env.generate_from(&named, true, &[]));
 }

@@ -694,15 +694,24 @@ fn select_files(repo: &str, names: &[String], file: Option<&str>) -> Result<Vec<
         wanted.extend(shards("pytorch_model-", ".bin"));
         wanted.push("pytorch_model.bin.index.json".into());
     } else {
+        // A snapshot is loadable as a directory only with its weights at the top; one in a
+        // subfolder loads when named, so a user is told its name before anything is fetched.
         let pths: Vec<&String> = names.iter().filter(|n| n.ends_with(".pth")).collect();
-        match pths.as_slice() {
-            [one] => wanted.push((*one).clone()),
-            [] => {
+        let top: Vec<&String> = pths.iter().copied().filter(|n| !n.contains('/')).collect();
+        match (top.as_slice(), pths.as_slice()) {
+            ([one], _) => wanted.push((*one).clone()),
+            ([], []) => {
                 return Err(HubError::NoWeights {
                     repo: repo.to_owned(),
                 });
             }
-            many => {
+            ([], [one]) => {
+                return Err(HubError::NestedFile {
+                    repo: repo.to_owned(),
+                    file: (*one).clone(),
+                });
+            }
+            ([], many) | (many, _) => {
                 return Err(HubError::ChooseFile {
                     repo: repo.to_owned(),
                     files: many.iter().map(|s| s.to_string()).collect(),
