@@ -567,14 +567,22 @@ impl Env {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rwkv-chat"));
         cmd.args(args)
             .env("RUST_BACKTRACE", "1")
-            .env("HF_HOME", self.home.path())
-            .env("HF_ENDPOINT", &self.hub.url)
             .env("HF_HUB_DOWNLOAD_TIMEOUT", "1")
             .env("RWKV_CHAT_MODELS_DIR", self.home.path().join("models"))
-            .env("NO_PROXY", "127.0.0.1");
+            .env_remove("RUST_LOG")
+            .env_remove("HF_TOKEN");
+        self.hub_environment(&mut cmd, self.home.path(), offline);
+        cmd.envs(vars.iter().copied());
+        cmd.output().unwrap()
+    }
+
+    /// The hub settings of a client (rwkv-chat or huggingface_hub): the mock as endpoint, the
+    /// cache under `home`, no proxy, none of the caller's own settings.
+    fn hub_environment(&self, cmd: &mut Command, home: &Path, offline: bool) {
+        cmd.env("HF_HOME", home)
+            .env("HF_ENDPOINT", &self.hub.url)
+            .env("NO_PROXY", "127.0.0.1,127.0.0.2");
         for var in [
-            "RUST_LOG",
-            "HF_TOKEN",
             "HF_TOKEN_PATH",
             "HF_HUB_CACHE",
             "HUGGINGFACE_HUB_CACHE",
@@ -592,8 +600,18 @@ impl Env {
         if offline {
             cmd.env("HF_HUB_OFFLINE", "1");
         }
-        cmd.envs(vars.iter().copied());
-        cmd.output().unwrap()
+    }
+
+    /// `models list`, offline: the line of `REPO`, and the whole listing.
+    fn listed(&self, vars: &[(&str, &str)]) -> (String, String) {
+        let out = self.run_with(&["models", "list"], true, vars);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let listed = stdout(&out);
+        let line = listed
+            .lines()
+            .find(|l| l.contains(REPO))
+            .unwrap_or_default();
+        (line.to_owned(), listed)
     }
 
     fn download(&self) -> Output {
@@ -606,6 +624,16 @@ impl Env {
     }
 
     fn generate_from(&self, repo: &str, offline: bool, extra: &[&str]) -> Output {
+        self.generate_with(repo, offline, extra, &[])
+    }
+
+    fn generate_with(
+        &self,
+        repo: &str,
+        offline: bool,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Output {
         let golden = Golden::load();
         let mut args = vec![
             "generate",
@@ -621,7 +649,7 @@ impl Env {
             &golden.prompt,
         ];
         args.extend(extra);
-        self.run(&args, offline)
+        self.run_with(&args, offline, vars)
     }
 
     /// Offline, so the model can only come from the cache.
@@ -751,13 +779,7 @@ fn a_download_fills_the_cache_and_loads_offline() {
         "offline run used the network"
     );
 
-    let out = env.run(&["models", "list"], true);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let listed = stdout(&out);
-    let line = listed
-        .lines()
-        .find(|l| l.contains(REPO))
-        .unwrap_or_default();
+    let (line, listed) = env.listed(&[]);
     assert!(line.contains("downloaded"), "{listed}");
 
     let out = env.run(&["models", "remove", REPO], true);
@@ -805,11 +827,7 @@ fn an_interrupted_download_resumes_on_the_next_run() {
     );
     assert_eq!(std::fs::metadata(env.partial()).unwrap().len(), 3_000_000);
     env.assert_not_loadable();
-    let listed = stdout(&env.run(&["models", "list"], true));
-    let line = listed
-        .lines()
-        .find(|l| l.contains(REPO))
-        .unwrap_or_default();
+    let (line, listed) = env.listed(&[]);
     assert!(line.contains("partial (3.0 MB)"), "{listed}");
 
     let seen = env.hub.weight_ranges(0).len();
@@ -1234,4 +1252,148 @@ fn a_raw_repo_whose_only_pth_is_in_a_subfolder_is_refused_before_downloading() {
     let out = env.run(&["models", "download", &named], false);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_golden(&env.generate_from(&named, true, &[]));
+}
+
+/// The Python with huggingface_hub that `.ci/run` installs (`RWKV_CHAT_TEST_PYTHON`). Unset
+/// outside CI, the interoperability test is skipped with a word on why; in CI (`CI=true`) a
+/// missing one fails it, so it cannot pass there without running.
+fn python_with_huggingface_hub() -> Option<PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let Some(python) = std::env::var_os("RWKV_CHAT_TEST_PYTHON").filter(|v| !v.is_empty()) else {
+        assert!(
+            !ci,
+            "CI is set but RWKV_CHAT_TEST_PYTHON is not: .ci/run installs huggingface_hub into a \
+             venv and names its python there"
+        );
+        eprintln!(
+            "skipped: RWKV_CHAT_TEST_PYTHON is not set (a python with huggingface_hub; .ci/run \
+             makes one under target/hf-venv)"
+        );
+        return None;
+    };
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import huggingface_hub; print(huggingface_hub.__version__)",
+        ])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Some(PathBuf::from(python)),
+        other => {
+            panic!("RWKV_CHAT_TEST_PYTHON={python:?} cannot import huggingface_hub: {other:?}")
+        }
+    }
+}
+
+/// Runs a huggingface_hub script with the hub environment of `home`; prints what it prints.
+fn huggingface_hub_script(
+    python: &Path,
+    env: &Env,
+    home: &Path,
+    offline: bool,
+    script: &str,
+) -> String {
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", script])
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_TOKEN", "hf_test")
+        .env("REPO", REPO)
+        .env("FILES", format!("config.json tokenizer.json {WEIGHTS}"));
+    env.hub_environment(&mut cmd, home, offline);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "python: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Everything under `blobs/`, `snapshots/` and `refs/` of a repo folder: each path with its
+/// contents, or for a link its target.
+fn cache_tree(repo_dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(name, format!("-> {}", target.display()));
+            } else if meta.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.insert(name, sha256_hex(&std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut tree = BTreeMap::new();
+    for part in ["blobs", "snapshots", "refs"] {
+        walk(repo_dir, &repo_dir.join(part), &mut tree);
+    }
+    tree
+}
+
+/// The same test hub, downloaded by Python's huggingface_hub and by rwkv-chat into two caches:
+/// the same `blobs/`, `snapshots/` and `refs/`, and each loads the other's download offline.
+#[test]
+fn the_cache_is_the_same_as_python_huggingface_hubs() {
+    let Some(python) = python_with_huggingface_hub() else {
+        return;
+    };
+    let env = Env::new();
+    let out = env.run_with(
+        &["models", "download", REPO],
+        false,
+        &[("HF_TOKEN", "hf_test")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let py_home = tempfile::tempdir().unwrap();
+    let path = huggingface_hub_script(
+        &python,
+        &env,
+        py_home.path(),
+        false,
+        "import os\nfrom huggingface_hub import snapshot_download\n\
+         print(snapshot_download(os.environ['REPO'], allow_patterns=os.environ['FILES'].split()))",
+    );
+    let py_repo = py_home.path().join("hub/models--test--tiny-rwkv4");
+    assert_eq!(
+        path.trim(),
+        py_repo.join("snapshots").join(COMMIT).to_str().unwrap()
+    );
+    let ours = cache_tree(&env.repo_dir());
+    let theirs = cache_tree(&py_repo);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 3 + 3 + 1, "{ours:#?}");
+    // Neither client gave the CDN the token.
+    assert_token_stays_on_the_hub(&env.hub.requests());
+
+    // Python reads rwkv-chat's download offline...
+    let before = env.hub.requests().len();
+    let paths = huggingface_hub_script(
+        &python,
+        &env,
+        env.home.path(),
+        true,
+        "import os\nfrom huggingface_hub import hf_hub_download\n\
+         for f in os.environ['FILES'].split():\n\
+         \x20   print(hf_hub_download(os.environ['REPO'], f, local_files_only=True))",
+    );
+    let snapshot = env.repo_dir().join("snapshots").join(COMMIT);
+    let expected: Vec<String> = ["config.json", "tokenizer.json", WEIGHTS]
+        .iter()
+        .map(|f| snapshot.join(f).display().to_string())
+        .collect();
+    assert_eq!(paths.lines().collect::<Vec<_>>(), expected);
+
+    // ... and rwkv-chat Python's.
+    let py_home_str = py_home.path().to_str().unwrap();
+    let (line, listed) = env.listed(&[("HF_HOME", py_home_str)]);
+    assert!(line.contains("downloaded"), "{listed}");
+    let out = env.generate_with(REPO, true, &[], &[("HF_HOME", py_home_str)]);
+    assert_golden(&out);
+    assert_eq!(
+        env.hub.requests().len(),
+        before,
+        "an offline load used the network"
+    );
 }
