@@ -318,7 +318,11 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
     let api = format!("/api/models/{repo}");
     let resolve = format!("/{repo}/resolve/");
     let sha = b.commit.clone().unwrap_or_else(|| COMMIT.to_owned());
-    if path == format!("{api}/revision/main") || path == format!("{api}/revision/{COMMIT}") {
+    // `/api/models/{repo}` is the same answer for the default branch.
+    if path == api
+        || path == format!("{api}/revision/main")
+        || path == format!("{api}/revision/{COMMIT}")
+    {
         if b.endless == Some("revision") {
             endless(&mut stream);
             return None;
