@@ -46,6 +46,12 @@ struct Behaviour {
     weights_location: Option<String>,
     /// Answer this API path (`revision` or `paths-info`) with a body that never ends.
     endless: Option<&'static str>,
+    /// Answer the repo info with this body instead.
+    info_body: Option<&'static str>,
+    /// Redirect the weights with a 302 that names no `Location`.
+    no_location: bool,
+    /// Announce a repo info of this many bytes (and send none).
+    announce: Option<usize>,
     /// The files of `RAW_REPO`, by name.
     extra_files: Vec<(String, Vec<u8>)>,
 }
@@ -327,6 +333,14 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
             endless(&mut stream);
             return None;
         }
+        if let Some(length) = b.announce {
+            write_head(&mut stream, 200, &[], length);
+            return None;
+        }
+        if let Some(body) = b.info_body {
+            respond(&mut stream, 200, &[], body.as_bytes());
+            return None;
+        }
         // `GET /api/models/{repo}/revision/{rev}`: huggingface_hub's `ModelInfo` needs `id`;
         // `snapshot_download` reads `sha`, and `siblings` lists the files by `rfilename`.
         let siblings: Vec<_> = files
@@ -387,6 +401,10 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
                 _ => format!("{}/repos/{sha}?Signature=test&hop=0", shared.cdn),
             };
             let linked = format!("\"{sha}\"");
+            if b.no_location && name == WEIGHTS {
+                respond_status(&mut stream, 302, "Found", &[("x-repo-commit", COMMIT)], b"");
+                return None;
+            }
             let headers = [
                 ("location", location.as_str()),
                 ("x-repo-commit", COMMIT),
@@ -1400,4 +1418,39 @@ fn the_cache_is_the_same_as_python_huggingface_hubs() {
         before,
         "an offline load used the network"
     );
+}
+
+/// Answers that are not what the hub sends are refused with what was wrong, before anything
+/// is written.
+#[test]
+fn answers_unlike_the_hubs_are_refused() {
+    type Case = (fn(&mut Behaviour), &'static [&'static str]);
+    let cases: [Case; 5] = [
+        (
+            |b| b.info_body = Some("<html>captive portal</html>"),
+            &["revision/main", "the answer is not what the hub sends"],
+        ),
+        (
+            |b| b.info_body = Some(r#"{"id": "test/tiny-rwkv4", "siblings": []}"#),
+            &["the hub gave no commit id for test/tiny-rwkv4"],
+        ),
+        (
+            |b| b.announce = Some(1 << 30),
+            &["the answer is larger than 8 MiB"],
+        ),
+        (
+            |b| b.no_location = true,
+            &[WEIGHTS, "a redirect without a usable Location"],
+        ),
+        (
+            |b| b.status = Some(401),
+            &[REPO, "refused access", "HTTP 401", "set HF_TOKEN"],
+        ),
+    ];
+    for (set, needles) in cases {
+        let env = Env::new();
+        env.hub.set(set);
+        assert_failure(&env.download(), needles);
+        assert!(!env.snapshot_weights().exists());
+    }
 }
