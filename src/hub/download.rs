@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::cache::RepoCache;
 use super::{Hub, HubError, ModelSpec};
+use crate::text::sanitize;
 
 /// Transfers that break off are resumed this many times within one run before giving up.
 const ATTEMPTS: usize = 3;
@@ -487,10 +488,12 @@ impl Hub {
                     HubError::Interrupted { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 };
-                tracing::warn!(
+                // On stderr, and the name and reason come from the server.
+                let line = format!(
                     "{}: {why}; resuming at byte {offset} (attempt {attempt} of {ATTEMPTS})",
                     file.path
                 );
+                tracing::warn!("{}", sanitize(&line));
             }
             let mut headers = HeaderMap::new();
             if offset > 0 {

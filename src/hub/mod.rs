@@ -347,7 +347,9 @@ impl Hub {
         match crate::convert::convert(path, &target, None) {
             Ok(_) => target,
             Err(e) => {
-                tracing::warn!("{e:#}; loading the PyTorch files instead");
+                // The error may name a file the hub named.
+                let line = format!("{e:#}; loading the PyTorch files instead");
+                tracing::warn!("{}", sanitize(&line));
                 path.to_owned()
             }
         }
