@@ -1,7 +1,7 @@
 //! `rwkv-chat models list | info | download | remove`: the catalogue and the models on this
 //! machine, without opening the TUI.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -10,6 +10,7 @@ use crate::hub::cache::{self, LocalModel, RepoCache};
 use crate::hub::catalogue::{self, CatalogueEntry, Layout};
 use crate::hub::{Hub, ModelSpec, StderrProgress, human_bytes};
 use crate::model::WeightDtype;
+use crate::text::sanitize;
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
@@ -48,7 +49,13 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         ModelsCommand::Download { id } => {
             let spec = parse(&id)?;
             let path = hub.fetch(&spec, true, &mut StderrProgress::new())?;
-            writeln!(out, "{}", path.display())?;
+            // The path names a hub file; a script reading it gets it as it is.
+            let path = path.display().to_string();
+            if out.is_terminal() {
+                writeln!(out, "{}", sanitize(&path))?;
+            } else {
+                writeln!(out, "{path}")?;
+            }
             Ok(())
         }
         ModelsCommand::Remove { id } => {
@@ -131,10 +138,12 @@ fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
         .collect();
     let dir = crate::hub::models_dir();
     let in_dir = cache::models_dir_models(&dir);
+    // Names here are folder names from the disk, which anyone (or a download) may have made.
+    let cache_dir = hub.cache_dir.display().to_string();
     writeln!(
         out,
         "\nother local models (hub cache {}):",
-        hub.cache_dir.display()
+        sanitize(&cache_dir)
     )?;
     if others.is_empty() {
         writeln!(out, "  none")?;
@@ -143,17 +152,18 @@ fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "  {:<40} {:>9}  {}",
-            m.id,
+            sanitize(&m.id),
             human_bytes(m.bytes),
             status(Some(m))
         )?;
     }
-    writeln!(out, "\nmodels directory {}:", dir.display())?;
+    let dir_name = dir.display().to_string();
+    writeln!(out, "\nmodels directory {}:", sanitize(&dir_name))?;
     if in_dir.is_empty() {
         writeln!(out, "  none")?;
     }
     for m in in_dir {
-        writeln!(out, "  {:<40} {:>9}", m.id, human_bytes(m.bytes))?;
+        writeln!(out, "  {:<40} {:>9}", sanitize(&m.id), human_bytes(m.bytes))?;
     }
     Ok(())
 }

@@ -1,30 +1,63 @@
 //! Fetching a model repository into the Hugging Face cache.
 //!
-//! hf-hub 1.0 asks the hub what to fetch: the commit a revision points at, the files in it, and
-//! their sizes and sha256 (`/api/models/{repo}[/revision/{rev}]` and `paths-info`). The bytes
-//! are moved here, with the reqwest client and tokio runtime hf-hub is built on, because hf-hub's
-//! own `download_file` cannot do what a multi-gigabyte model needs: it restarts an interrupted
-//! transfer from zero (it truncates the `.incomplete` file), it checks neither the size nor the
-//! sha256 of what arrived, and its default client has no timeout, so a stalled server hangs it
-//! for ever. This transfer resumes from the `.incomplete` file with an HTTP range request, hashes
-//! the bytes as they arrive, gives up on a silent connection after `HF_HUB_DOWNLOAD_TIMEOUT`
-//! seconds, and renames the file into place only when its size and hash match the hub's.
+//! The hub is asked what to fetch the way `huggingface_hub` asks it: the commit a revision
+//! points at and the files in it (`GET /api/models/{repo}/revision/{rev}`: `sha`, `siblings`),
+//! then the size and hashes of the files chosen (`POST /api/models/{repo}/paths-info/{commit}`).
+//! Those answers are parsed here, not by hf-hub: hf-hub 1.0's `BlobLfsInfo` expects
+//! `lfs.sha256` and `lfs.pointer_size`, while the hub sends `lfs.oid` and `lfs.pointerSize`
+//! (huggingface_hub's `RepoFile` reads `lfs["oid"]` as the sha256), so through hf-hub the sha256
+//! of every LFS file is lost against the real hub: nothing would be verified and blobs would be
+//! named by the pointer's git id instead of the sha256 huggingface_hub names them by.
+//!
+//! The bytes are moved with reqwest: the transfer resumes from the `.incomplete` file with an HTTP
+//! range request, hashes the bytes as they arrive, gives up on a silent connection after
+//! `HF_HUB_DOWNLOAD_TIMEOUT` seconds, and renames the file into place only when its size and
+//! sha256 match the hub's. Redirects are followed here, one hop at a time, so that the token goes
+//! only to the endpoint's origin (the hub sends LFS files through a CDN with a 302; reqwest's own
+//! redirect handling rebuilds each hop from the first request's headers).
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hf_hub::HFError;
-use hf_hub::repository::RepoTreeEntry;
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, RANGE};
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE};
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::cache::RepoCache;
 use super::{Hub, HubError, ModelSpec};
+use crate::text::sanitize;
 
 /// Transfers that break off are resumed this many times within one run before giving up.
 const ATTEMPTS: usize = 3;
+
+/// Redirects followed for one request; the hub needs one (to its CDN), a CDN sometimes another.
+const MAX_REDIRECTS: usize = 10;
+
+/// The largest API answer read (repo info, paths-info). A repository listing of thousands of
+/// files is well under 1 MiB; anything this large is not an answer from the hub.
+pub const MAX_API_BODY: usize = 8 << 20;
+
+/// Why [`Hub::send`] got no answer: the hub's answer was refused, or the network failed (which
+/// the caller reports with what it knows of the transfer).
+enum SendError {
+    Hub(HubError),
+    Network(Url, reqwest::Error),
+}
+
+impl From<HubError> for SendError {
+    fn from(e: HubError) -> Self {
+        Self::Hub(e)
+    }
+}
+
+/// Why a body could not be read whole.
+enum BoundedError {
+    TooLarge,
+    Network(reqwest::Error),
+}
 
 /// One file of a repository as the hub describes it.
 #[derive(Debug, Clone)]
@@ -35,8 +68,41 @@ struct RemoteFile {
     /// blob id is a sha1 over a header and the bytes, which nothing else here needs).
     sha256: Option<String>,
     /// The blob name in the cache: the sha256 for LFS files, the git blob id otherwise, as
-    /// huggingface_hub names them.
+    /// huggingface_hub names them (its `X-Linked-Etag`, else `ETag`).
     hash: String,
+}
+
+/// `GET /api/models/{repo}/revision/{rev}`, the fields used (huggingface_hub `ModelInfo`).
+#[derive(Debug, Deserialize)]
+struct RepoInfo {
+    sha: Option<String>,
+    #[serde(default)]
+    siblings: Vec<Sibling>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Sibling {
+    rfilename: String,
+}
+
+/// One entry of a `paths-info` answer, in the hub's own field names (huggingface_hub
+/// `RepoFile`: `oid` is the git blob id, `lfs.oid` the sha256 of the content).
+#[derive(Debug, Deserialize)]
+struct PathInfo {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    oid: String,
+    #[serde(default)]
+    size: u64,
+    lfs: Option<LfsInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LfsInfo {
+    oid: String,
+    size: u64,
 }
 
 /// Where a download stands, for a progress display.
@@ -101,15 +167,13 @@ impl Hub {
 
     fn http(&self) -> Result<reqwest::Client, HubError> {
         let mut builder = reqwest::Client::builder()
-            .user_agent(concat!(
-                "rwkv-chat/",
-                env!("CARGO_PKG_VERSION"),
-                "; hf-hub/1.0"
-            ))
+            .user_agent(concat!("rwkv-chat/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(self.timeout)
-            .read_timeout(self.timeout);
+            .read_timeout(self.timeout)
+            // Followed by `send`, which decides per hop whether the token goes along.
+            .redirect(reqwest::redirect::Policy::none());
         // A mirror on this machine is never behind the proxy the environment names.
-        let local = reqwest::Url::parse(&self.endpoint)
+        let local = Url::parse(&self.endpoint)
             .is_ok_and(|u| matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")));
         if local {
             builder = builder.no_proxy();
@@ -125,60 +189,42 @@ impl Hub {
         sink: &mut dyn ProgressSink,
     ) -> Result<PathBuf, HubError> {
         let http = self.http()?;
-        let mut builder = hf_hub::HFClient::builder()
-            .client(http.clone())
-            .endpoint(self.endpoint.clone())
-            .cache_dir(self.cache_dir.clone())
-            // A stalled or failing hub should be reported in seconds, not after five tries.
-            .retry_max_attempts(1);
-        if let Some(token) = &self.token {
-            builder = builder.token(token.clone());
-        }
-        let client = builder.build().map_err(|e| self.hf_error(spec, e))?;
-        let (owner, name) = hf_hub::split_id(&spec.repo);
-        let repo = client.model(owner, name);
-
-        let info = match &spec.revision {
-            Some(rev) => repo.info().revision(rev.clone()).send().await,
-            None => repo.info().send().await,
-        }
-        .map_err(|e| self.hf_error(spec, e))?;
-        let commit = info.sha.clone().ok_or_else(|| HubError::Protocol {
-            url: self.endpoint.clone(),
+        let revision = spec.revision_or_main();
+        let info_url = self.api_url(&spec.repo, &["revision", revision])?;
+        let info: RepoInfo = self
+            .api_json(&http, spec, Method::GET, info_url.clone(), None)
+            .await?;
+        let commit = info.sha.ok_or_else(|| HubError::Protocol {
+            url: info_url.to_string(),
             reason: format!("the hub gave no commit id for {}", spec.repo),
         })?;
         // The commit names the snapshot directory: a server must not choose another path.
         if !super::cache::is_commit_hash(&commit) {
             return Err(HubError::Protocol {
-                url: self.endpoint.clone(),
+                url: info_url.to_string(),
                 reason: format!("`{commit}` is not a commit id"),
             });
         }
-        let names: Vec<String> = info
-            .siblings
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.rfilename)
-            .collect();
+        let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
         let wanted = select_files(&spec.repo, &names, spec.file.as_deref())?;
         // File names come from the server and become links in the snapshot.
         if let Some(bad) = wanted.iter().find(|f| !is_plain_relative(f)) {
             return Err(HubError::Protocol {
-                url: self.endpoint.clone(),
+                url: info_url.to_string(),
                 reason: format!("file name `{bad}` points outside the repository"),
             });
         }
 
-        let entries = repo
-            .get_paths_info()
-            .paths(wanted.clone())
-            .revision(commit.clone())
-            .send()
-            .await
-            .map_err(|e| self.hf_error(spec, e))?;
+        // The body huggingface.js sends (`paths-info.ts`); huggingface_hub sends the same
+        // fields form-encoded.
+        let paths_url = self.api_url(&spec.repo, &["paths-info", &commit])?;
+        let body = serde_json::json!({ "paths": wanted }).to_string();
+        let entries: Vec<PathInfo> = self
+            .api_json(&http, spec, Method::POST, paths_url.clone(), Some(body))
+            .await?;
         let files = wanted
             .iter()
-            .map(|path| remote_file(&spec.repo, path, &entries))
+            .map(|path| remote_file(&spec.repo, path, &entries, &paths_url))
             .collect::<Result<Vec<_>, _>>()?;
 
         let cache = RepoCache::new(&self.cache_dir, &spec.repo);
@@ -204,7 +250,6 @@ impl Hub {
             progress.done = file.size;
             sink.finished(&progress);
         }
-        let revision = spec.revision.as_deref().unwrap_or("main");
         cache
             .write_ref(revision, &commit)
             .map_err(|source| HubError::Io {
@@ -222,7 +267,168 @@ impl Hub {
             })
     }
 
-    /// Makes `blobs/<hash>` hold the file, resuming and verifying as described above.
+    /// `{endpoint}/api/models/{owner}/{name}/{segments...}`, each segment escaped as one (a
+    /// revision `refs/pr/3` becomes `refs%2Fpr%2F3`, as huggingface_hub quotes it).
+    fn api_url(&self, repo: &str, segments: &[&str]) -> Result<Url, HubError> {
+        let mut url = self.endpoint_url()?;
+        url.path_segments_mut()
+            .map_err(|()| self.bad_endpoint("it cannot hold a path".into()))?
+            .pop_if_empty()
+            .extend(["api", "models"])
+            .extend(repo.split('/'))
+            .extend(segments);
+        Ok(url)
+    }
+
+    fn endpoint_url(&self) -> Result<Url, HubError> {
+        Url::parse(&self.endpoint).map_err(|e| self.bad_endpoint(e.to_string()))
+    }
+
+    fn bad_endpoint(&self, reason: String) -> HubError {
+        HubError::BadEndpoint {
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+
+    /// An API answer as JSON, read up to [`MAX_API_BODY`] bytes.
+    async fn api_json<T: serde::de::DeserializeOwned>(
+        &self,
+        http: &reqwest::Client,
+        spec: &ModelSpec,
+        method: Method,
+        url: Url,
+        body: Option<String>,
+    ) -> Result<T, HubError> {
+        let mut headers = HeaderMap::new();
+        if body.is_some() {
+            headers.insert(
+                CONTENT_TYPE,
+                reqwest::header::HeaderValue::from_static("application/json"),
+            );
+        }
+        let (response, url) = match self.send(http, method, url, headers, body).await {
+            Ok(answer) => answer,
+            Err(SendError::Hub(e)) => return Err(e),
+            Err(SendError::Network(at, e)) => return Err(self.network_error(at.as_str(), e, 0, 0)),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.api_status_error(spec, &url, &response));
+        }
+        let bytes = read_bounded(response).await.map_err(|e| match e {
+            BoundedError::Network(e) => self.network_error(url.as_str(), e, 0, 0),
+            BoundedError::TooLarge => HubError::Protocol {
+                url: url.to_string(),
+                reason: format!(
+                    "the answer is larger than {} MiB, more than any repository listing; refused",
+                    MAX_API_BODY >> 20
+                ),
+            },
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| HubError::Protocol {
+            url: url.to_string(),
+            reason: format!("the answer is not what the hub sends ({e})"),
+        })
+    }
+
+    /// Sends a request, following redirects one hop at a time: the token goes only to the
+    /// endpoint's origin, never to a CDN a redirect names, however long the chain. Returns the
+    /// final answer and its URL.
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        mut url: Url,
+        headers: HeaderMap,
+        body: Option<String>,
+    ) -> Result<(reqwest::Response, Url), SendError> {
+        let origin = self.endpoint_url()?.origin();
+        let mut seen = HashSet::new();
+        loop {
+            seen.insert(url.clone());
+            let mut request = http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(token) = self.token.as_ref().filter(|_| url.origin() == origin) {
+                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => return Err(SendError::Network(url, e)),
+            };
+            if !response.status().is_redirection() {
+                return Ok((response, url));
+            }
+            let refuse = |reason: String| HubError::Protocol {
+                url: url.to_string(),
+                reason,
+            };
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| refuse("a redirect without a usable Location".into()))?;
+            let next = url
+                .join(location)
+                .map_err(|e| refuse(format!("a redirect to `{location}` ({e})")))?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(refuse(format!(
+                    "a redirect to `{next}`, which is not http or https; refused"
+                ))
+                .into());
+            }
+            if seen.contains(&next) {
+                return Err(refuse(format!("a redirect loop through `{next}`")).into());
+            }
+            if seen.len() > MAX_REDIRECTS {
+                return Err(refuse(format!("more than {MAX_REDIRECTS} redirects")).into());
+            }
+            url = next;
+        }
+    }
+
+    /// What a failed API answer means, from its status and the hub's `X-Error-Code`.
+    fn api_status_error(
+        &self,
+        spec: &ModelSpec,
+        url: &Url,
+        response: &reqwest::Response,
+    ) -> HubError {
+        let code = response
+            .headers()
+            .get("x-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let repo = spec.repo.clone();
+        let endpoint = self.endpoint.clone();
+        match (response.status().as_u16(), code) {
+            (404, "RevisionNotFound") => HubError::RevisionNotFound {
+                repo,
+                revision: spec.revision_or_main().to_owned(),
+                endpoint,
+            },
+            (404, "EntryNotFound") => HubError::FileNotFound {
+                repo,
+                file: spec.file.clone().unwrap_or_default(),
+                endpoint,
+            },
+            (404, _) => HubError::RepoNotFound { repo, endpoint },
+            (status @ (401 | 403), _) => HubError::Auth {
+                repo,
+                endpoint,
+                status,
+            },
+            (status, _) => HubError::Server {
+                url: url.to_string(),
+                status,
+            },
+        }
+    }
+
     async fn fetch_blob(
         &self,
         http: &reqwest::Client,
@@ -282,22 +488,26 @@ impl Hub {
                     HubError::Interrupted { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 };
-                tracing::warn!(
+                // On stderr, and the name and reason come from the server.
+                let line = format!(
                     "{}: {why}; resuming at byte {offset} (attempt {attempt} of {ATTEMPTS})",
                     file.path
                 );
+                tracing::warn!("{}", sanitize(&line));
             }
-            let mut request = http.get(url.clone());
-            if let Some(token) = &self.token {
-                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-            }
+            let mut headers = HeaderMap::new();
             if offset > 0 {
-                request = request.header(RANGE, format!("bytes={offset}-"));
+                let range = format!("bytes={offset}-");
+                headers.insert(RANGE, range.parse().map_err(|_| self.bad_endpoint(range))?);
             }
-            let mut response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let error = self.network_error(url.as_str(), e, offset, file.size);
+            let mut response = match self
+                .send(http, Method::GET, url.clone(), headers, None)
+                .await
+            {
+                Ok((r, _)) => r,
+                Err(SendError::Hub(e)) => return Err(e),
+                Err(SendError::Network(at, e)) => {
+                    let error = self.network_error(at.as_str(), e, offset, file.size);
                     if matches!(error, HubError::Unreachable { .. }) {
                         return Err(error);
                     }
@@ -388,14 +598,10 @@ impl Hub {
         std::fs::rename(&partial, &blob).map_err(io(&blob))
     }
 
-    fn file_url(&self, repo: &str, commit: &str, file: &str) -> Result<reqwest::Url, HubError> {
-        let bad = |reason: String| HubError::BadEndpoint {
-            endpoint: self.endpoint.clone(),
-            reason,
-        };
-        let mut url = reqwest::Url::parse(&self.endpoint).map_err(|e| bad(e.to_string()))?;
+    fn file_url(&self, repo: &str, commit: &str, file: &str) -> Result<Url, HubError> {
+        let mut url = self.endpoint_url()?;
         url.path_segments_mut()
-            .map_err(|()| bad("it cannot hold a path".into()))?
+            .map_err(|()| self.bad_endpoint("it cannot hold a path".into()))?
             .pop_if_empty()
             .extend(repo.split('/'))
             .extend(["resolve", commit])
@@ -448,46 +654,6 @@ impl Hub {
             }
         }
     }
-
-    /// Turns hf-hub's errors into ones that say what the user can do.
-    fn hf_error(&self, spec: &ModelSpec, e: HFError) -> HubError {
-        let repo = spec.repo.clone();
-        let endpoint = self.endpoint.clone();
-        match e {
-            HFError::RepoNotFound { .. } => HubError::RepoNotFound { repo, endpoint },
-            HFError::RevisionNotFound { revision, .. } => HubError::RevisionNotFound {
-                repo,
-                revision,
-                endpoint,
-            },
-            HFError::EntryNotFound { path, .. } => HubError::FileNotFound {
-                repo,
-                file: path,
-                endpoint,
-            },
-            HFError::AuthRequired { context } | HFError::Forbidden { context } => HubError::Auth {
-                repo,
-                endpoint,
-                status: context.status.as_u16(),
-            },
-            HFError::Http { context } | HFError::RateLimited { context, .. } => HubError::Server {
-                url: context.url.clone(),
-                status: context.status.as_u16(),
-            },
-            HFError::Request { source, url } => {
-                let url = url.unwrap_or(endpoint);
-                self.network_error(&url, source, 0, 0)
-            }
-            HFError::Url(e) => HubError::BadEndpoint {
-                endpoint,
-                reason: e.to_string(),
-            },
-            other => HubError::Protocol {
-                url: endpoint,
-                reason: other.to_string(),
-            },
-        }
-    }
 }
 
 /// Chooses what to fetch from a repo listing: the named file, or the config, the tokenizer and
@@ -531,15 +697,24 @@ fn select_files(repo: &str, names: &[String], file: Option<&str>) -> Result<Vec<
         wanted.extend(shards("pytorch_model-", ".bin"));
         wanted.push("pytorch_model.bin.index.json".into());
     } else {
+        // A snapshot is loadable as a directory only with its weights at the top; one in a
+        // subfolder loads when named, so a user is told its name before anything is fetched.
         let pths: Vec<&String> = names.iter().filter(|n| n.ends_with(".pth")).collect();
-        match pths.as_slice() {
-            [one] => wanted.push((*one).clone()),
-            [] => {
+        let top: Vec<&String> = pths.iter().copied().filter(|n| !n.contains('/')).collect();
+        match (top.as_slice(), pths.as_slice()) {
+            ([one], _) => wanted.push((*one).clone()),
+            ([], []) => {
                 return Err(HubError::NoWeights {
                     repo: repo.to_owned(),
                 });
             }
-            many => {
+            ([], [one]) => {
+                return Err(HubError::NestedFile {
+                    repo: repo.to_owned(),
+                    file: (*one).clone(),
+                });
+            }
+            ([], many) | (many, _) => {
                 return Err(HubError::ChooseFile {
                     repo: repo.to_owned(),
                     files: many.iter().map(|s| s.to_string()).collect(),
@@ -550,33 +725,70 @@ fn select_files(repo: &str, names: &[String], file: Option<&str>) -> Result<Vec<
     Ok(wanted)
 }
 
-fn remote_file(repo: &str, path: &str, entries: &[RepoTreeEntry]) -> Result<RemoteFile, HubError> {
-    entries
+/// The size, sha256 and blob name of `path` from a `paths-info` answer. Every name and hash
+/// from the server is checked before it names a file.
+fn remote_file(
+    repo: &str,
+    path: &str,
+    entries: &[PathInfo],
+    url: &Url,
+) -> Result<RemoteFile, HubError> {
+    let entry = entries
         .iter()
-        .find_map(|entry| match entry {
-            RepoTreeEntry::File {
-                oid,
-                size,
-                path: p,
-                lfs,
-                ..
-            } if p == path => {
-                let sha256 = lfs.as_ref().and_then(|l| l.sha256.clone());
-                Some(RemoteFile {
-                    path: path.to_owned(),
-                    size: lfs.as_ref().and_then(|l| l.size).unwrap_or(*size),
-                    hash: sha256.clone().unwrap_or_else(|| oid.clone()),
-                    sha256,
-                })
-            }
-            _ => None,
-        })
-        .filter(|f| is_safe_blob_name(&f.hash))
+        .find(|e| e.kind == "file" && e.path == path)
         .ok_or_else(|| HubError::FileNotFound {
             repo: repo.to_owned(),
             file: path.to_owned(),
             endpoint: String::new(),
-        })
+        })?;
+    let refuse = |reason: String| HubError::Protocol {
+        url: url.to_string(),
+        reason: format!("{path}: {reason}"),
+    };
+    let file = match &entry.lfs {
+        Some(lfs) => {
+            if lfs.oid.len() != 64 || !is_safe_blob_name(&lfs.oid) {
+                return Err(refuse(format!("`{}` is not a sha256", lfs.oid)));
+            }
+            RemoteFile {
+                path: path.to_owned(),
+                size: lfs.size,
+                sha256: Some(lfs.oid.to_ascii_lowercase()),
+                hash: lfs.oid.to_ascii_lowercase(),
+            }
+        }
+        None => {
+            if !is_safe_blob_name(&entry.oid) {
+                return Err(refuse(format!("`{}` is not a git blob id", entry.oid)));
+            }
+            RemoteFile {
+                path: path.to_owned(),
+                size: entry.size,
+                sha256: None,
+                hash: entry.oid.clone(),
+            }
+        }
+    };
+    Ok(file)
+}
+
+/// A response body whole, refused beyond [`MAX_API_BODY`] bytes (checked as it arrives: a
+/// hostile server need not announce its length).
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, BoundedError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_API_BODY as u64)
+    {
+        return Err(BoundedError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BoundedError::Network)? {
+        if body.len() + chunk.len() > MAX_API_BODY {
+            return Err(BoundedError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn is_plain_relative(path: &str) -> bool {
@@ -687,6 +899,57 @@ mod tests {
         assert_eq!(
             select_files("r", &raw, Some("b.pth")).unwrap(),
             names(&["b.pth"])
+        );
+    }
+
+    fn paths_info(json: &str) -> Vec<PathInfo> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// The hub's answer as it arrives (the shape huggingface_hub's `RepoFile` reads).
+    #[test]
+    fn an_lfs_file_is_named_and_checked_by_its_sha256() {
+        let sha = "2185abc1".repeat(8);
+        let entries = paths_info(&format!(
+            r#"[{{"type":"file","oid":"bf14037d0123456789abcdef0123456789abcdef","size":2700000,
+                "path":"model.safetensors","xetHash":"ab","lfs":{{"oid":"{sha}","size":2700000,
+                "pointerSize":134}}}},
+               {{"type":"file","oid":"0123456789abcdef0123456789abcdef01234567","size":519,
+                "path":"config.json"}},
+               {{"type":"directory","oid":"89abcdef0123456789abcdef0123456789abcdef",
+                "path":"sub"}}]"#
+        ));
+        let url = Url::parse("http://127.0.0.1/api").unwrap();
+        let weights = remote_file("r", "model.safetensors", &entries, &url).unwrap();
+        assert_eq!(weights.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            (weights.hash.as_str(), weights.size),
+            (sha.as_str(), 2_700_000)
+        );
+        let config = remote_file("r", "config.json", &entries, &url).unwrap();
+        assert_eq!(config.sha256, None);
+        assert_eq!(config.hash, "0123456789abcdef0123456789abcdef01234567");
+        let err = remote_file("r", "sub", &entries, &url).unwrap_err();
+        assert!(err.to_string().contains("file `sub` not found"), "{err}");
+    }
+
+    #[test]
+    fn hashes_that_are_not_hex_are_refused() {
+        let url = Url::parse("http://127.0.0.1/api").unwrap();
+        let entries = paths_info(
+            r#"[{"type":"file","oid":"../../x","size":1,"path":"a"},
+                {"type":"file","oid":"00","size":1,"path":"b","lfs":{"oid":"abc","size":1}}]"#,
+        );
+        let err = remote_file("r", "a", &entries, &url).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a: `../../x` is not a git blob id"),
+            "{err}"
+        );
+        let err = remote_file("r", "b", &entries, &url).unwrap_err();
+        assert!(
+            err.to_string().contains("b: `abc` is not a sha256"),
+            "{err}"
         );
     }
 

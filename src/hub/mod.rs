@@ -21,6 +21,7 @@ pub use download::{Progress, ProgressSink};
 
 use crate::model::ModelFiles;
 use crate::model::checkpoint::Format;
+use crate::text::sanitize;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Seconds without a byte before a transfer counts as stalled, unless `HF_HUB_DOWNLOAD_TIMEOUT`
@@ -73,6 +74,12 @@ pub enum HubError {
         files.join(", ")
     )]
     ChooseFile { repo: String, files: Vec<String> },
+
+    #[error(
+        "{repo}: its only model file, `{file}`, is in a subfolder, which is not loaded unless \
+         named; name it: `{repo}/{file}`"
+    )]
+    NestedFile { repo: String, file: String },
 
     #[error(
         "{endpoint} refused access to {repo} (HTTP {status}): the repository is gated or private; \
@@ -340,7 +347,9 @@ impl Hub {
         match crate::convert::convert(path, &target, None) {
             Ok(_) => target,
             Err(e) => {
-                tracing::warn!("{e:#}; loading the PyTorch files instead");
+                // The error may name a file the hub named.
+                let line = format!("{e:#}; loading the PyTorch files instead");
+                tracing::warn!("{}", sanitize(&line));
                 path.to_owned()
             }
         }
@@ -425,11 +434,12 @@ impl StderrProgress {
         }
     }
 
+    /// The progress line, defused: file names come from the hub.
     fn line(p: &Progress) -> String {
         let eta = p
             .eta()
             .map_or_else(|| "--:--".into(), |d| clock(d.as_secs()));
-        format!(
+        let line = format!(
             "{} [{}/{}] {}: {} / {} ({:.0}%), {}/s, ETA {}",
             p.repo,
             p.index,
@@ -444,7 +454,8 @@ impl StderrProgress {
             },
             human_bytes(p.rate() as u64),
             eta
-        )
+        );
+        sanitize(&line).into_owned()
     }
 }
 
@@ -476,15 +487,15 @@ impl ProgressSink for StderrProgress {
     fn finished(&mut self, p: &Progress) {
         let mut err = std::io::stderr().lock();
         let clear = if self.terminal { "\r\x1b[2K" } else { "" };
-        let _ = writeln!(
-            err,
-            "{clear}{} [{}/{}] {}: {} done",
+        let line = format!(
+            "{} [{}/{}] {}: {} done",
             p.repo,
             p.index,
             p.count,
             p.file,
             human_bytes(p.total)
         );
+        let _ = writeln!(err, "{clear}{}", sanitize(&line));
         self.last = None;
     }
 }
