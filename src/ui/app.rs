@@ -235,6 +235,8 @@ pub struct App {
     pub session: Option<SessionMeta>,
     /// Set once the first session list came in and a session was opened from it.
     started: bool,
+    /// Set once the first session list came in.
+    listed: bool,
 
     pub model: Option<ModelInfo>,
     pub loading: Option<LoadProgress>,
@@ -276,6 +278,7 @@ impl App {
             focus: Focus::Input,
             session: None,
             started: false,
+            listed: false,
             model: None,
             loading: None,
             loading_request: None,
@@ -415,11 +418,15 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.load_failed = None;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.model = Some(info);
-            // Before the first session list, that list decides (resume or create).
-            if app.started && app.session.is_none() {
-                fx.push(Effect::Command(Command::NewSession {
-                    preset: app.preset(),
-                }));
+            if app.session.is_none() {
+                if app.started {
+                    fx.push(Effect::Command(Command::NewSession {
+                        preset: app.preset(),
+                    }));
+                } else if app.listed {
+                    // The first model, chosen after the list came: resume as `--model` does.
+                    resume(app, fx);
+                }
             }
         }
         Event::Sessions(list) => {
@@ -432,18 +439,10 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
                 app.selected = i;
             }
             app.selected = app.selected.min(app.sessions.len().saturating_sub(1));
-            if !app.started {
-                app.started = true;
-                if app.session.is_none() {
-                    fx.push(Effect::Command(match app.sessions.first() {
-                        Some(s) => Command::OpenSession {
-                            name: s.name.clone(),
-                        },
-                        None => Command::NewSession {
-                            preset: app.preset(),
-                        },
-                    }));
-                }
+            app.listed = true;
+            // Without a model no session can open: the first model loaded decides.
+            if !app.started && app.model.is_some() {
+                resume(app, fx);
             }
         }
         Event::SessionOpened(view) => open_session(app, view),
@@ -500,6 +499,21 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.error(&message);
         }
         Event::Presets(list) => app.presets = list,
+    }
+}
+
+/// At start: the newest session is opened again, or a first one created.
+fn resume(app: &mut App, fx: &mut Vec<Effect>) {
+    app.started = true;
+    if app.session.is_none() {
+        fx.push(Effect::Command(match app.sessions.first() {
+            Some(s) => Command::OpenSession {
+                name: s.name.clone(),
+            },
+            None => Command::NewSession {
+                preset: app.preset(),
+            },
+        }));
     }
 }
 

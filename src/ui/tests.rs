@@ -486,7 +486,31 @@ fn the_sidebar_opens_creates_renames_deletes_and_forks() {
 
 #[test]
 fn startup_resumes_the_newest_session_or_creates_one() {
+    let loaded = || {
+        Event::ModelLoaded(ModelInfo {
+            name: "m".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        })
+    };
+    let old = || {
+        vec![SessionInfo {
+            name: "old".into(),
+            title: "t".into(),
+            model: "m".into(),
+            last_used: 0,
+        }]
+    };
+    // The model first (`--model`), or chosen in the picker after the list came: either way
+    // the newest session is resumed, once.
     let mut app = new_app();
+    assert!(commands(ev(&mut app, Event::Sessions(old()))).is_empty());
+    assert_eq!(
+        commands(ev(&mut app, loaded())),
+        [Command::OpenSession { name: "old".into() }]
+    );
+    let mut app = new_app();
+    ev(&mut app, loaded());
     let cmds = commands(ev(
         &mut app,
         Event::Sessions(vec![SessionInfo {
@@ -501,6 +525,7 @@ fn startup_resumes_the_newest_session_or_creates_one() {
     assert!(commands(ev(&mut app, Event::Sessions(Vec::new()))).is_empty());
 
     let mut app = new_app();
+    ev(&mut app, loaded());
     assert_eq!(
         commands(ev(&mut app, Event::Sessions(Vec::new()))),
         [Command::NewSession {
