@@ -601,3 +601,234 @@ fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
     app.tmux.keys(&["C-c"]);
     app.tmux.wait_for("EXIT=0");
 }
+
+/// A hub on loopback that answers the way huggingface.co does for a repo of the tiny model
+/// (a complete set of files), sending `model.safetensors` slowly, like a large model on a
+/// slow line; or answering 500 to everything. Shapes: the repo info of
+/// `GET /api/models/{repo}/revision/{rev}` (huggingface_hub `ModelInfo`: `sha`, `siblings`),
+/// `POST .../paths-info/{rev}` entries (huggingface_hub `RepoFile`: `lfs.oid` is the sha256,
+/// `pointerSize`; `sha256`/`pointer_size` are hf-hub 1.0's names for the same, sent too so
+/// either reading works), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
+/// `X-Linked-Etag` with the sha256 of an LFS file, `X-Linked-Size`, `ETag`).
+struct SlowHub {
+    endpoint: String,
+}
+
+const SLOW_REPO: &str = "test/slow-tiny";
+const SLOW_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+impl SlowHub {
+    fn start(fail: bool) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let files: Vec<(String, Vec<u8>)> = ["config.json", "tokenizer.json", "model.safetensors"]
+            .iter()
+            .map(|f| {
+                (
+                    (*f).to_owned(),
+                    std::fs::read(tiny_model().join(f)).unwrap(),
+                )
+            })
+            .collect();
+        let files = std::sync::Arc::new(files);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let files = std::sync::Arc::clone(&files);
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_owned();
+                    let path = parts.next().unwrap_or_default().to_owned();
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let head = |status: u16, headers: &[(&str, String)], len: usize| {
+                        let mut h = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: {len}\r\nconnection: close\r\n"
+                        );
+                        for (k, v) in headers {
+                            h.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        h + "\r\n"
+                    };
+                    if fail {
+                        let body = b"{\"error\":\"Internal Error - We're working hard to fix this as soon as possible!\"}";
+                        let _ = stream.write_all(head(500, &[], body.len()).as_bytes());
+                        let _ = stream.write_all(body);
+                        return;
+                    }
+                    let sha = |b: &[u8]| {
+                        use sha2::Digest as _;
+                        sha2::Sha256::digest(b)
+                            .iter()
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<String>()
+                    };
+                    let api = format!("/api/models/{SLOW_REPO}");
+                    let path = path.split('?').next().unwrap_or_default();
+                    let (status, headers, bytes, slow): (u16, Vec<(&str, String)>, Vec<u8>, bool) =
+                        if path == api || path.starts_with(&format!("{api}/revision/")) {
+                            let siblings: Vec<_> = files
+                                .iter()
+                                .map(|(f, _)| serde_json::json!({ "rfilename": f }))
+                                .collect();
+                            let info = serde_json::json!({
+                                "id": SLOW_REPO, "sha": SLOW_COMMIT, "siblings": siblings,
+                            });
+                            (200, vec![], info.to_string().into_bytes(), false)
+                        } else if path.starts_with(&format!("{api}/paths-info/")) {
+                            let entries: Vec<_> = files
+                                .iter()
+                                .map(|(f, b)| {
+                                    let mut e = serde_json::json!({
+                                        "type": "file", "oid": &sha(f.as_bytes())[..40],
+                                        "size": b.len(), "path": f,
+                                    });
+                                    if b.len() > 1 << 20 {
+                                        e["lfs"] = serde_json::json!({
+                                            "oid": sha(b), "sha256": sha(b), "size": b.len(),
+                                            "pointerSize": 134, "pointer_size": 134,
+                                        });
+                                    }
+                                    e
+                                })
+                                .collect();
+                            (
+                                200,
+                                vec![],
+                                serde_json::Value::from(entries).to_string().into_bytes(),
+                                false,
+                            )
+                        } else if let Some((f, b)) = files.iter().find(|(f, _)| {
+                            path == format!("/{SLOW_REPO}/resolve/{SLOW_COMMIT}/{f}")
+                                || path == format!("/{SLOW_REPO}/resolve/main/{f}")
+                        }) {
+                            let etag = format!("\"{}\"", sha(b));
+                            let headers = vec![
+                                ("etag", etag.clone()),
+                                ("x-linked-etag", etag),
+                                ("x-linked-size", b.len().to_string()),
+                                ("x-repo-commit", SLOW_COMMIT.to_owned()),
+                                ("accept-ranges", "bytes".to_owned()),
+                            ];
+                            (200, headers, b.clone(), f == "model.safetensors")
+                        } else {
+                            (404, vec![], b"{}".to_vec(), false)
+                        };
+                    let _ = stream.write_all(head(status, &headers, bytes.len()).as_bytes());
+                    if method == "HEAD" {
+                        return;
+                    }
+                    // 32 KiB every 100 ms: the 6 MB file takes some 20 s.
+                    let chunk = if slow { 32 << 10 } else { bytes.len().max(1) };
+                    for piece in bytes.chunks(chunk) {
+                        if stream.write_all(piece).is_err() {
+                            return;
+                        }
+                        if slow {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                });
+            }
+        });
+        Self { endpoint }
+    }
+}
+
+fn incomplete_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.to_string_lossy().ends_with(".incomplete") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn ctrl_c_during_a_slow_download_quits_at_once_and_keeps_the_partial_file() {
+    let hub = SlowHub::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let env = format!(
+        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        hub.endpoint,
+        quoted(&hf),
+        quoted(&dir.path().join("config"))
+    );
+    let Some(app) = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("downloading model.safetensors");
+    let partial = incomplete_files(&hf);
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    app.tmux.keys(&["C-c"]);
+    // The download has some 20 s to go; the promise is 2 s, 10 keeps a loaded machine from
+    // failing the test.
+    app.wait_gone();
+    let screen = app.tmux.wait_for("EXIT=0");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(kept > 0 && kept < 6_467_984, "{kept} bytes kept");
+}
+
+#[test]
+fn a_failed_download_says_so_in_the_status_bar_with_the_whole_reason() {
+    let hub = SlowHub::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!(
+        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        hub.endpoint,
+        quoted(&dir.path().join("hf")),
+        quoted(&dir.path().join("config"))
+    );
+    let Some(app) = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = app.tmux.wait_for("model load failed (F3: choose a model)");
+    assert!(!screen.contains("loading"), "{screen}");
+    // The reason, wrapped over as many rows as it needs above the input box: every word of
+    // it is on the screen, up to its last.
+    let rows: Vec<&str> = screen.lines().collect();
+    let start = rows
+        .iter()
+        .position(|r| r.starts_with(" ! "))
+        .expect(&screen);
+    let end = rows
+        .iter()
+        .position(|r| r.contains("Message (F1 help)"))
+        .expect(&screen);
+    let reason = rows[start..end].join(" ");
+    assert!(reason.contains("500"), "{screen}");
+    assert!(reason.contains(SLOW_REPO), "{screen}");
+    assert!(end - start >= 1, "{screen}");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+}
