@@ -751,6 +751,20 @@ impl SlowHub {
     }
 }
 
+/// The app in tmux, asked for the slow hub's repo on its first start.
+fn app_on_hub(fail: bool) -> Option<(SlowHub, tempfile::TempDir, App)> {
+    let hub = SlowHub::start(fail);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!(
+        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        hub.endpoint,
+        quoted(&dir.path().join("hf")),
+        quoted(&dir.path().join("config"))
+    );
+    let app = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "")?;
+    Some((hub, dir, app))
+}
+
 fn incomplete_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     let mut todo = vec![dir.to_owned()];
@@ -769,19 +783,11 @@ fn incomplete_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn ctrl_c_during_a_slow_download_quits_at_once_and_keeps_the_partial_file() {
-    let hub = SlowHub::start(false);
-    let dir = tempfile::tempdir().unwrap();
-    let hf = dir.path().join("hf");
-    let env = format!(
-        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
-        hub.endpoint,
-        quoted(&hf),
-        quoted(&dir.path().join("config"))
-    );
-    let Some(app) = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "") else {
+    let Some((_hub, dir, app)) = app_on_hub(false) else {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
+    let hf = dir.path().join("hf");
     app.tmux.wait_for("downloading model.safetensors");
     let partial = incomplete_files(&hf);
     assert_eq!(partial.len(), 1, "{partial:?}");
@@ -800,15 +806,7 @@ fn ctrl_c_during_a_slow_download_quits_at_once_and_keeps_the_partial_file() {
 
 #[test]
 fn a_failed_download_says_so_in_the_status_bar_with_the_whole_reason() {
-    let hub = SlowHub::start(true);
-    let dir = tempfile::tempdir().unwrap();
-    let env = format!(
-        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
-        hub.endpoint,
-        quoted(&dir.path().join("hf")),
-        quoted(&dir.path().join("config"))
-    );
-    let Some(app) = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "") else {
+    let Some((_hub, _dir, app)) = app_on_hub(true) else {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
@@ -831,4 +829,26 @@ fn a_failed_download_says_so_in_the_status_bar_with_the_whole_reason() {
     assert!(end - start >= 1, "{screen}");
     app.tmux.keys(&["C-c"]);
     app.tmux.wait_for("EXIT=0");
+}
+
+#[test]
+fn sigterm_during_a_slow_download_ends_the_app_at_once() {
+    let Some((_hub, dir, app)) = app_on_hub(false) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("downloading model.safetensors");
+    let killed = Command::new("kill")
+        .args(["-TERM", &app.pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    app.wait_gone();
+    let screen = app.tmux.wait_for("EXIT=");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("data/rwkv-chat.log")).unwrap();
+    assert!(log.contains("rwkv-chat stopped"), "{log}");
 }
