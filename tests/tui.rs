@@ -1,32 +1,39 @@
 //! The real binary's chat app, driven the way a user does: in tmux (skipped with a note where
 //! tmux is not installed; CI installs it), with the tiny fixture model.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rwkv-chat");
 
-#[test]
-fn a_bad_config_is_refused_before_the_terminal_is_touched() {
+/// Starts the app with this `config.toml`, which it must refuse before touching the
+/// terminal; returns the message.
+fn refused_config(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        "theme = \"dark\"\n[keys]\nregenerate = \"hyper+r\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let out = Command::new(BIN)
         .arg("--config-dir")
         .arg(dir.path())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.stdout.is_empty(), "the terminal was written to");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_bad_config_is_refused_before_the_terminal_is_touched() {
+    let stderr = refused_config("theme = \"dark\"\n[keys]\nregenerate = \"hyper+r\"\n");
     assert!(stderr.contains("config.toml:3:14:"), "{stderr}");
     assert!(stderr.contains("hyper"), "{stderr}");
-    assert!(out.stdout.is_empty(), "the terminal was written to");
 }
 
 /// A tmux server of its own, killed when the test ends however it ends.
@@ -146,15 +153,8 @@ fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(config.join("presets")).unwrap();
     // Greedy and without stop sequences, so a reply runs long enough to be stopped.
-    std::fs::write(
-        config.join("presets/long.toml"),
-        "name = \"long\"\nuser_prefix = \"User: \"\nuser_suffix = \"\\n\\n\"\nbot_prefix = \"Bot:\"\n\
-         bot_suffix = \"\\n\\n\"\nbanned_tokens = [0]\n[sampling]\ntemperature = 0.0\n",
-    )
-    .unwrap();
-    std::fs::write(config.join("config.toml"), "preset = \"long\"\n").unwrap();
+    long_preset(&config);
     let command = format!(
         "RWKV_CHAT_CONFIG_DIR={} {} --model {} --data-dir {}; echo EXIT=$?; sleep 60",
         quoted(&config),
@@ -297,26 +297,558 @@ fn termination_signals_restore_the_terminal_and_save_the_session() {
         assert!(saved_messages(&data) >= 2);
 
         // The session opens in line mode and goes on from its saved state.
-        let store = rwkv_chat::store::Store::open(&data).unwrap();
-        let name = store.list().unwrap()[0].name.clone();
-        let mut chat = Command::new(BIN)
-            .args(["chat", "--model"])
-            .arg(&tiny)
-            .args(["--session", &name, "--max-tokens", "3", "--format", "jsonl"])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        writeln!(chat.stdin.take().unwrap(), "and then?").unwrap();
-        let out = chat.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "SIG{signal}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (name, _) = transcript(&data);
+        assert_opens_again(&data, &dir.path().join("config"), &name, &tiny);
     }
+}
+
+#[test]
+fn a_key_config_that_gives_ctrl_c_away_is_refused_with_the_reason() {
+    let stderr = refused_config("[keys]\nquit = \"f20\"\nregenerate = [\"ctrl+c\", \"ctrl+q\"]\n");
+    assert!(
+        stderr.contains("config.toml: [keys] regenerate: ctrl+c always saves and quits"),
+        "{stderr}"
+    );
+}
+
+/// The app as a process in tmux, with its pid (written by the shell before it execs).
+struct App {
+    tmux: Tmux,
+    pid: String,
+}
+
+impl App {
+    /// `env` and `args` as in a shell command line; `stdin` redirects the app's input.
+    fn start(dir: &Path, env: &str, args: &str, stdin: &str) -> Option<Self> {
+        let pid_file = dir.join("pid");
+        let command = format!(
+            "{env} sh -c 'echo $$ > {}; exec {} {args} --data-dir {} {stdin}'; echo EXIT=$?; \
+             sleep 60",
+            pid_file.display(),
+            BIN,
+            dir.join("data").display(),
+        );
+        let tmux = Tmux::start(&command)?;
+        let mut pid = String::new();
+        wait_until("the app wrote its pid", || {
+            pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            pid.ends_with('\n')
+        });
+        Some(Self {
+            tmux,
+            pid: pid.trim().to_owned(),
+        })
+    }
+
+    fn alive(&self) -> bool {
+        // A zombie has ended; only its parent has not looked yet.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    /// Closes the terminal the way closing a window or losing ssh does, and waits for the
+    /// process to end. The promise is 2 seconds; 10 keeps a loaded machine from failing it.
+    fn close_terminal_and_wait(&self) {
+        self.tmux.run(&["kill-server"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() {
+            assert!(Instant::now() < deadline, "the app outlived its terminal");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (10 s, for 2 s promised) until the process is gone.
+    fn wait_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() {
+            assert!(Instant::now() < deadline, "the app is still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The tiny model widened from 16 to 192 channels (random weights, the built-in tokenizer):
+/// a token costs about 12 times as much, so a reply of the app's full length takes seconds
+/// and is surely still streaming when the terminal goes away.
+fn slow_model(dir: &Path) -> std::path::PathBuf {
+    const WIDE: usize = 192;
+    let tensors = common::tiny_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let dims: Vec<usize> = t
+                .dims()
+                .iter()
+                .map(|&d| match d {
+                    16 => WIDE,
+                    64 => 4 * WIDE,
+                    d => d,
+                })
+                .collect();
+            let wide =
+                candle_core::Tensor::randn(0f32, 0.3, dims, &candle_core::Device::Cpu).unwrap();
+            (name, wide)
+        })
+        .collect();
+    let model = dir.join("slow-model");
+    common::write_model(&model, &tensors);
+    let config = std::fs::read_to_string(tiny_model().join("config.json"))
+        .unwrap()
+        .replace(
+            "\"attention_hidden_size\": 16",
+            &format!("\"attention_hidden_size\": {WIDE}"),
+        )
+        .replace("\"hidden_size\": 16", &format!("\"hidden_size\": {WIDE}"))
+        .replace(
+            "\"intermediate_size\": 64",
+            &format!("\"intermediate_size\": {}", 4 * WIDE),
+        );
+    std::fs::write(model.join("config.json"), config).unwrap();
+    model
+}
+
+/// A preset that replies greedily with no stop sequence, so a reply runs to its length limit.
+fn long_preset(config: &Path) {
+    std::fs::create_dir_all(config.join("presets")).unwrap();
+    std::fs::write(
+        config.join("presets/long.toml"),
+        "name = \"long\"\nuser_prefix = \"User: \"\nuser_suffix = \"\\n\\n\"\nbot_prefix = \"Bot:\"\n\
+         bot_suffix = \"\\n\\n\"\nbanned_tokens = [0]\n[sampling]\ntemperature = 0.0\n",
+    )
+    .unwrap();
+    std::fs::write(config.join("config.toml"), "preset = \"long\"\n").unwrap();
+}
+
+fn transcript(data: &Path) -> (String, Vec<(String, String)>) {
+    let store = rwkv_chat::store::Store::open(data).unwrap();
+    let name = store.list().unwrap()[0].name.clone();
+    let file = store.load(&name).unwrap();
+    let messages = file
+        .transcript
+        .messages
+        .iter()
+        .map(|m| (format!("{:?}", m.role), m.text.clone()))
+        .collect();
+    (name, messages)
+}
+
+/// The session is not locked: `chat` opens it and goes on from it.
+fn assert_opens_again(data: &Path, config: &Path, name: &str, model: &Path) {
+    let mut chat = Command::new(BIN)
+        .args(["chat", "--model"])
+        .arg(model)
+        .args(["--session", name, "--max-tokens", "3", "--format", "jsonl"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RWKV_CHAT_CONFIG_DIR", config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(chat.stdin.take().unwrap(), "and then?").unwrap();
+    let out = chat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn closing_the_terminal_while_idle_saves_and_ends_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    let env = format!("RWKV_CHAT_CONFIG_DIR={}", quoted(&config));
+    let args = format!("--model {}", quoted(&tiny_model()));
+    let Some(app) = App::start(dir.path(), &env, &args, "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("✓ saved");
+    app.tmux.keys(&["hello", "Enter"]);
+    wait_until("the reply is saved", || saved_messages(&data) >= 2);
+    app.tmux.wait_for("✓ saved");
+    app.close_terminal_and_wait();
+    let log = std::fs::read_to_string(data.join("rwkv-chat.log")).unwrap();
+    assert!(log.contains("rwkv-chat stopped"), "{log}");
+    let (name, messages) = transcript(&data);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_opens_again(&data, &config, &name, &tiny_model());
+}
+
+#[test]
+fn closing_the_terminal_mid_reply_keeps_the_partial_reply_and_the_lock_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    long_preset(&config);
+    let model = slow_model(dir.path());
+    let env = format!("RWKV_CHAT_CONFIG_DIR={}", quoted(&config));
+    let args = format!("--model {}", quoted(&model));
+    let Some(app) = App::start(dir.path(), &env, &args, "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("✓ saved");
+    app.tmux.keys(&["Hello raven", "Enter"]);
+    app.tmux.wait_for("Esc stops");
+    app.close_terminal_and_wait();
+
+    let (name, messages) = transcript(&data);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let partial = messages[1].1.trim().to_owned();
+    // The whole reply, greedy from the same start, for comparison: what was kept is a
+    // proper beginning of it, so the terminal really went away mid-reply.
+    let out = Command::new(BIN)
+        .args(["chat", "--model"])
+        .arg(&model)
+        .args([
+            "--session",
+            "whole",
+            "--preset",
+            "long",
+            "--temperature",
+            "0",
+        ])
+        .args(["--max-tokens", "500", "--format", "jsonl", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .env("RWKV_CHAT_CONFIG_DIR", &config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            writeln!(child.stdin.take().unwrap(), "Hello raven")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let whole = line["reply"].as_str().unwrap().trim().to_owned();
+    assert!(!partial.is_empty(), "nothing of the reply was kept");
+    assert!(
+        partial.len() < whole.len() && whole.starts_with(&partial),
+        "kept {partial:?}\nof {whole:?}"
+    );
+    assert_opens_again(&data, &config, &name, &model);
+}
+
+/// With stdin elsewhere the app reads the terminal through /dev/tty, where crossterm's reader
+/// spins on end of file: the UI thread is stuck, and SIGHUP alone must end the app.
+#[test]
+fn the_app_ends_on_sighup_even_with_its_event_loop_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = format!(
+        "RWKV_CHAT_CONFIG_DIR={}",
+        quoted(&dir.path().join("config"))
+    );
+    let args = format!("--model {}", quoted(&tiny_model()));
+    let Some(app) = App::start(dir.path(), &env, &args, "< /dev/null") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("✓ saved");
+    app.close_terminal_and_wait();
+    let log = std::fs::read_to_string(data.join("rwkv-chat.log")).unwrap();
+    assert!(log.contains("termination signal"), "{log}");
+}
+
+#[test]
+fn ctrl_c_quits_from_the_model_picker_that_opens_on_the_first_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!(
+        "HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        quoted(&dir.path().join("hf")),
+        quoted(&dir.path().join("config"))
+    );
+    let Some(app) = App::start(dir.path(), &env, "", "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("Path or hub id: RWKV/rwkv-raven-");
+    app.tmux.keys(&["C-c"]);
+    let screen = app.tmux.wait_for("EXIT=0");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    app.wait_gone();
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!(
+        "RWKV_CHAT_CONFIG_DIR={}",
+        quoted(&dir.path().join("config"))
+    );
+    let args = format!("--model {} --device cuda", quoted(&tiny_model()));
+    let Some(app) = App::start(dir.path(), &env, &args, "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = app.tmux.wait_for("model load failed");
+    assert!(screen.contains("built without CUDA"), "{screen}");
+    assert!(!screen.contains("loading"), "{screen}");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+}
+
+/// A hub on loopback that answers the way huggingface.co does for a repo of the tiny model
+/// (a complete set of files), sending `model.safetensors` slowly, like a large model on a
+/// slow line; or answering 500 to everything. Shapes: the repo info of
+/// `GET /api/models/{repo}/revision/{rev}` (huggingface_hub `ModelInfo`: `sha`, `siblings`),
+/// `POST .../paths-info/{rev}` entries (huggingface_hub `RepoFile`: `lfs.oid` is the sha256,
+/// `pointerSize`; `sha256`/`pointer_size` are hf-hub 1.0's names for the same, sent too so
+/// either reading works), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
+/// `X-Linked-Etag` with the sha256 of an LFS file, `X-Linked-Size`, `ETag`).
+struct SlowHub {
+    endpoint: String,
+}
+
+const SLOW_REPO: &str = "test/slow-tiny";
+const SLOW_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+impl SlowHub {
+    fn start(fail: bool) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let files: Vec<(String, Vec<u8>)> = ["config.json", "tokenizer.json", "model.safetensors"]
+            .iter()
+            .map(|f| {
+                (
+                    (*f).to_owned(),
+                    std::fs::read(tiny_model().join(f)).unwrap(),
+                )
+            })
+            .collect();
+        let files = std::sync::Arc::new(files);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let files = std::sync::Arc::clone(&files);
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_owned();
+                    let path = parts.next().unwrap_or_default().to_owned();
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let head = |status: u16, headers: &[(&str, String)], len: usize| {
+                        let mut h = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: {len}\r\nconnection: close\r\n"
+                        );
+                        for (k, v) in headers {
+                            h.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        h + "\r\n"
+                    };
+                    if fail {
+                        let body = b"{\"error\":\"Internal Error - We're working hard to fix this as soon as possible!\"}";
+                        let _ = stream.write_all(head(500, &[], body.len()).as_bytes());
+                        let _ = stream.write_all(body);
+                        return;
+                    }
+                    let sha = |b: &[u8]| {
+                        use sha2::Digest as _;
+                        sha2::Sha256::digest(b)
+                            .iter()
+                            .map(|x| format!("{x:02x}"))
+                            .collect::<String>()
+                    };
+                    let api = format!("/api/models/{SLOW_REPO}");
+                    let path = path.split('?').next().unwrap_or_default();
+                    let (status, headers, bytes, slow): (u16, Vec<(&str, String)>, Vec<u8>, bool) =
+                        if path == api || path.starts_with(&format!("{api}/revision/")) {
+                            let siblings: Vec<_> = files
+                                .iter()
+                                .map(|(f, _)| serde_json::json!({ "rfilename": f }))
+                                .collect();
+                            let info = serde_json::json!({
+                                "id": SLOW_REPO, "sha": SLOW_COMMIT, "siblings": siblings,
+                            });
+                            (200, vec![], info.to_string().into_bytes(), false)
+                        } else if path.starts_with(&format!("{api}/paths-info/")) {
+                            let entries: Vec<_> = files
+                                .iter()
+                                .map(|(f, b)| {
+                                    let mut e = serde_json::json!({
+                                        "type": "file", "oid": &sha(f.as_bytes())[..40],
+                                        "size": b.len(), "path": f,
+                                    });
+                                    if b.len() > 1 << 20 {
+                                        e["lfs"] = serde_json::json!({
+                                            "oid": sha(b), "sha256": sha(b), "size": b.len(),
+                                            "pointerSize": 134, "pointer_size": 134,
+                                        });
+                                    }
+                                    e
+                                })
+                                .collect();
+                            (
+                                200,
+                                vec![],
+                                serde_json::Value::from(entries).to_string().into_bytes(),
+                                false,
+                            )
+                        } else if let Some((f, b)) = files.iter().find(|(f, _)| {
+                            path == format!("/{SLOW_REPO}/resolve/{SLOW_COMMIT}/{f}")
+                                || path == format!("/{SLOW_REPO}/resolve/main/{f}")
+                        }) {
+                            let etag = format!("\"{}\"", sha(b));
+                            let headers = vec![
+                                ("etag", etag.clone()),
+                                ("x-linked-etag", etag),
+                                ("x-linked-size", b.len().to_string()),
+                                ("x-repo-commit", SLOW_COMMIT.to_owned()),
+                                ("accept-ranges", "bytes".to_owned()),
+                            ];
+                            (200, headers, b.clone(), f == "model.safetensors")
+                        } else {
+                            (404, vec![], b"{}".to_vec(), false)
+                        };
+                    let _ = stream.write_all(head(status, &headers, bytes.len()).as_bytes());
+                    if method == "HEAD" {
+                        return;
+                    }
+                    // 32 KiB every 100 ms: the 6 MB file takes some 20 s.
+                    let chunk = if slow { 32 << 10 } else { bytes.len().max(1) };
+                    for piece in bytes.chunks(chunk) {
+                        if stream.write_all(piece).is_err() {
+                            return;
+                        }
+                        if slow {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                });
+            }
+        });
+        Self { endpoint }
+    }
+}
+
+/// The app in tmux, asked for the slow hub's repo on its first start.
+fn app_on_hub(fail: bool) -> Option<(SlowHub, tempfile::TempDir, App)> {
+    let hub = SlowHub::start(fail);
+    let dir = tempfile::tempdir().unwrap();
+    let env = format!(
+        "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        hub.endpoint,
+        quoted(&dir.path().join("hf")),
+        quoted(&dir.path().join("config"))
+    );
+    let app = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "")?;
+    Some((hub, dir, app))
+}
+
+fn incomplete_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.to_string_lossy().ends_with(".incomplete") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn ctrl_c_during_a_slow_download_quits_at_once_and_keeps_the_partial_file() {
+    let Some((_hub, dir, app)) = app_on_hub(false) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let hf = dir.path().join("hf");
+    app.tmux.wait_for("downloading model.safetensors");
+    let partial = incomplete_files(&hf);
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    app.tmux.keys(&["C-c"]);
+    // The download has some 20 s to go; the promise is 2 s, 10 keeps a loaded machine from
+    // failing the test.
+    app.wait_gone();
+    let screen = app.tmux.wait_for("EXIT=0");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(kept > 0 && kept < 6_467_984, "{kept} bytes kept");
+}
+
+#[test]
+fn a_failed_download_says_so_in_the_status_bar_with_the_whole_reason() {
+    let Some((_hub, _dir, app)) = app_on_hub(true) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = app.tmux.wait_for("model load failed (F3: choose a model)");
+    assert!(!screen.contains("loading"), "{screen}");
+    // The reason, wrapped over as many rows as it needs above the input box: every word of
+    // it is on the screen, up to its last.
+    let rows: Vec<&str> = screen.lines().collect();
+    let start = rows
+        .iter()
+        .position(|r| r.starts_with(" ! "))
+        .expect(&screen);
+    let end = rows
+        .iter()
+        .position(|r| r.contains("Message (F1 help)"))
+        .expect(&screen);
+    let reason = rows[start..end].join(" ");
+    assert!(reason.contains("500"), "{screen}");
+    assert!(reason.contains(SLOW_REPO), "{screen}");
+    assert!(end - start >= 1, "{screen}");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+}
+
+#[test]
+fn sigterm_during_a_slow_download_ends_the_app_at_once() {
+    let Some((_hub, dir, app)) = app_on_hub(false) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("downloading model.safetensors");
+    let killed = Command::new("kill")
+        .args(["-TERM", &app.pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    app.wait_gone();
+    let screen = app.tmux.wait_for("EXIT=");
+    assert!(
+        !screen.contains("Sessions"),
+        "alternate screen left:\n{screen}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("data/rwkv-chat.log")).unwrap();
+    assert!(log.contains("rwkv-chat stopped"), "{log}");
 }

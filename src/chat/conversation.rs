@@ -72,6 +72,17 @@ impl Transcript {
     }
 }
 
+/// What a turn does to a conversation; every path that runs turns carries one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Add a user message and reply to it.
+    Send(String),
+    /// Replace the last reply by a new one, from the state before it.
+    Regenerate,
+    /// Replace the last user message (and its reply) by this one, and reply to it.
+    ReplaceLast(String),
+}
+
 /// The states around one turn, kept so it can be replayed differently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TurnCheckpoint {
@@ -294,6 +305,23 @@ impl Conversation {
 
     fn checkpoint_at(&self, at: usize) -> Option<&TurnCheckpoint> {
         self.checkpoints.iter().find(|c| c.at == at)
+    }
+
+    /// Runs one turn of any kind: the one place that knows every kind, so the worker, the
+    /// app and `chat` carry a [`Turn`] and a new kind of turn is a change here only.
+    pub fn turn(
+        &mut self,
+        engine: &Engine,
+        turn: &Turn,
+        opts: ReplyOptions,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Reply> {
+        match turn {
+            Turn::Send(text) => self.send(engine, text, opts, cancel, on_text),
+            Turn::Regenerate => self.regenerate(engine, opts, cancel, on_text),
+            Turn::ReplaceLast(text) => self.edit_last(engine, text, opts, cancel, on_text),
+        }
     }
 
     /// Sends a user message and streams the reply through `on_text`.

@@ -6,6 +6,6 @@ pub mod preset;
 mod stop;
 
 pub use conversation::{
-    Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript,
+    Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript, Turn,
 };
 pub use preset::Preset;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::generate::SamplingArgs;
 use super::{ModelArgs, emit};
-use crate::chat::{Preset, ReplyOptions, preset::DEFAULT_PRESET};
+use crate::chat::{Preset, ReplyOptions, Turn, preset::DEFAULT_PRESET};
 use crate::session::{OpenError, OpenSession, Rebuild};
 use crate::store::Store;
 use crate::text::sanitize;
@@ -153,21 +153,18 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 let _ = emit(&mut std::io::stdout(), &piece);
             }
         };
-        let reply = if interactive && line.trim() == "/quit" {
+        let turn = if interactive && line.trim() == "/quit" {
             break;
         } else if interactive && line.trim() == "/retry" {
-            session.turn(&store, &engine, |c, e| {
-                c.regenerate(e, opts, &cancel, &mut on_text)
-            })
+            Turn::Regenerate
         } else if let Some(text) = line.strip_prefix("/edit ").filter(|_| interactive) {
-            session.turn(&store, &engine, |c, e| {
-                c.edit_last(e, text, opts, &cancel, &mut on_text)
-            })
+            Turn::ReplaceLast(text.to_owned())
         } else {
-            session.turn(&store, &engine, |c, e| {
-                c.send(e, line, opts, &cancel, &mut on_text)
-            })
+            Turn::Send(line.to_owned())
         };
+        let reply = session.turn(&store, &engine, |c, e| {
+            c.turn(e, &turn, opts, &cancel, &mut on_text)
+        });
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) if interactive => {

@@ -13,7 +13,7 @@ use crate::sampler::SamplingParams;
 use crate::text::sanitize;
 use crate::worker::{
     ChatMessage, Command, Event, LoadProgress, ModelInfo, PresetInfo, ReplyStats, Role,
-    SessionInfo, SessionView, StopReason,
+    SessionInfo, SessionView, StopReason, Turn,
 };
 
 /// Seconds a notice stays up.
@@ -235,9 +235,15 @@ pub struct App {
     pub session: Option<SessionMeta>,
     /// Set once the first session list came in and a session was opened from it.
     started: bool,
+    /// Set once the first session list came in.
+    listed: bool,
 
     pub model: Option<ModelInfo>,
     pub loading: Option<LoadProgress>,
+    /// The model load the UI waits for; its progress and its failure are the status bar's.
+    pub loading_request: Option<u64>,
+    /// Why the last model load failed, until another one starts or succeeds.
+    pub load_failed: Option<String>,
     pub presets: Vec<PresetInfo>,
     pub last_stats: Option<ReplyStats>,
     pub saved: bool,
@@ -272,8 +278,11 @@ impl App {
             focus: Focus::Input,
             session: None,
             started: false,
+            listed: false,
             model: None,
             loading: None,
+            loading_request: None,
+            load_failed: None,
             presets: Vec::new(),
             last_stats: None,
             saved: false,
@@ -334,6 +343,39 @@ impl App {
     }
 }
 
+/// Starts loading `spec`, giving up on a load still running (a download stops between
+/// chunks and keeps its partial file).
+pub fn load_model(app: &mut App, spec: String) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    cancel_load(app, &mut fx);
+    let request_id = app.request_id();
+    app.loading_request = Some(request_id);
+    app.load_failed = None;
+    app.loading = Some(LoadProgress {
+        stage: format!("starting {spec}"),
+        done: 0,
+        total: 0,
+    });
+    fx.push(Effect::Command(Command::LoadModel { request_id, spec }));
+    fx
+}
+
+fn cancel_load(app: &mut App, fx: &mut Vec<Effect>) {
+    if let Some(request_id) = app.loading_request.take() {
+        app.loading = None;
+        fx.push(Effect::Command(Command::Cancel { request_id }));
+    }
+}
+
+/// What to stop before leaving: the reply being written (kept as far as it got) and the
+/// model load (a download keeps its partial file for the next start).
+pub fn leave(app: &mut App) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    cancel_pending(app, &mut fx);
+    cancel_load(app, &mut fx);
+    fx
+}
+
 /// Applies one input; the returned effects are for the caller to carry out, in order.
 pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
     let mut fx = Vec::new();
@@ -355,11 +397,11 @@ pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
         Input::Worker(event) => on_event(app, event, &mut fx),
         Input::Tick(now) => {
             app.now = now;
-            if app
-                .notice
-                .as_ref()
-                .is_some_and(|n| now.saturating_sub(n.at) >= NOTICE_SECS)
-            {
+            // Why the model failed to load stays up while that is the state of things.
+            if app.notice.as_ref().is_some_and(|n| {
+                now.saturating_sub(n.at) >= NOTICE_SECS
+                    && app.load_failed.as_deref() != Some(n.text.as_str())
+            }) {
                 app.notice = None;
             }
         }
@@ -372,13 +414,19 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
         Event::ModelLoading(p) => app.loading = Some(p),
         Event::ModelLoaded(info) => {
             app.loading = None;
+            app.loading_request = None;
+            app.load_failed = None;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.model = Some(info);
-            // Before the first session list, that list decides (resume or create).
-            if app.started && app.session.is_none() {
-                fx.push(Effect::Command(Command::NewSession {
-                    preset: app.preset(),
-                }));
+            if app.session.is_none() {
+                if app.started {
+                    fx.push(Effect::Command(Command::NewSession {
+                        preset: app.preset(),
+                    }));
+                } else if app.listed {
+                    // The first model, chosen after the list came: resume as `--model` does.
+                    resume(app, fx);
+                }
             }
         }
         Event::Sessions(list) => {
@@ -391,18 +439,10 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
                 app.selected = i;
             }
             app.selected = app.selected.min(app.sessions.len().saturating_sub(1));
-            if !app.started {
-                app.started = true;
-                if app.session.is_none() {
-                    fx.push(Effect::Command(match app.sessions.first() {
-                        Some(s) => Command::OpenSession {
-                            name: s.name.clone(),
-                        },
-                        None => Command::NewSession {
-                            preset: app.preset(),
-                        },
-                    }));
-                }
+            app.listed = true;
+            // Without a model no session can open: the first model loaded decides.
+            if !app.started && app.model.is_some() {
+                resume(app, fx);
             }
         }
         Event::SessionOpened(view) => open_session(app, view),
@@ -441,6 +481,11 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             request_id,
             message,
         } => {
+            if request_id.is_some() && request_id == app.loading_request {
+                app.loading_request = None;
+                app.loading = None;
+                app.load_failed = Some(sanitize(&message).into_owned());
+            }
             if let Some(id) = request_id
                 && app.pending.is_some_and(|p| p.request_id == id)
             {
@@ -454,6 +499,21 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.error(&message);
         }
         Event::Presets(list) => app.presets = list,
+    }
+}
+
+/// At start: the newest session is opened again, or a first one created.
+fn resume(app: &mut App, fx: &mut Vec<Effect>) {
+    app.started = true;
+    if app.session.is_none() {
+        fx.push(Effect::Command(match app.sessions.first() {
+            Some(s) => Command::OpenSession {
+                name: s.name.clone(),
+            },
+            None => Command::NewSession {
+                preset: app.preset(),
+            },
+        }));
     }
 }
 
@@ -531,11 +591,19 @@ fn page(app: &App) -> isize {
 }
 
 fn on_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
+    let chord = KeyChord::from_event(key);
+    // Quitting works in every menu, so nobody is stuck (the model picker opens by itself on
+    // the first run). Ctrl+C quits whatever the config says; a quit key that is a plain
+    // character is typed into a menu's field instead.
+    let quit_key = app.keymap.action(&chord, Context::Global) == Some(Action::Quit);
+    if chord == KeyChord::CTRL_C || (quit_key && app.overlay.is_some() && !chord.is_plain_char()) {
+        fx.push(Effect::Quit);
+        return;
+    }
     if app.overlay.is_some() {
         overlay_key(app, key, fx);
         return;
     }
-    let chord = KeyChord::from_event(key);
     if app.focus == Focus::Sidebar {
         if let Some(action) = app.keymap.action(&chord, Context::Sidebar) {
             run(app, action, fx);
@@ -610,7 +678,8 @@ fn busy(app: &mut App) -> bool {
     }
 }
 
-fn start_reply(app: &mut App) -> u64 {
+/// Adds the reply being written and asks the worker for it.
+fn start_turn(app: &mut App, turn: Turn, fx: &mut Vec<Effect>) {
     app.messages.push(Message {
         role: Role::Bot,
         text: String::new(),
@@ -622,7 +691,7 @@ fn start_reply(app: &mut App) -> u64 {
         cancelled: false,
     });
     app.scroll = Scroll::Follow;
-    request_id
+    fx.push(Effect::Command(Command::Turn { request_id, turn }));
 }
 
 fn send(app: &mut App, fx: &mut Vec<Effect>) {
@@ -652,12 +721,12 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
         text: sanitize(&text).into_owned(),
         status: Status::Done,
     });
-    let request_id = start_reply(app);
-    fx.push(Effect::Command(if editing {
-        Command::EditLast { request_id, text }
+    let turn = if editing {
+        Turn::ReplaceLast(text)
     } else {
-        Command::Send { request_id, text }
-    }));
+        Turn::Send(text)
+    };
+    start_turn(app, turn, fx);
 }
 
 /// Asks the worker to stop the reply being written; false when there is none.
@@ -705,8 +774,7 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
                 return;
             }
             app.messages.pop();
-            let request_id = start_reply(app);
-            fx.push(Effect::Command(Command::Regenerate { request_id }));
+            start_turn(app, Turn::Regenerate, fx);
         }
         Action::EditLast => {
             if busy(app) {
@@ -883,12 +951,7 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
                     spec
                 };
                 if !spec.is_empty() {
-                    app.loading = Some(LoadProgress {
-                        stage: format!("starting {spec}"),
-                        done: 0,
-                        total: 0,
-                    });
-                    fx.push(Effect::Command(Command::LoadModel { spec }));
+                    fx.extend(load_model(app, spec));
                 }
                 return;
             }

@@ -83,6 +83,13 @@ pub struct KeyChord {
 }
 
 impl KeyChord {
+    /// Always quits, whatever the config binds: raw mode turns it into a key, so without it
+    /// a config could leave no way out of the app.
+    pub const CTRL_C: Self = Self {
+        code: KeyCode::Char('c'),
+        modifiers: KeyModifiers::CONTROL,
+    };
+
     /// Shift is part of a typed character (`?` is shift+/), so it is dropped for characters.
     pub fn from_event(key: &KeyEvent) -> Self {
         let mut modifiers =
@@ -226,6 +233,18 @@ impl<'de> Deserialize<'de> for KeyList {
     }
 }
 
+/// A `[keys]` table the app cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeymapError {
+    #[error(
+        "[keys] {}: ctrl+c always saves and quits, so it cannot be bound to another action; \
+         choose another key for {}",
+        .0.name(),
+        .0.name()
+    )]
+    CtrlCTaken(Action),
+}
+
 /// The keys of every action.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Keymap {
@@ -251,17 +270,22 @@ impl Default for Keymap {
 
 impl Keymap {
     /// The defaults with each action named in `overrides` bound to its new keys only.
-    pub fn with_overrides(overrides: &BTreeMap<Action, KeyList>) -> Self {
+    /// Ctrl+C always quits, so a config binding it to another action is refused, with the
+    /// reason, rather than leaving the user without a way out.
+    pub fn with_overrides(overrides: &BTreeMap<Action, KeyList>) -> Result<Self, KeymapError> {
         let mut map = Self::default();
         for (action, keys) in overrides {
+            if *action != Action::Quit && keys.0.contains(&KeyChord::CTRL_C) {
+                return Err(KeymapError::CtrlCTaken(*action));
+            }
             map.bindings.insert(*action, keys.0.clone());
         }
-        // Raw mode turns Ctrl+C into a key: with quit unbound there would be no way out.
-        if map.keys(Action::Quit).is_empty() {
-            map.bindings
-                .insert(Action::Quit, Self::default().keys(Action::Quit).to_vec());
+        // Ctrl+C quits even when the config binds quit to other keys only.
+        let quit = map.bindings.entry(Action::Quit).or_default();
+        if !quit.contains(&KeyChord::CTRL_C) {
+            quit.insert(0, KeyChord::CTRL_C);
         }
-        map
+        Ok(map)
     }
 
     pub fn keys(&self, action: Action) -> &[KeyChord] {
@@ -303,12 +327,33 @@ mod tests {
     }
 
     #[test]
-    fn quit_cannot_be_left_without_a_key() {
-        let overrides = BTreeMap::from([(Action::Quit, KeyList(Vec::new()))]);
-        assert!(
-            !Keymap::with_overrides(&overrides)
-                .keys(Action::Quit)
-                .is_empty()
+    fn ctrl_c_quits_whatever_quit_is_bound_to() {
+        for keys in [vec![], vec!["f20".parse().unwrap()]] {
+            let overrides = BTreeMap::from([(Action::Quit, KeyList(keys.clone()))]);
+            let map = Keymap::with_overrides(&overrides).unwrap();
+            assert!(
+                map.keys(Action::Quit).contains(&KeyChord::CTRL_C),
+                "{keys:?}"
+            );
+            assert!(keys.iter().all(|k| map.keys(Action::Quit).contains(k)));
+            assert!(map.describe(Action::Quit).starts_with("Ctrl+C"));
+        }
+    }
+
+    #[test]
+    fn a_config_giving_ctrl_c_to_another_action_is_refused() {
+        let overrides = BTreeMap::from([
+            (Action::Quit, KeyList(vec!["f20".parse().unwrap()])),
+            (
+                Action::Regenerate,
+                KeyList(vec!["ctrl+c".parse().unwrap(), "ctrl+q".parse().unwrap()]),
+            ),
+        ]);
+        let err = Keymap::with_overrides(&overrides).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[keys] regenerate: ctrl+c always saves and quits, so it cannot be bound to another \
+             action; choose another key for regenerate"
         );
     }
 

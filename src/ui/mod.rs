@@ -8,7 +8,10 @@
 //!
 //! SIGTERM, SIGHUP (the terminal closed) and SIGINT (Ctrl+C where raw mode is off) end the
 //! app the way the quit key does: the terminal is given back and the worker saves the session
-//! before exiting, instead of the process dying with the terminal in raw mode.
+//! (a reply being written is kept as far as it got) before exiting, instead of the process
+//! dying with the terminal in raw mode. A terminal that hangs up or fails is the same as
+//! SIGHUP. Whatever the UI thread is doing, a signal ends the process within 2 seconds: a
+//! thread of its own stops the worker and exits if the UI thread has not by then.
 
 pub mod app;
 pub mod input;
@@ -16,6 +19,8 @@ pub mod keymap;
 pub mod render;
 pub mod theme;
 
+#[cfg(test)]
+mod app_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +43,7 @@ use ratatui::crossterm::terminal::{
 };
 
 use crate::config::{self, Config};
-use crate::worker::{BackendOptions, Command, Worker, default_backend};
+use crate::worker::{BackendOptions, Stopper, Worker, default_backend};
 use app::{App, Effect, Input, Overlay, Setup};
 use keymap::Keymap;
 use theme::{ColorDepth, Themes};
@@ -47,6 +52,13 @@ use theme::{ColorDepth, Themes};
 const FRAME: Duration = Duration::from_millis(33);
 /// How long to wait for terminal input when nothing needs drawing.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How long leaving waits for the worker to save: a reply stops within a token, a download
+/// within a chunk; only reading the weights of a model cannot be interrupted, and that holds
+/// nothing unsaved (sessions are saved after every turn).
+const SAVE_LIMIT: Duration = Duration::from_millis(1200);
+/// After a signal, how long the UI thread has to leave by itself before the process exits
+/// anyway; with [`SAVE_LIMIT`] within the 2 seconds promised.
+const SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
 /// What the command line passes in.
 #[derive(Debug, Clone, Default)]
@@ -71,8 +83,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 
     let (themes, problems) = Themes::load(config_dir.as_ref().map(|d| d.join("themes")).as_deref());
     let (models, recommended) = model_choices(&config);
+    let keymap = Keymap::with_overrides(&config.keys).map_err(|e| match &config_dir {
+        Some(dir) => anyhow::anyhow!("{}: {e}", dir.join("config.toml").display()),
+        None => anyhow::anyhow!("{e}"),
+    })?;
     let mut app = App::new(Setup {
-        keymap: Keymap::with_overrides(&config.keys),
+        keymap,
         themes,
         theme: config.theme.clone().unwrap_or_else(|| "dark".into()),
         depth: ColorDepth::detect(),
@@ -102,7 +118,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     let mut startup = Vec::new();
     match options.model.or(config.model) {
-        Some(spec) => startup.push(Effect::Command(Command::LoadModel { spec })),
+        Some(spec) => startup.extend(app::load_model(&mut app, spec)),
         None => {
             // First run: the model menu opens on the model that fits this machine; Enter
             // downloads and loads it.
@@ -114,9 +130,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             });
         }
     }
-    startup.push(Effect::Command(Command::ListSessions));
+    startup.push(Effect::Command(crate::worker::Command::ListSessions));
 
-    let stop = termination_flag()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop), worker.as_ref().ok().map(Worker::stopper))?;
     let mut tui = Tui::enter()?;
     let world = World {
         worker: worker.as_ref().map_err(String::as_str),
@@ -125,12 +142,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let result = event_loop(&mut tui, &mut app, world, startup, &stop);
     drop(tui);
     if let Ok(worker) = worker {
-        if let Some(p) = app.pending {
-            worker.send(Command::Cancel {
-                request_id: p.request_id,
-            });
+        // The cancels first, so the reply in flight is kept as far as it got.
+        let leaving = app::leave(&mut app);
+        let _ = apply(&mut app, world_of(&worker), leaving);
+        if !worker.shutdown_within(SAVE_LIMIT) {
+            tracing::warn!("the model thread was still busy (loading a model); leaving anyway");
         }
-        worker.shutdown();
     }
     tracing::info!("rwkv-chat stopped");
     result
@@ -159,6 +176,13 @@ fn model_choices(config: &Config) -> (Vec<String>, usize) {
     }
     let index = models.iter().position(|m| m == recommended).unwrap_or(0);
     (models, index)
+}
+
+fn world_of(worker: &Worker) -> World<'_> {
+    World {
+        worker: Ok(worker),
+        config_dir: None,
+    }
 }
 
 /// The model thread, or why there is none (shown again whenever it is needed).
@@ -212,15 +236,33 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Set when a termination signal arrives; the event loop sees it within one poll.
-fn termination_flag() -> anyhow::Result<Arc<AtomicBool>> {
+/// On a termination signal, sets `stop` (the event loop sees it within one poll and leaves
+/// as the quit key does); then, should the UI thread be stuck, stops the worker (which saves)
+/// and ends the process itself, within 2 seconds of the signal.
+fn watch_signals(stop: Arc<AtomicBool>, worker: Option<Stopper>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [SIGTERM, SIGHUP, SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&flag))
-            .with_context(|| format!("cannot handle signal {signal}"))?;
-    }
-    Ok(flag)
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT])
+        .context("cannot handle termination signals")?;
+    std::thread::Builder::new()
+        .name("rwkv-signals".into())
+        .spawn(move || {
+            let Some(signal) = signals.forever().next() else {
+                return;
+            };
+            stop.store(true, Ordering::SeqCst);
+            tracing::info!(signal, "termination signal: saving and quitting");
+            if let Some(worker) = worker
+                && !worker.stop(SAVE_LIMIT)
+            {
+                tracing::warn!("the model thread was still busy; leaving anyway");
+            }
+            std::thread::sleep(SIGNAL_GRACE);
+            tracing::warn!(signal, "the app did not leave by itself; exiting");
+            restore();
+            std::process::exit(128 + signal);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 fn event_loop(
@@ -257,10 +299,13 @@ fn event_loop(
             IDLE_POLL
         };
         let mut inputs = Vec::new();
-        // A signal interrupts the poll; that is a reason to look at the flag, not an error.
-        if poll(wait)? {
-            // Everything already queued is taken at once, so a paste or a burst of keys
-            // costs one redraw.
+        if !terminal_alive(wait)? {
+            tracing::info!("the terminal is gone: saving and quitting");
+            return Ok(());
+        }
+        // Everything the terminal has (keys, and resizes, which crossterm learns from its
+        // own signal pipe) is taken at once, so a paste or a burst of keys costs one redraw.
+        if poll(Duration::ZERO)? {
             loop {
                 if let Some(i) = terminal_input(event::read()?) {
                     inputs.push(i);
@@ -287,6 +332,43 @@ fn event_loop(
             return Ok(());
         }
     }
+}
+
+/// Waits up to `wait` for the terminal to have input; false once it hung up or failed (the
+/// window closed, the ssh connection dropped). This is asked before crossterm reads, since
+/// crossterm's reader loops forever at full speed on a terminal at end of file.
+#[cfg(unix)]
+fn terminal_alive(wait: Duration) -> std::io::Result<bool> {
+    use std::io::IsTerminal;
+    // crossterm reads stdin when it is the terminal (else /dev/tty, which has no end of file
+    // of its own to watch: SIGHUP covers it).
+    if !std::io::stdin().is_terminal() {
+        std::thread::sleep(wait);
+        return Ok(true);
+    }
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, alive for the call.
+    let n = unsafe { libc::poll(&raw mut fd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        // A signal interrupts the wait; that is a reason to look at the flag, not an error.
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(true)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) == 0)
+}
+
+#[cfg(not(unix))]
+fn terminal_alive(wait: Duration) -> std::io::Result<bool> {
+    poll(wait).map(|_| true)
 }
 
 fn poll(wait: Duration) -> std::io::Result<bool> {

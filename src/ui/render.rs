@@ -37,7 +37,11 @@ fn layout(app: &App, area: Rect) -> Areas {
         .0
         .len()
         .clamp(1, INPUT_MAX_LINES);
-    let notice = u16::from(app.notice.is_some());
+    // A notice is wrapped, so a long error is readable whole; it takes at most half the
+    // screen.
+    let notice = notice_rows(app, area.width)
+        .len()
+        .min(usize::from(area.height / 2).max(1)) as u16;
     let [main, notice, input, status] = Layout::vertical([
         Constraint::Min(0),
         Constraint::Length(notice),
@@ -59,6 +63,20 @@ fn layout(app: &App, area: Rect) -> Areas {
         input,
         status,
     }
+}
+
+/// The notice as rows of at most `width` columns (none without a notice).
+fn notice_rows(app: &App, width: u16) -> Vec<String> {
+    app.notice.as_ref().map_or_else(Vec::new, |n| {
+        let mark = if n.error { "! " } else { "" };
+        word_wrap(
+            &format!("{mark}{}", n.text),
+            usize::from(width).saturating_sub(1),
+        )
+        .into_iter()
+        .map(|row| format!(" {row}"))
+        .collect()
+    })
 }
 
 fn inner(r: Rect) -> Rect {
@@ -242,11 +260,11 @@ pub fn render(frame: &mut Frame, app: &App) {
         } else {
             Style::new().fg(theme.accent)
         };
-        let mark = if n.error { "! " } else { "" };
-        frame.render_widget(
-            Paragraph::new(Line::styled(format!(" {mark}{}", n.text), style)),
-            areas.notice,
-        );
+        let rows: Vec<Line> = notice_rows(app, areas.notice.width)
+            .into_iter()
+            .map(|row| Line::styled(row, style))
+            .collect();
+        frame.render_widget(Paragraph::new(rows), areas.notice);
     }
     render_input(frame, app, &theme, areas.input);
     render_status(frame, app, &theme, areas.status);
@@ -401,9 +419,17 @@ fn render_status(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             .map_or_else(String::new, |pct| format!(" {pct}%"));
         parts.push(format!("loading {}{pct}", sanitize(&p.stage)));
     }
+    if app.load_failed.is_some() {
+        parts.push(format!(
+            "model load failed ({}: choose a model)",
+            app.keymap.describe(Action::ModelPicker)
+        ));
+    }
     match &app.model {
         Some(m) => parts.push(format!("{} {}/{}", sanitize(&m.name), m.dtype, m.device)),
-        None if app.loading.is_none() => parts.push("no model".into()),
+        None if app.loading.is_none() && app.load_failed.is_none() => {
+            parts.push("no model".into());
+        }
         None => {}
     }
     if let Some(s) = &app.session {

@@ -8,7 +8,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
-use super::app::{App, Effect, Focus, Input, Overlay, Scroll, Setup, Status, update};
+use super::app::{self, App, Effect, Focus, Input, Overlay, Scroll, Setup, Status, update};
 use super::keymap::Keymap;
 use super::render::render;
 use super::theme::{ColorDepth, Themes};
@@ -17,7 +17,7 @@ use crate::sampler::SamplingParams;
 use crate::worker::fake::FakeBackend;
 use crate::worker::{
     Backend, ChatMessage, Command, Event, LoadProgress, ModelInfo, ReplyStats, Role, SessionInfo,
-    SessionView, StopReason, Worker,
+    SessionView, StopReason, Turn, Worker,
 };
 
 fn setup(keymap: Keymap) -> Setup {
@@ -151,9 +151,9 @@ fn sending_streams_the_reply_and_finishing_records_the_stats() {
     let mut app = ready(&[]);
     assert_eq!(
         send(&mut app, "hi there"),
-        [Command::Send {
+        [Command::Turn {
             request_id: 1,
-            text: "hi there".into()
+            turn: Turn::Send("hi there".into())
         }]
     );
     assert!(app.input.is_empty());
@@ -236,7 +236,10 @@ fn regenerate_replaces_the_last_reply() {
     let mut app = ready(CHAT);
     assert_eq!(
         commands(update(&mut app, ctrl('r'))),
-        [Command::Regenerate { request_id: 1 }]
+        [Command::Turn {
+            request_id: 1,
+            turn: Turn::Regenerate
+        }]
     );
     assert_eq!(app.messages.len(), 2);
     assert_eq!(app.messages[1].text, "");
@@ -255,9 +258,9 @@ fn editing_the_last_message_replaces_the_exchange() {
     let sent = send(&mut app, "Do crows remember faces?");
     assert_eq!(
         sent,
-        [Command::EditLast {
+        [Command::Turn {
             request_id: 1,
-            text: "Do crows remember faces?".into()
+            turn: Turn::ReplaceLast("Do crows remember faces?".into())
         }]
     );
     assert_eq!(app.messages.len(), 2);
@@ -301,6 +304,7 @@ fn menus_open_and_do_their_job() {
     assert_eq!(
         commands(update(&mut app, key(KeyCode::Enter))),
         [Command::LoadModel {
+            request_id: 1,
             spec: "/models/x.pth".into()
         }]
     );
@@ -319,9 +323,13 @@ fn menus_open_and_do_their_job() {
     update(&mut app, key(KeyCode::Down));
     assert_eq!(
         commands(update(&mut app, key(KeyCode::Enter))),
-        [Command::LoadModel {
-            spec: "RWKV/rwkv-raven-1b5".into()
-        }]
+        [
+            Command::Cancel { request_id: 1 },
+            Command::LoadModel {
+                request_id: 2,
+                spec: "RWKV/rwkv-raven-1b5".into()
+            }
+        ]
     );
 
     // Preset picker.
@@ -396,12 +404,15 @@ fn keybindings_can_be_overridden_in_the_config() {
         "[keys]\nregenerate = \"f12\"\nhelp = []\n",
     )
     .unwrap();
-    let mut app = App::new(setup(Keymap::with_overrides(&config.keys)));
+    let mut app = App::new(setup(Keymap::with_overrides(&config.keys).unwrap()));
     ev(&mut app, Event::SessionOpened(view(CHAT)));
     assert!(commands(update(&mut app, ctrl('r'))).is_empty());
     assert_eq!(
         commands(update(&mut app, key(KeyCode::F(12)))),
-        [Command::Regenerate { request_id: 1 }]
+        [Command::Turn {
+            request_id: 1,
+            turn: Turn::Regenerate
+        }]
     );
     update(&mut app, key(KeyCode::F(1)));
     assert!(app.overlay.is_none());
@@ -475,7 +486,31 @@ fn the_sidebar_opens_creates_renames_deletes_and_forks() {
 
 #[test]
 fn startup_resumes_the_newest_session_or_creates_one() {
+    let loaded = || {
+        Event::ModelLoaded(ModelInfo {
+            name: "m".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        })
+    };
+    let old = || {
+        vec![SessionInfo {
+            name: "old".into(),
+            title: "t".into(),
+            model: "m".into(),
+            last_used: 0,
+        }]
+    };
+    // The model first (`--model`), or chosen in the picker after the list came: either way
+    // the newest session is resumed, once.
     let mut app = new_app();
+    assert!(commands(ev(&mut app, Event::Sessions(old()))).is_empty());
+    assert_eq!(
+        commands(ev(&mut app, loaded())),
+        [Command::OpenSession { name: "old".into() }]
+    );
+    let mut app = new_app();
+    ev(&mut app, loaded());
     let cmds = commands(ev(
         &mut app,
         Event::Sessions(vec![SessionInfo {
@@ -490,6 +525,7 @@ fn startup_resumes_the_newest_session_or_creates_one() {
     assert!(commands(ev(&mut app, Event::Sessions(Vec::new()))).is_empty());
 
     let mut app = new_app();
+    ev(&mut app, loaded());
     assert_eq!(
         commands(ev(&mut app, Event::Sessions(Vec::new()))),
         [Command::NewSession {
@@ -593,12 +629,8 @@ fn scrolling_away_holds_the_view_while_the_stream_goes_on() {
 fn the_ui_drives_the_real_worker_thread() {
     let worker = Worker::spawn(Box::new(FakeBackend::default())).unwrap();
     let mut app = new_app();
-    let mut effects = vec![
-        Effect::Command(Command::LoadModel {
-            spec: "tiny".into(),
-        }),
-        Effect::Command(Command::ListSessions),
-    ];
+    let mut effects = app::load_model(&mut app, "tiny".into());
+    effects.push(Effect::Command(Command::ListSessions));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut sent = false;
     while std::time::Instant::now() < deadline {

@@ -2,7 +2,7 @@
 //! One session is open at a time (its lock held); switching saves and closes the old one.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
@@ -10,7 +10,7 @@ use super::{
     Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, SessionInfo,
     SessionView, StopReason,
 };
-use crate::chat::{self, Conversation, Preset, Reply, ReplyOptions};
+use crate::chat::{self, Preset, Turn};
 use crate::engine::Engine;
 use crate::model::LoadOptions;
 use crate::sampler::SamplingParams;
@@ -24,8 +24,12 @@ fn loaded(engine: &Option<(Engine, String)>) -> anyhow::Result<&Engine> {
         .context("no model is loaded: choose one in the model menu")
 }
 
-/// Download progress from the hub, as the worker's load progress.
-struct DownloadProgress<'a>(&'a mut dyn FnMut(LoadProgress));
+/// Download progress from the hub, as the worker's load progress; the worker's cancel flag
+/// stops the download between chunks.
+struct DownloadProgress<'a> {
+    progress: &'a mut dyn FnMut(LoadProgress),
+    cancel: &'a AtomicBool,
+}
 
 impl crate::hub::ProgressSink for DownloadProgress<'_> {
     fn update(&mut self, p: &crate::hub::Progress) {
@@ -34,7 +38,7 @@ impl crate::hub::ProgressSink for DownloadProgress<'_> {
             .map(|t| format!(", {}:{:02} left", t.as_secs() / 60, t.as_secs() % 60))
             .unwrap_or_default();
         let rate = crate::hub::human_bytes(p.rate() as u64);
-        (self.0)(LoadProgress {
+        (self.progress)(LoadProgress {
             stage: format!(
                 "downloading {} ({}/{}), {rate}/s{eta}",
                 p.file, p.index, p.count
@@ -46,6 +50,10 @@ impl crate::hub::ProgressSink for DownloadProgress<'_> {
 
     fn finished(&mut self, p: &crate::hub::Progress) {
         self.update(p);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
     }
 }
 
@@ -77,21 +85,6 @@ impl ChatBackend {
 
     fn engine(&self) -> anyhow::Result<&Engine> {
         loaded(&self.engine)
-    }
-
-    /// Runs one turn on the open session with a fresh seed, saves it, and reports it.
-    fn reply(
-        &mut self,
-        run: impl FnOnce(&mut Conversation, &Engine, ReplyOptions) -> anyhow::Result<Reply>,
-    ) -> anyhow::Result<ReplyStats> {
-        let engine = loaded(&self.engine)?;
-        let session = self.session.as_mut().context("no session is open")?;
-        let opts = ReplyOptions {
-            max_tokens: MAX_REPLY_TOKENS,
-            seed: rand::random(),
-        };
-        let reply = session.turn(&self.store, engine, |c, e| run(c, e, opts))?;
-        Ok(self.stats(reply))
     }
 
     fn view(&self) -> anyhow::Result<SessionView> {
@@ -145,7 +138,7 @@ impl ChatBackend {
         self.view()
     }
 
-    fn stats(&self, reply: Reply) -> ReplyStats {
+    fn stats(&self, reply: chat::Reply) -> ReplyStats {
         let conv = self.session.as_ref().map(|s| &s.conversation);
         ReplyStats {
             stop: match reply.stop {
@@ -182,6 +175,7 @@ impl Backend for ChatBackend {
     fn load_model(
         &mut self,
         spec: &str,
+        cancel: &AtomicBool,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> anyhow::Result<ModelInfo> {
         progress(LoadProgress {
@@ -192,7 +186,10 @@ impl Backend for ChatBackend {
         let path = crate::hub::resolve_model(
             spec,
             &crate::hub::Hub::from_env(),
-            &mut DownloadProgress(progress),
+            &mut DownloadProgress {
+                progress: &mut *progress,
+                cancel,
+            },
         )?;
         progress(LoadProgress {
             stage: format!("loading {spec}"),
@@ -200,6 +197,11 @@ impl Backend for ChatBackend {
             total: 0,
         });
         let engine = Engine::load(&path, self.load.clone(), None)?;
+        // Loading the weights cannot be interrupted; a load the user gave up on meanwhile
+        // (another model chosen, or quitting) must not replace the model in use.
+        if cancel.load(Ordering::SeqCst) {
+            bail!("loading {spec} was cancelled");
+        }
         let info = ModelInfo {
             name: spec.to_owned(),
             dtype: engine.model.dtype().to_string(),
@@ -254,30 +256,23 @@ impl Backend for ChatBackend {
         self.open(name, &mut |_, _| {})
     }
 
-    fn send(
+    /// Runs the turn with a fresh seed; the session is saved before the stats are reported.
+    fn turn(
         &mut self,
-        text: &str,
+        turn: &Turn,
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
-        self.reply(|c, e, opts| c.send(e, text, opts, cancel, on_token))
-    }
-
-    fn regenerate(
-        &mut self,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats> {
-        self.reply(|c, e, opts| c.regenerate(e, opts, cancel, on_token))
-    }
-
-    fn edit_last(
-        &mut self,
-        text: &str,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats> {
-        self.reply(|c, e, opts| c.edit_last(e, text, opts, cancel, on_token))
+        let engine = loaded(&self.engine)?;
+        let session = self.session.as_mut().context("no session is open")?;
+        let opts = chat::ReplyOptions {
+            max_tokens: MAX_REPLY_TOKENS,
+            seed: rand::random(),
+        };
+        let reply = session.turn(&self.store, engine, |c, e| {
+            c.turn(e, turn, opts, cancel, on_token)
+        })?;
+        Ok(self.stats(reply))
     }
 
     fn fork(&mut self, at_turn: usize) -> anyhow::Result<SessionView> {
@@ -353,7 +348,8 @@ mod tests {
 
     fn backend(data: &Path) -> ChatBackend {
         let mut b = ChatBackend::new(data, None, LoadOptions::default()).unwrap();
-        b.load_model(&tiny(), &mut |_| {}).unwrap();
+        b.load_model(&tiny(), &AtomicBool::new(false), &mut |_| {})
+            .unwrap();
         b
     }
 
@@ -363,7 +359,7 @@ mod tests {
         let mut b = backend(data.path());
         let never = AtomicBool::new(false);
         assert!(
-            b.send("hi", &never, &mut |_| {})
+            b.turn(&Turn::Send("hi".into()), &never, &mut |_| {})
                 .unwrap_err()
                 .to_string()
                 .contains("no session")
@@ -373,12 +369,15 @@ mod tests {
         assert_eq!(view.preset, "completion");
         let mut streamed = String::new();
         let stats = b
-            .send("The raven", &never, &mut |t| streamed.push_str(t))
+            .turn(&Turn::Send("The raven".into()), &never, &mut |t| {
+                streamed.push_str(t)
+            })
             .unwrap();
         assert!(stats.generated_tokens > 0 && !streamed.is_empty());
         assert_eq!(stats.session_tokens, b.view().unwrap().tokens);
-        b.regenerate(&never, &mut |_| {}).unwrap();
-        b.edit_last("A crow", &never, &mut |_| {}).unwrap();
+        b.turn(&Turn::Regenerate, &never, &mut |_| {}).unwrap();
+        b.turn(&Turn::ReplaceLast("A crow".into()), &never, &mut |_| {})
+            .unwrap();
         let view = b.view().unwrap();
         assert_eq!(view.messages.len(), 2);
         assert_eq!(view.messages[0].text, "A crow");
@@ -423,12 +422,14 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let mut b = backend(data.path());
         b.new_session("raven").unwrap();
-        b.send("Hello", &AtomicBool::new(false), &mut |_| {})
+        let never = AtomicBool::new(false);
+        b.turn(&Turn::Send("Hello".into()), &never, &mut |_| {})
             .unwrap();
         // The same model from another layout has the same fingerprint: nothing is replayed.
         let raw = format!("{}/rwkv4-raw.pth", tiny());
         let mut stages = vec![];
-        b.load_model(&raw, &mut |p| stages.push(p.stage)).unwrap();
+        b.load_model(&raw, &never, &mut |p| stages.push(p.stage))
+            .unwrap();
         assert_eq!(b.view().unwrap().replayed_tokens, 0, "{stages:?}");
         // Other weights: the session's state is rebuilt from its transcript, with progress.
         let mut tensors = candle_core::safetensors::load(
@@ -442,14 +443,25 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         candle_core::safetensors::save(&tensors, other.join("model.safetensors")).unwrap();
         let mut stages = vec![];
-        b.load_model(other.to_str().unwrap(), &mut |p| stages.push(p.stage))
-            .unwrap();
+        b.load_model(other.to_str().unwrap(), &never, &mut |p| {
+            stages.push(p.stage)
+        })
+        .unwrap();
         assert!(b.view().unwrap().replayed_tokens > 0);
         assert!(
             stages.iter().any(|s| s.contains("rebuilding")),
             "{stages:?}"
         );
-        assert!(b.load_model("/nonexistent/model", &mut |_| {}).is_err());
+        assert!(
+            b.load_model("/nonexistent/model", &never, &mut |_| {})
+                .is_err()
+        );
+        // A load given up on while the weights were read leaves the model in use.
+        let err = b
+            .load_model(&raw, &AtomicBool::new(true), &mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err:#}");
+        assert_eq!(b.engine.as_ref().unwrap().1, other.to_str().unwrap());
         assert!(b.view().is_ok(), "a failed load keeps the session");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::{
     Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, Role, SessionInfo,
-    SessionView, StopReason,
+    SessionView, StopReason, Turn,
 };
 use crate::sampler::SamplingParams;
 
@@ -106,10 +106,18 @@ impl Backend for FakeBackend {
     fn load_model(
         &mut self,
         spec: &str,
+        cancel: &AtomicBool,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> anyhow::Result<ModelInfo> {
         if spec == "missing" {
             anyhow::bail!("no model at {spec}");
+        }
+        // A download that never ends on its own, like a large model on a slow line.
+        if spec == "slow" {
+            while !cancel.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            anyhow::bail!("download of {spec} cancelled");
         }
         for done in 1..=2 {
             progress(LoadProgress {
@@ -164,45 +172,36 @@ impl Backend for FakeBackend {
         Ok(self.sessions[i].clone())
     }
 
-    fn send(
+    fn turn(
         &mut self,
-        text: &str,
+        turn: &Turn,
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats> {
+        let session = self.current()?;
+        let text = match turn {
+            Turn::Send(text) => text,
+            Turn::Regenerate => {
+                if session.messages.last().map(|m| m.role) != Some(Role::Bot) {
+                    anyhow::bail!("there is no reply to regenerate");
+                }
+                session.messages.pop();
+                return self.stream(cancel, on_token);
+            }
+            Turn::ReplaceLast(text) => {
+                while session.messages.last().map(|m| m.role) == Some(Role::Bot) {
+                    session.messages.pop();
+                }
+                session.messages.pop();
+                text
+            }
+        };
         assert!(text != "panic", "the fake backend was asked to panic");
-        self.current()?.messages.push(ChatMessage {
+        session.messages.push(ChatMessage {
             role: Role::User,
-            text: text.into(),
+            text: text.clone(),
         });
         self.stream(cancel, on_token)
-    }
-
-    fn regenerate(
-        &mut self,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats> {
-        let session = self.current()?;
-        if session.messages.last().map(|m| m.role) != Some(Role::Bot) {
-            anyhow::bail!("there is no reply to regenerate");
-        }
-        session.messages.pop();
-        self.stream(cancel, on_token)
-    }
-
-    fn edit_last(
-        &mut self,
-        text: &str,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats> {
-        let session = self.current()?;
-        while session.messages.last().map(|m| m.role) == Some(Role::Bot) {
-            session.messages.pop();
-        }
-        session.messages.pop();
-        self.send(text, cancel, on_token)
     }
 
     fn fork(&mut self, at_turn: usize) -> anyhow::Result<SessionView> {

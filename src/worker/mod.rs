@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use crate::sampler::SamplingParams;
 
-pub use crate::chat::Role;
+pub use crate::chat::{Role, Turn};
 
 /// One message of a conversation as the UI shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,8 +111,10 @@ pub struct ReplyStats {
 /// UI to worker.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Load a model from a path or a hub id; progress and the result come as events.
+    /// Load a model from a path or a hub id; progress and the result come as events. The
+    /// request id lets [`Command::Cancel`] stop a download (the partial file stays to resume).
     LoadModel {
+        request_id: u64,
         spec: String,
     },
     ListSessions,
@@ -122,19 +124,10 @@ pub enum Command {
     OpenSession {
         name: String,
     },
-    /// Add a user message to the open session and stream the reply.
-    Send {
+    /// Run one turn on the open session and stream the reply.
+    Turn {
         request_id: u64,
-        text: String,
-    },
-    /// Replace the last reply by a new one, from the state before it.
-    Regenerate {
-        request_id: u64,
-    },
-    /// Replace the last user message (and its reply), from the state before it.
-    EditLast {
-        request_id: u64,
-        text: String,
+        turn: Turn,
     },
     /// Copy the open session, keeping its first `at_turn` exchanges, and open the copy.
     Fork {
@@ -151,7 +144,8 @@ pub enum Command {
         name: String,
     },
     SetSampling(SamplingParams),
-    /// Stop the reply with this id; handled by [`Worker::send`] at once, not queued.
+    /// Stop the reply or the model load with this id; handled by [`Worker::send`] at once,
+    /// not queued.
     Cancel {
         request_id: u64,
     },
@@ -178,8 +172,8 @@ pub enum Event {
     Saved {
         name: String,
     },
-    /// A command failed; `request_id` is set when it was a generating one, so the UI can
-    /// stop waiting for it.
+    /// A command failed; `request_id` is set when it was a generating one or a model load,
+    /// so the UI can stop waiting for it.
     Error {
         request_id: Option<u64>,
         message: String,
@@ -195,32 +189,23 @@ pub enum Event {
 pub trait Backend: Send {
     /// The presets offered in the picker; asked once when the worker starts.
     fn presets(&self) -> Vec<PresetInfo>;
-    /// `spec` is a path or a hub id, as typed in the model picker.
+    /// `spec` is a path or a hub id, as typed in the model picker. Stops early with an error
+    /// once `cancel` is set (a download between chunks).
     fn load_model(
         &mut self,
         spec: &str,
+        cancel: &AtomicBool,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> anyhow::Result<ModelInfo>;
     /// Newest first.
     fn list_sessions(&mut self) -> anyhow::Result<Vec<SessionInfo>>;
     fn new_session(&mut self, preset: &str) -> anyhow::Result<SessionView>;
     fn open_session(&mut self, name: &str) -> anyhow::Result<SessionView>;
-    /// Streams the reply to `on_token` (text pieces, never broken UTF-8) and stops early
-    /// once `cancel` is set, leaving the session consistent.
-    fn send(
+    /// Runs `turn` on the open session, streams the reply to `on_token` (text pieces, never
+    /// broken UTF-8) and stops early once `cancel` is set, leaving the session consistent.
+    fn turn(
         &mut self,
-        text: &str,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats>;
-    fn regenerate(
-        &mut self,
-        cancel: &AtomicBool,
-        on_token: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<ReplyStats>;
-    fn edit_last(
-        &mut self,
-        text: &str,
+        turn: &Turn,
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ReplyStats>;
@@ -294,6 +279,62 @@ impl Cancel {
         self.lock().running = 0;
         self.flag.store(false, Ordering::SeqCst);
     }
+
+    /// Stops whatever runs now and anything queued after it: the app is leaving.
+    fn all(&self) {
+        self.lock().cancelled = u64::MAX;
+        self.flag.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What lets another thread end the worker: a signal handler when the UI thread is stuck.
+#[derive(Clone)]
+pub struct Stopper {
+    commands: Sender<Command>,
+    cancel: Arc<Cancel>,
+    done: Arc<Done>,
+}
+
+impl Stopper {
+    /// Cancels what runs (a reply keeps what it wrote, a download its partial file) and asks
+    /// the thread to save and stop; waits up to `limit` for that. True when it stopped.
+    pub fn stop(&self, limit: std::time::Duration) -> bool {
+        self.cancel.all();
+        let _ = self.commands.send(Command::Shutdown);
+        self.done.wait(limit)
+    }
+}
+
+/// Set by the thread as it ends, however it ends.
+#[derive(Default)]
+struct Done {
+    ended: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, limit: std::time::Duration) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let (ended, _) = self
+            .changed
+            .wait_timeout_while(ended, limit, |ended| !*ended)
+            .unwrap_or_else(PoisonError::into_inner);
+        *ended
+    }
+}
+
+/// Marks the thread ended when dropped, so a panic that escapes still counts.
+struct EndGuard(Arc<Done>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.set();
+    }
 }
 
 /// The UI's handle on the worker thread.
@@ -301,6 +342,7 @@ pub struct Worker {
     commands: Sender<Command>,
     events: Receiver<Event>,
     cancel: Arc<Cancel>,
+    done: Arc<Done>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -310,14 +352,20 @@ impl Worker {
         let (commands, command_rx) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();
         let cancel = Arc::new(Cancel::default());
+        let done = Arc::new(Done::default());
         let thread_cancel = Arc::clone(&cancel);
+        let guard = EndGuard(Arc::clone(&done));
         let thread = std::thread::Builder::new()
             .name("rwkv-worker".into())
-            .spawn(move || run(backend, &command_rx, &event_tx, &thread_cancel))?;
+            .spawn(move || {
+                let _guard = guard;
+                run(backend, &command_rx, &event_tx, &thread_cancel);
+            })?;
         Ok(Self {
             commands,
             events,
             cancel,
+            done,
             thread: Some(thread),
         })
     }
@@ -345,6 +393,15 @@ impl Worker {
         self.events.recv_timeout(timeout).ok()
     }
 
+    /// A handle that can stop the thread from elsewhere (a signal handler).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            commands: self.commands.clone(),
+            cancel: Arc::clone(&self.cancel),
+            done: Arc::clone(&self.done),
+        }
+    }
+
     /// Sends Shutdown and waits for the thread (which saves first).
     pub fn shutdown(mut self) {
         self.send(Command::Shutdown);
@@ -353,6 +410,20 @@ impl Worker {
         {
             tracing::error!("worker thread panicked");
         }
+    }
+
+    /// Stops what runs now, lets the thread save, and waits at most `limit` for it: leaving
+    /// must not wait for a model load that cannot be interrupted. False when the thread was
+    /// still busy (it dies with the process; the session was saved after its last turn).
+    pub fn shutdown_within(mut self, limit: std::time::Duration) -> bool {
+        let stopped = self.stopper().stop(limit);
+        if stopped
+            && let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("worker thread panicked");
+        }
+        stopped
     }
 }
 
@@ -375,9 +446,9 @@ fn run(
             return;
         }
         let request_id = match &command {
-            Command::Send { request_id, .. }
-            | Command::Regenerate { request_id }
-            | Command::EditLast { request_id, .. } => Some(*request_id),
+            Command::Turn { request_id, .. } | Command::LoadModel { request_id, .. } => {
+                Some(*request_id)
+            }
             _ => None,
         };
         // A bug in the backend must not take the app down with it: the UI is told, the
@@ -432,11 +503,14 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
         sessions(backend, emit);
     };
     match command {
-        Command::LoadModel { spec } => {
+        Command::LoadModel { request_id, spec } => {
+            cancel.start(request_id);
             let mut progress = |p: LoadProgress| emit(Event::ModelLoading(p));
-            match backend.load_model(&spec, &mut progress) {
+            let result = backend.load_model(&spec, &cancel.flag, &mut progress);
+            cancel.end();
+            match result {
                 Ok(info) => emit(Event::ModelLoaded(info)),
-                Err(e) => emit(error(None, &e)),
+                Err(e) => emit(error(Some(request_id), &e)),
             }
         }
         Command::ListSessions => sessions(backend, emit),
@@ -456,21 +530,7 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
             let result = backend.set_preset(&name);
             opened(result, backend);
         }
-        Command::Send { request_id, text } => {
-            generate(backend, request_id, emit, cancel, |b, c, t| {
-                b.send(&text, c, t)
-            })
-        }
-        Command::Regenerate { request_id } => {
-            generate(backend, request_id, emit, cancel, |b, c, t| {
-                b.regenerate(c, t)
-            });
-        }
-        Command::EditLast { request_id, text } => {
-            generate(backend, request_id, emit, cancel, |b, c, t| {
-                b.edit_last(&text, c, t)
-            });
-        }
+        Command::Turn { request_id, turn } => generate(backend, request_id, &turn, emit, cancel),
         Command::Rename { name, title } => {
             if let Err(e) = backend.rename(&name, &title) {
                 emit(error(None, &e));
@@ -495,9 +555,9 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
 fn generate(
     backend: &mut dyn Backend,
     request_id: u64,
+    turn: &Turn,
     emit: &dyn Fn(Event),
     cancel: &Cancel,
-    run: impl FnOnce(&mut dyn Backend, &AtomicBool, &mut dyn FnMut(&str)) -> anyhow::Result<ReplyStats>,
 ) {
     cancel.start(request_id);
     let mut on_token = |text: &str| {
@@ -506,7 +566,7 @@ fn generate(
             text: text.to_owned(),
         });
     };
-    let result = run(backend, &cancel.flag, &mut on_token);
+    let result = backend.turn(turn, &cancel.flag, &mut on_token);
     cancel.end();
     match result {
         Ok(stats) => {

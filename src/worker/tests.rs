@@ -31,6 +31,7 @@ fn commands_in_events_out() {
     assert!(matches!(next(&worker), Event::Presets(p) if p.len() == 2));
 
     worker.send(Command::LoadModel {
+        request_id: 1,
         spec: "tiny".into(),
     });
     let events = until(&worker, |e| matches!(e, Event::ModelLoaded(_)));
@@ -43,9 +44,9 @@ fn commands_in_events_out() {
     assert!(matches!(next(&worker), Event::SessionOpened(v) if v.preset == "raven"));
     assert!(matches!(next(&worker), Event::Sessions(l) if l.len() == 1));
 
-    worker.send(Command::Send {
+    worker.send(Command::Turn {
         request_id: 7,
-        text: "hi".into(),
+        turn: Turn::Send("hi".into()),
     });
     let events = until(&worker, |e| matches!(e, Event::Sessions(_)));
     let tokens: String = events
@@ -66,10 +67,11 @@ fn commands_in_events_out() {
     assert!(events.contains(&Event::Saved { name: "s1".into() }));
 
     worker.send(Command::LoadModel {
+        request_id: 8,
         spec: "missing".into(),
     });
     assert!(
-        matches!(next(&worker), Event::Error { request_id: None, message } if message.contains("no model"))
+        matches!(next(&worker), Event::Error { request_id: Some(8), message } if message.contains("no model"))
     );
 
     worker.send(Command::Shutdown);
@@ -93,9 +95,9 @@ fn endless_session() -> Worker {
 #[test]
 fn cancel_stops_a_stream() {
     let worker = endless_session();
-    worker.send(Command::Send {
+    worker.send(Command::Turn {
         request_id: 1,
-        text: "go on forever".into(),
+        turn: Turn::Send("go on forever".into()),
     });
     until(&worker, |e| matches!(e, Event::Token { .. }));
     worker.send(Command::Cancel { request_id: 1 });
@@ -110,9 +112,9 @@ fn cancel_stops_a_stream() {
 #[test]
 fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
     let worker = endless_session();
-    worker.send(Command::Send {
+    worker.send(Command::Turn {
         request_id: 1,
-        text: "a".into(),
+        turn: Turn::Send("a".into()),
     });
     worker.send(Command::Cancel { request_id: 1 });
     let events = until(&worker, |e| matches!(e, Event::Finished { .. }));
@@ -120,9 +122,9 @@ fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
         events.last(),
         Some(Event::Finished { stats, .. }) if stats.stop == StopReason::Cancelled && stats.generated_tokens == 0
     ));
-    worker.send(Command::Send {
+    worker.send(Command::Turn {
         request_id: 2,
-        text: "b".into(),
+        turn: Turn::Send("b".into()),
     });
     until(&worker, |e| matches!(e, Event::Token { request_id: 2, .. }));
     worker.send(Command::Cancel { request_id: 2 });
@@ -135,9 +137,9 @@ fn a_cancel_sent_before_the_request_starts_still_counts_and_spares_the_next() {
 #[test]
 fn a_panicking_backend_is_reported_and_the_thread_goes_on() {
     let worker = endless_session();
-    worker.send(Command::Send {
+    worker.send(Command::Turn {
         request_id: 3,
-        text: "panic".into(),
+        turn: Turn::Send("panic".into()),
     });
     let events = until(&worker, |e| matches!(e, Event::Error { .. }));
     assert!(matches!(
@@ -147,4 +149,66 @@ fn a_panicking_backend_is_reported_and_the_thread_goes_on() {
     worker.send(Command::ListSessions);
     until(&worker, |e| matches!(e, Event::Sessions(_)));
     worker.shutdown();
+}
+
+#[test]
+fn cancel_stops_a_model_download() {
+    let worker = Worker::spawn(Box::new(FakeBackend::default())).unwrap();
+    worker.send(Command::LoadModel {
+        request_id: 4,
+        spec: "slow".into(),
+    });
+    worker.send(Command::LoadModel {
+        request_id: 5,
+        spec: "tiny".into(),
+    });
+    // Choosing another model gives up on the first; the second loads.
+    worker.send(Command::Cancel { request_id: 4 });
+    let events = until(&worker, |e| matches!(e, Event::ModelLoaded(_)));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Error { request_id: Some(4), message } if message.contains("cancelled")
+        )),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::ModelLoaded(m)) if m.name == "tiny"),
+        "{events:?}"
+    );
+    worker.shutdown();
+}
+
+#[test]
+fn shutting_down_stops_a_download_and_a_reply_in_flight() {
+    let worker = Worker::spawn(Box::new(FakeBackend::default())).unwrap();
+    worker.send(Command::LoadModel {
+        request_id: 1,
+        spec: "slow".into(),
+    });
+    until(&worker, |e| matches!(e, Event::Presets(_)));
+    // Generous: the promise is 2 s; this only shows that leaving does not wait for the end.
+    assert!(worker.shutdown_within(WAIT), "the download held the thread");
+
+    let worker = endless_session();
+    worker.send(Command::Turn {
+        request_id: 1,
+        turn: Turn::Send("go on forever".into()),
+    });
+    until(&worker, |e| matches!(e, Event::Token { .. }));
+    // From another thread, as the signal handler does.
+    let stopper = worker.stopper();
+    let stopped = std::thread::spawn(move || stopper.stop(WAIT))
+        .join()
+        .unwrap();
+    assert!(stopped);
+    let events: Vec<Event> = std::iter::from_fn(|| worker.try_recv()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Finished { request_id: 1, stats } if stats.stop == StopReason::Cancelled
+        )),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Event::Saved { name: "s1".into() }));
 }

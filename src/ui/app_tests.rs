@@ -1,0 +1,254 @@
+//! The app's lifecycle as pure `update` calls: quitting from every menu, model loads that
+//! fail or are given up on, and what leaving stops.
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::app::{self, App, Effect, Input, Overlay, Setup, update};
+use super::input::TextInput;
+use super::keymap::{Action, KeyChord, KeyList, Keymap};
+use super::theme::{ColorDepth, Themes};
+use crate::sampler::SamplingParams;
+use crate::worker::{Command, Event, SessionView, Turn};
+
+fn app_with(keymap: Keymap) -> App {
+    let mut app = App::new(Setup {
+        keymap,
+        themes: Themes::load(None).0,
+        theme: "dark".into(),
+        depth: ColorDepth::TrueColor,
+        models: vec!["RWKV/rwkv-raven-1b5".into()],
+        preset: "raven".into(),
+    });
+    update(&mut app, Input::Resize(80, 24));
+    update(
+        &mut app,
+        Input::Worker(Event::SessionOpened(SessionView {
+            name: "s1".into(),
+            title: "Ravens".into(),
+            messages: vec![],
+            preset: "raven".into(),
+            sampling: SamplingParams::default(),
+            tokens: 0,
+            state_bytes: 640,
+            replayed_tokens: 0,
+        })),
+    );
+    app
+}
+
+fn ctrl(c: char) -> Input {
+    Input::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+fn key(code: KeyCode) -> Input {
+    Input::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn commands(fx: Vec<Effect>) -> Vec<Command> {
+    fx.into_iter()
+        .filter_map(|e| match e {
+            Effect::Command(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every overlay the app has, each as a user meets it.
+fn overlays() -> Vec<Overlay> {
+    vec![
+        Overlay::Help { scroll: 0 },
+        Overlay::Palette {
+            filter: TextInput::default(),
+            selected: 0,
+        },
+        Overlay::Models {
+            input: TextInput::with_text("RWKV/rwkv-raven-1b5"),
+            selected: 0,
+        },
+        Overlay::Presets { selected: 0 },
+        Overlay::Sampling {
+            selected: 0,
+            values: SamplingParams::default(),
+        },
+        Overlay::Themes {
+            selected: 0,
+            previous: 0,
+        },
+        Overlay::Rename {
+            name: "s1".into(),
+            input: TextInput::with_text("Ravens"),
+        },
+        Overlay::ConfirmDelete {
+            name: "s1".into(),
+            title: "Ravens".into(),
+        },
+        Overlay::Fork { selected: 0 },
+    ]
+}
+
+#[test]
+fn ctrl_c_and_ctrl_q_quit_with_any_overlay_open() {
+    for overlay in overlays() {
+        for c in ['c', 'q'] {
+            let mut app = app_with(Keymap::default());
+            app.overlay = Some(overlay.clone());
+            assert_eq!(
+                update(&mut app, ctrl(c)),
+                [Effect::Quit],
+                "Ctrl+{c} in {overlay:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_quits_when_the_config_binds_quit_elsewhere() {
+    let overrides = [(Action::Quit, KeyList(vec!["f20".parse().unwrap()]))].into();
+    let mut app = app_with(Keymap::with_overrides(&overrides).unwrap());
+    assert_eq!(update(&mut app, ctrl('c')), [Effect::Quit]);
+    app.overlay = Some(Overlay::Help { scroll: 0 });
+    assert_eq!(update(&mut app, key(KeyCode::F(20))), [Effect::Quit]);
+}
+
+#[test]
+fn a_plain_character_quit_key_is_typed_into_a_menu_field() {
+    let overrides = [(
+        Action::Quit,
+        KeyList(vec![KeyChord::from_event(&KeyEvent::new(
+            KeyCode::Char('x'),
+            KeyModifiers::NONE,
+        ))]),
+    )]
+    .into();
+    let mut app = app_with(Keymap::with_overrides(&overrides).unwrap());
+    app.overlay = Some(Overlay::Models {
+        input: TextInput::default(),
+        selected: 0,
+    });
+    assert!(update(&mut app, key(KeyCode::Char('x'))).is_empty());
+    assert!(matches!(&app.overlay, Some(Overlay::Models { input, .. }) if input.text() == "x"));
+}
+
+/// The status bar as drawn at `width` columns, and the rows above it.
+fn screen(app: &App, width: u16) -> Vec<String> {
+    let mut terminal = Terminal::new(TestBackend::new(width, 24)).unwrap();
+    terminal.draw(|f| super::render::render(f, app)).unwrap();
+    let buffer = terminal.backend().buffer();
+    (0..24)
+        .map(|y| {
+            (0..width)
+                .map(|x| buffer[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_load_says_so_in_the_status_bar_and_its_reason_is_shown_whole() {
+    let mut app = app_with(Keymap::default());
+    update(&mut app, Input::Tick(1000));
+    let fx = app::load_model(&mut app, "RWKV/rwkv-raven-1b5".into());
+    assert_eq!(
+        commands(fx),
+        [Command::LoadModel {
+            request_id: 1,
+            spec: "RWKV/rwkv-raven-1b5".into()
+        }]
+    );
+    update(
+        &mut app,
+        Input::Worker(Event::ModelLoading(crate::worker::LoadProgress {
+            stage: "looking for RWKV/rwkv-raven-1b5".into(),
+            done: 0,
+            total: 0,
+        })),
+    );
+    let why = "cannot download RWKV/rwkv-raven-1b5: the hub at http://127.0.0.1:1 answered 500 \
+               Internal Server Error for config.json; check the network or HF_ENDPOINT and try \
+               again";
+    update(
+        &mut app,
+        Input::Worker(Event::Error {
+            request_id: Some(1),
+            message: why.into(),
+        }),
+    );
+    assert!(app.loading.is_none() && app.loading_request.is_none());
+    let rows = screen(&app, 80);
+    let status = rows.last().unwrap();
+    assert!(
+        status.contains("model load failed (F3: choose a model)"),
+        "{status}"
+    );
+    assert!(!status.contains("loading"), "{status}");
+    // The whole reason, wrapped over the rows above the input box.
+    let text: String = rows
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(text.contains(&format!("! {why}")), "{rows:#?}");
+    // It stays up while the load is the failed one; a new load clears the state.
+    update(&mut app, Input::Tick(1000 + 60));
+    assert!(app.notice.is_some());
+    app::load_model(&mut app, "tiny".into());
+    assert!(app.load_failed.is_none());
+    update(&mut app, Input::Tick(1000 + 120));
+    assert!(app.notice.is_none());
+}
+
+#[test]
+fn another_model_gives_up_on_the_load_in_flight() {
+    let mut app = app_with(Keymap::default());
+    app::load_model(&mut app, "RWKV/rwkv-raven-7b".into());
+    let fx = app::load_model(&mut app, "tiny".into());
+    assert_eq!(
+        commands(fx),
+        [
+            Command::Cancel { request_id: 1 },
+            Command::LoadModel {
+                request_id: 2,
+                spec: "tiny".into()
+            }
+        ]
+    );
+    // The end of the abandoned load is not the state of the new one.
+    update(
+        &mut app,
+        Input::Worker(Event::Error {
+            request_id: Some(1),
+            message: "download of RWKV/rwkv-raven-7b cancelled".into(),
+        }),
+    );
+    assert!(app.load_failed.is_none());
+    assert_eq!(app.loading_request, Some(2));
+}
+
+#[test]
+fn leaving_stops_the_reply_and_the_load_in_flight() {
+    let mut app = app_with(Keymap::default());
+    app::load_model(&mut app, "RWKV/rwkv-raven-7b".into());
+    for c in "hi".chars() {
+        update(&mut app, key(KeyCode::Char(c)));
+    }
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::Turn {
+            request_id: 2,
+            turn: Turn::Send("hi".into())
+        }]
+    );
+    assert_eq!(
+        commands(app::leave(&mut app)),
+        [
+            Command::Cancel { request_id: 2 },
+            Command::Cancel { request_id: 1 }
+        ]
+    );
+    assert!(
+        commands(app::leave(&mut app)).len() <= 1,
+        "the load is not cancelled twice"
+    );
+}
