@@ -1,7 +1,7 @@
 //! The real binary's chat app, driven the way a user does: in tmux (skipped with a note where
 //! tmux is not installed; CI installs it), with the tiny fixture model.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

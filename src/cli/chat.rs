@@ -168,7 +168,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) if interactive => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::report::describe(&e));
                 continue;
             }
             Err(e) => return Err(e),

@@ -348,8 +348,8 @@ impl Hub {
             Ok(_) => target,
             Err(e) => {
                 // The error may name a file the hub named.
-                let line = format!("{e:#}; loading the PyTorch files instead");
-                tracing::warn!("{}", sanitize(&line));
+                let line = crate::report::describe(&e);
+                tracing::warn!("{line}; loading the PyTorch files instead");
                 path.to_owned()
             }
         }

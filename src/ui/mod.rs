@@ -110,7 +110,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let worker = match default_backend(&backend_options) {
         Ok(backend) => Ok(Worker::spawn(backend).context("cannot start the model thread")?),
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = crate::report::describe(&e);
             tracing::error!("{message}");
             app.error(&message);
             Err(message)

@@ -483,7 +483,7 @@ fn save(backend: &mut dyn Backend, emit: &dyn Fn(Event)) {
 fn error(request_id: Option<u64>, e: &anyhow::Error) -> Event {
     Event::Error {
         request_id,
-        message: format!("{e:#}"),
+        message: crate::report::describe(e),
     }
 }
 
