@@ -292,6 +292,15 @@ impl App {
     }
 
     pub fn notify(&mut self, text: impl Into<String>) {
+        // An error stays up for its time: the news that follows it ("Loaded …") must not
+        // hide why something did not work.
+        if self
+            .notice
+            .as_ref()
+            .is_some_and(|n| n.error && self.now.saturating_sub(n.at) < NOTICE_SECS)
+        {
+            return;
+        }
         self.notice = Some(Notice {
             text: text.into(),
             error: false,
@@ -342,6 +351,8 @@ pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
         Input::Key(_) => {}
         Input::Mouse(m) => on_mouse(app, &m),
         Input::Paste(text) => {
+            // Terminals send a pasted line end as CR (tmux, xterm, VTE), some as CRLF.
+            let text = text.replace("\r\n", "\n").replace('\r', "\n");
             let text = sanitize(&text);
             match &mut app.overlay {
                 Some(Overlay::Models { input, .. } | Overlay::Rename { input, .. }) => {
@@ -374,21 +385,44 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.loading = None;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.model = Some(info);
-            // Before the first session list, that list decides (resume or create).
-            if app.started && app.session.is_none() {
-                fx.push(Effect::Command(Command::NewSession {
-                    preset: app.preset(),
-                }));
+            // Before the first session list, that list decides (resume or create). After it,
+            // the newest session is resumed as at a start with `--model`; an open one is
+            // asked for again, since its token count and state size are the new model's now.
+            if app.started {
+                let command = match (&app.session, app.sessions.first()) {
+                    (Some(open), _) => Command::OpenSession {
+                        name: open.name.clone(),
+                    },
+                    (None, Some(newest)) => Command::OpenSession {
+                        name: newest.name.clone(),
+                    },
+                    (None, None) => Command::NewSession {
+                        preset: app.preset(),
+                    },
+                };
+                fx.push(Effect::Command(command));
             }
         }
         Event::Sessions(list) => {
+            let held = app.sessions.get(app.selected).map(|s| s.name.clone());
             app.sessions = list;
-            // Refreshes come after every reply; they must not move a selection in use.
-            if app.focus != Focus::Sidebar
-                && let Some(open) = &app.session
-                && let Some(i) = app.sessions.iter().position(|s| s.name == open.name)
+            // Refreshes come after every reply and re-sort after a rename; the selection
+            // follows its session, not its row, so the next key acts on the same one.
+            let follow = if app.focus == Focus::Sidebar {
+                held
+            } else {
+                app.session.as_ref().map(|s| s.name.clone())
+            };
+            if let Some(i) =
+                follow.and_then(|name| app.sessions.iter().position(|s| s.name == name))
             {
                 app.selected = i;
+            }
+            // The title of a session without one follows its first message.
+            if let Some(open) = &mut app.session
+                && let Some(listed) = app.sessions.iter().find(|s| s.name == open.name)
+            {
+                open.title.clone_from(&listed.title);
             }
             app.selected = app.selected.min(app.sessions.len().saturating_sub(1));
             if !app.started {
@@ -800,7 +834,12 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
             if let Some(s) = app.sessions.get(app.selected) {
                 app.overlay = Some(Overlay::Rename {
                     name: s.name.clone(),
-                    input: TextInput::with_text(&sanitize(&s.title)),
+                    // The placeholder of an untitled session is not a title to edit.
+                    input: if s.title == crate::store::UNTITLED {
+                        TextInput::default()
+                    } else {
+                        TextInput::with_text(&sanitize(&s.title))
+                    },
                 });
             }
         }

@@ -392,50 +392,91 @@ fn bytes(n: u64) -> String {
 
 fn render_status(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let base = Style::new().fg(theme.status_text).bg(theme.status_bar);
-    let mut parts: Vec<String> = Vec::new();
+    let mark = app.session.as_ref().map(|_| {
+        if app.saved {
+            (" ✓ saved ", theme.success)
+        } else {
+            (" ● unsaved ", theme.muted)
+        }
+    });
+    let room = usize::from(area.width).saturating_sub(mark.map_or(0, |(m, _)| width(m)));
+    frame.render_widget(
+        Paragraph::new(format!(" {}", status_parts(app, room).join(" │ "))).style(base),
+        area,
+    );
+    // The saved marker sits at the right edge, in the room the parts left it.
+    if let Some((mark, color)) = mark {
+        let w = (width(mark) as u16).min(area.width);
+        let spot = Rect::new(area.right().saturating_sub(w), area.y, w, area.height);
+        frame.render_widget(Paragraph::new(mark).style(base.fg(color)), spot);
+    }
+}
+
+/// The status bar's parts that fit in `room` columns: when not all do, the model is named
+/// by its last path component, then the least telling parts go first (state size, preset,
+/// token count), so the load progress, the model and the speeds stay.
+fn status_parts(app: &App, room: usize) -> Vec<String> {
+    // (what, rank): a higher rank is dropped sooner.
+    let mut parts: Vec<(String, u8)> = Vec::new();
     if let Some(p) = &app.loading {
         let pct = p
             .done
             .saturating_mul(100)
             .checked_div(p.total)
             .map_or_else(String::new, |pct| format!(" {pct}%"));
-        parts.push(format!("loading {}{pct}", sanitize(&p.stage)));
+        parts.push((format!("loading {}{pct}", sanitize(&p.stage)), 0));
     }
+    let model = |name: &str, m: &crate::worker::ModelInfo| {
+        format!("{} {}/{}", sanitize(name), m.dtype, m.device)
+    };
     match &app.model {
-        Some(m) => parts.push(format!("{} {}/{}", sanitize(&m.name), m.dtype, m.device)),
-        None if app.loading.is_none() => parts.push("no model".into()),
+        Some(m) => parts.push((model(&m.name, m), 0)),
+        None if app.loading.is_none() => parts.push(("no model".into(), 0)),
         None => {}
     }
     if let Some(s) = &app.session {
-        parts.push(sanitize(&s.preset).into_owned());
-        parts.push(format!("{} tokens", s.tokens));
-        parts.push(format!("state {}", bytes(s.state_bytes)));
+        parts.push((sanitize(&s.preset).into_owned(), 4));
+        parts.push((format!("{} tokens", s.tokens), 3));
+        parts.push((format!("state {}", bytes(s.state_bytes)), 5));
         // Resuming normally feeds nothing again; say so when it had to.
         if s.replayed_tokens > 0 {
-            parts.push(format!("{} replayed", s.replayed_tokens));
+            parts.push((format!("{} replayed", s.replayed_tokens), 2));
         }
     }
     if let Some(st) = &app.last_stats {
-        parts.push(format!(
-            "prefill {:.0} decode {:.1} tok/s",
-            st.prefill_tokens_per_s, st.decode_tokens_per_s
+        parts.push((
+            format!(
+                "prefill {:.0} decode {:.1} tok/s",
+                st.prefill_tokens_per_s, st.decode_tokens_per_s
+            ),
+            1,
         ));
     }
-    frame.render_widget(
-        Paragraph::new(format!(" {}", parts.join(" │ "))).style(base),
-        area,
-    );
-    // The saved marker sits at the right edge, over whatever did not fit.
-    if app.session.is_some() {
-        let (mark, color) = if app.saved {
-            (" ✓ saved ", theme.success)
-        } else {
-            (" ● unsaved ", theme.muted)
-        };
-        let w = (width(mark) as u16).min(area.width);
-        let spot = Rect::new(area.right().saturating_sub(w), area.y, w, area.height);
-        frame.render_widget(Paragraph::new(mark).style(base.fg(color)), spot);
+    let fits = |parts: &[(String, u8)]| {
+        // The leading space, and " │ " between parts.
+        1 + parts.iter().map(|(p, _)| width(p)).sum::<usize>() + 3 * parts.len().saturating_sub(1)
+            <= room
+    };
+    if !fits(&parts)
+        && let Some(m) = &app.model
+        && let Some((short, _)) = parts.iter_mut().find(|(p, _)| *p == model(&m.name, m))
+    {
+        let name = m.name.trim_end_matches('/');
+        *short = model(name.rsplit('/').next().unwrap_or(name), m);
     }
+    while !fits(&parts) {
+        let Some(drop) = parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, rank))| *rank > 0)
+            .max_by_key(|(_, (_, rank))| *rank)
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        parts.remove(drop);
+    }
+    parts.into_iter().map(|(p, _)| p).collect()
 }
 
 /// A box of at most `w` x `h` in the middle of `area`.
@@ -649,7 +690,7 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 .themes
                 .list
                 .iter()
-                .map(|(n, _)| Line::styled(n.clone(), text))
+                .map(|(n, _)| Line::styled(sanitize(n).into_owned(), text))
                 .collect();
             list(frame, theme, inside, items, *selected);
         }

@@ -763,17 +763,24 @@ fn screens_show_what_matters() {
     ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
+    // At 80 columns the state size and the preset make room for the speeds.
     let s = get("finished");
     for want in [
         "rwkv-raven-1b5 f16/cpu",
-        "raven",
         "40 tokens",
-        "state 960 KiB",
+        "prefill 240 decode 14.2 tok/s",
         "✓ saved",
     ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
-    assert!(screen(&finished_app(), 120, 24).contains("prefill 240 decode 14.2 tok/s"));
+    let s = screen(&finished_app(), 120, 24);
+    for want in [
+        "│ raven │",
+        "state 960 KiB",
+        "prefill 240 decode 14.2 tok/s",
+    ] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
+    }
     assert!(get("sidebar").contains("Rust lifetimes"));
     assert!(get("sidebar").contains("3d ago"));
     assert!(get("help").contains("Ctrl+R"));
@@ -901,4 +908,278 @@ fn scale_a_100k_token_chat_and_a_megabyte_paste() {
         "1 MB paste: taken in {pasted:?}, drawn in {drawn:?}, a keystroke + redraw after it {keystroke:?}, peak RSS {:.1} MB",
         peak_mb()
     );
+}
+
+// --- What a newcomer meets ---
+
+#[test]
+fn a_paste_with_cr_line_ends_keeps_its_lines() {
+    let mut app = ready(CHAT);
+    // tmux, xterm and VTE send a pasted line end as CR; text from Windows brings CRLF.
+    update(&mut app, Input::Paste("one\rtwo\r\nthree".into()));
+    assert_eq!(app.input.text(), "one\ntwo\nthree");
+    let s = screen(&app, 80, 24);
+    assert!(
+        s.contains("│one") && s.contains("│two") && s.contains("│three"),
+        "{s}"
+    );
+    assert_eq!(
+        send(&mut app, ""),
+        [Command::Send {
+            request_id: 1,
+            text: "one\ntwo\nthree".into()
+        }]
+    );
+}
+
+fn session_info(name: &str, title: &str) -> SessionInfo {
+    SessionInfo {
+        name: name.into(),
+        title: title.into(),
+        model: "rwkv-raven-1b5".into(),
+        last_used: 1_000_000,
+    }
+}
+
+#[test]
+fn after_a_rename_re_sorts_the_sidebar_the_selection_stays_on_that_session() {
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Char('r')));
+    update(&mut app, ctrl('u'));
+    typed(&mut app, "Alpha");
+    update(&mut app, key(KeyCode::Enter));
+    // The store lists the renamed session first now.
+    ev(
+        &mut app,
+        Event::Sessions(vec![
+            session_info("s2", "Alpha"),
+            session_info("s1", "Ravens and crows"),
+        ]),
+    );
+    assert!(screen(&app, 80, 24).contains("▸ Alpha"));
+    update(&mut app, key(KeyCode::Char('d')));
+    assert!(
+        matches!(&app.overlay, Some(Overlay::ConfirmDelete { name, .. }) if name == "s2"),
+        "{:?}",
+        app.overlay
+    );
+}
+
+#[test]
+fn an_untitled_session_is_renamed_from_an_empty_field_and_titled_by_its_first_message() {
+    let mut app = ready(&[]);
+    ev(
+        &mut app,
+        Event::Sessions(vec![session_info("s1", crate::store::UNTITLED)]),
+    );
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Char('r')));
+    assert!(matches!(&app.overlay, Some(Overlay::Rename { input, .. }) if input.is_empty()));
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("Title:") && !s.contains("Title: (empty)"), "{s}");
+    update(&mut app, key(KeyCode::Esc));
+    update(&mut app, key(KeyCode::Tab));
+
+    send(&mut app, "Do ravens remember faces?");
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::EndOfTurn),
+        },
+    );
+    ev(
+        &mut app,
+        Event::Sessions(vec![session_info("s1", "Do ravens remember faces?")]),
+    );
+    let s = screen(&app, 80, 24);
+    let title = s.lines().next().unwrap();
+    assert!(title.contains(" Do ravens remember faces? "), "{s}");
+}
+
+#[test]
+fn after_a_model_switch_the_status_bar_shows_the_reopened_session() {
+    let mut app = ready(CHAT);
+    let cmds = commands(ev(
+        &mut app,
+        Event::ModelLoaded(ModelInfo {
+            name: "other".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        }),
+    ));
+    assert_eq!(cmds, [Command::OpenSession { name: "s1".into() }]);
+    ev(
+        &mut app,
+        Event::SessionOpened(SessionView {
+            tokens: 4321,
+            state_bytes: 2048,
+            replayed_tokens: 4321,
+            ..view(CHAT)
+        }),
+    );
+    let status = screen(&app, 120, 24).lines().nth(23).unwrap().to_owned();
+    assert!(
+        status.contains("4321 tokens") && status.contains("state 2 KiB"),
+        "{status}"
+    );
+}
+
+#[test]
+fn the_status_bar_keeps_the_speeds_and_the_saved_mark_at_120_and_80_columns() {
+    let mut app = finished_app();
+    app.model.as_mut().unwrap().name = "RWKV/rwkv-raven-1b5".into();
+    app.last_stats.as_mut().unwrap().prefill_tokens_per_s = 427_074.0;
+    for w in [120, 80] {
+        let status = screen(&app, w, 24).lines().nth(23).unwrap().to_owned();
+        assert!(
+            status.contains("decode 14.2 tok/s") && status.ends_with("✓ saved"),
+            "{w}: {status}"
+        );
+        assert!(status.contains("rwkv-raven-1b5 f16/cpu"), "{w}: {status}");
+    }
+    let wide = screen(&app, 160, 24).lines().nth(23).unwrap().to_owned();
+    assert!(
+        wide.contains("RWKV/rwkv-raven-1b5 f16/cpu │ raven │ 40 tokens │ state 960 KiB"),
+        "{wide}"
+    );
+}
+
+#[test]
+fn theme_names_from_file_names_are_defused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("evil\u{202e}txt.toml"),
+        "extends = \"light\"\n",
+    )
+    .unwrap();
+    let (themes, problems) = Themes::load(Some(dir.path()));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut app = App::new(Setup {
+        themes,
+        ..setup(Keymap::default())
+    });
+    update(&mut app, key(KeyCode::F(6)));
+    let s = screen(&app, 80, 24);
+    assert!(!s.contains('\u{202e}'), "{s}");
+    assert!(s.contains("evil\u{FFFD}txt"), "{s}");
+}
+
+#[test]
+fn a_broken_theme_file_is_reported_whole_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mine.toml"), "extends = \"light\"\n").unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "text = \"#zzzzzz\"\n").unwrap();
+    let (themes, problems) = Themes::load(Some(dir.path()));
+    assert!(themes.get("mine").is_some() && themes.get("dark").is_some());
+    assert!(themes.get("broken").is_none());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("broken") && problems[0].contains("#zzzzzz"));
+}
+
+/// Feeds the worker's events to the app and the app's commands to the worker until `done`;
+/// panics after a long while, so a broken flow fails instead of hanging (no speed bound).
+fn pump(worker: &Worker, app: &mut App, mut effects: Vec<Effect>, done: impl Fn(&App) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done(app) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never got there: {:?} {:?}",
+            app.notice,
+            app.session
+        );
+        for c in commands(std::mem::take(&mut effects)) {
+            worker.send(c);
+        }
+        if let Some(e) = worker.recv_timeout(std::time::Duration::from_millis(50)) {
+            effects = update(app, Input::Worker(e));
+        }
+    }
+    for c in commands(effects) {
+        worker.send(c);
+    }
+}
+
+fn tiny() -> String {
+    format!("{}/tests/fixtures/tiny-rwkv4", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real chat backend on its thread; `config` holds `presets/`.
+fn chat_worker(data: &Path, config: Option<&Path>) -> Worker {
+    let backend = crate::worker::default_backend(&crate::worker::BackendOptions {
+        data_dir: Some(data.to_owned()),
+        config_dir: config.map(Path::to_owned),
+        load: crate::model::LoadOptions::default(),
+    })
+    .unwrap();
+    Worker::spawn(backend).unwrap()
+}
+
+#[test]
+fn choosing_a_model_in_the_picker_at_start_resumes_the_last_session() {
+    let data = tempfile::tempdir().unwrap();
+    // A first run that chatted once.
+    let worker = chat_worker(data.path(), None);
+    let mut app = new_app();
+    let start = vec![
+        Effect::Command(Command::LoadModel { spec: tiny() }),
+        Effect::Command(Command::ListSessions),
+    ];
+    pump(&worker, &mut app, start, |a| a.session.is_some());
+    let first = app.session.clone().unwrap().name;
+    let fx = update(&mut app, Input::Paste("Hello".into()));
+    let fx = [fx, update(&mut app, key(KeyCode::Enter))].concat();
+    pump(&worker, &mut app, fx, |a| a.pending.is_none() && a.saved);
+    worker.shutdown();
+
+    // The next start has no model configured: the picker, then the user chooses one.
+    let worker = chat_worker(data.path(), None);
+    let mut app = new_app();
+    let fx = vec![Effect::Command(Command::ListSessions)];
+    pump(&worker, &mut app, fx, |a| {
+        !a.sessions.is_empty() && a.notice.is_some()
+    });
+    update(&mut app, key(KeyCode::F(3)));
+    update(&mut app, Input::Paste(tiny()));
+    let fx = update(&mut app, key(KeyCode::Enter));
+    pump(&worker, &mut app, fx, |a| a.session.is_some());
+    assert_eq!(app.session.as_ref().unwrap().name, first);
+    assert_eq!(app.messages.len(), 2);
+    pump(&worker, &mut app, Vec::new(), |a| a.sessions.len() == 1);
+    worker.shutdown();
+    let store = crate::store::Store::open(data.path()).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1, "no empty session was added");
+}
+
+#[test]
+fn a_broken_preset_file_is_shown_and_the_app_still_chats() {
+    let data = tempfile::tempdir().unwrap();
+    let presets = data.path().join("presets");
+    std::fs::create_dir_all(&presets).unwrap();
+    std::fs::write(
+        presets.join("broken.toml"),
+        "name = \"broken\"\nstop = [\"x\"\n",
+    )
+    .unwrap();
+    let worker = chat_worker(data.path(), Some(data.path()));
+    let mut app = new_app();
+    let start = vec![
+        Effect::Command(Command::LoadModel { spec: tiny() }),
+        Effect::Command(Command::ListSessions),
+    ];
+    pump(&worker, &mut app, start, |a| a.session.is_some());
+    assert_eq!(app.presets.len(), 4);
+    let s = screen(&app, 200, 24);
+    assert!(
+        s.contains("! skipped a preset: ") && s.contains("broken.toml: TOML parse error at line 2"),
+        "{s}"
+    );
+    typed(&mut app, "Hello");
+    let fx = update(&mut app, key(KeyCode::Enter));
+    pump(&worker, &mut app, fx, |a| a.pending.is_none() && a.saved);
+    assert_eq!(app.messages.len(), 2);
+    assert!(!app.messages[1].text.is_empty());
+    worker.shutdown();
 }
