@@ -92,9 +92,10 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
                 let line = match &s.problem {
                     Some(problem) => format!("{:<28} (unreadable: {problem})\n", s.name),
                     None => format!(
-                        "{:<28} {:>4} turns  {}  {:<15} {}\n",
+                        "{:<28} {:>4} {:<5}  {}  {:<15} {}\n",
                         s.name,
                         s.turns,
+                        if s.turns == 1 { "turn" } else { "turns" },
                         timestamp(s.updated),
                         s.preset,
                         s.title
