@@ -102,3 +102,35 @@ fn a_broken_preset_is_skipped_by_chat_with_a_warning() {
     assert!(err.contains("warning: skipped a preset: "), "{err}");
     assert!(err.contains("broken.toml"), "{err}");
 }
+
+#[test]
+fn bench_ui_reports_frame_and_scroll_medians_per_history_length() {
+    let out = bin()
+        .args(["bench", "--ui", "--history", "200,3000", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["ui"].as_array().unwrap();
+    let lengths: Vec<u64> = rows
+        .iter()
+        .map(|r| r["history_tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lengths, [200, 3000]);
+    assert!(rows[0]["messages"].as_u64().unwrap() < rows[1]["messages"].as_u64().unwrap());
+    for r in rows {
+        for key in ["frame_ms", "scroll_ms"] {
+            let v = r[key].as_f64().unwrap();
+            assert!(v.is_finite() && v >= 0.0, "{key}: {r}");
+        }
+    }
+
+    let out = bin()
+        .args(["bench", "--ui", "--history", "0"])
+        .output()
+        .unwrap();
+    assert_user_error(&out, &["--history lengths must be at least 1 token"]);
+    let out = bin().args(["bench", "--history", "10"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--ui"), "{}", stderr(&out));
+}
