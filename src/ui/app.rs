@@ -54,6 +54,8 @@ pub enum Status {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Unique in the app's life, so the wrapped lines kept for it are found again.
+    pub id: u64,
     pub role: Role,
     /// Already sanitized: safe to draw.
     pub text: String,
@@ -243,6 +245,9 @@ pub struct App {
     pub saved: bool,
     pub notice: Option<Notice>,
     pub overlay: Option<Overlay>,
+    next_message_id: u64,
+    /// The chat's wrapped lines, kept between frames; drawing fills it.
+    pub chat_cache: std::cell::RefCell<render::ChatCache>,
 }
 
 impl App {
@@ -279,6 +284,18 @@ impl App {
             saved: false,
             notice: None,
             overlay: None,
+            next_message_id: 0,
+            chat_cache: std::cell::RefCell::default(),
+        }
+    }
+
+    fn message(&mut self, role: Role, text: String, status: Status) -> Message {
+        self.next_message_id += 1;
+        Message {
+            id: self.next_message_id,
+            role,
+            text,
+            status,
         }
     }
 
@@ -504,10 +521,8 @@ fn open_session(app: &mut App, view: SessionView) {
     } = view;
     app.messages = messages
         .into_iter()
-        .map(|ChatMessage { role, text }| Message {
-            role,
-            text: sanitize(&text).into_owned(),
-            status: Status::Done,
+        .map(|ChatMessage { role, text }| {
+            app.message(role, sanitize(&text).into_owned(), Status::Done)
         })
         .collect();
     if let Some(i) = app.sessions.iter().position(|s| s.name == name) {
@@ -541,7 +556,7 @@ fn on_mouse(app: &mut App, m: &MouseEvent) {
 /// Lines in the chat and the height of its view.
 fn chat_extent(app: &App) -> (usize, usize) {
     let (width, height) = render::chat_view_size(app);
-    (render::chat_lines(app, width).len(), usize::from(height))
+    (render::chat_line_count(app, width), usize::from(height))
 }
 
 fn scroll_by(app: &mut App, lines: isize) {
@@ -645,11 +660,8 @@ fn busy(app: &mut App) -> bool {
 }
 
 fn start_reply(app: &mut App) -> u64 {
-    app.messages.push(Message {
-        role: Role::Bot,
-        text: String::new(),
-        status: Status::Streaming,
-    });
+    let reply = app.message(Role::Bot, String::new(), Status::Streaming);
+    app.messages.push(reply);
     let request_id = app.request_id();
     app.pending = Some(Pending {
         request_id,
@@ -681,11 +693,8 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
         }
         app.messages.pop();
     }
-    app.messages.push(Message {
-        role: Role::User,
-        text: sanitize(&text).into_owned(),
-        status: Status::Done,
-    });
+    let message = app.message(Role::User, sanitize(&text).into_owned(), Status::Done);
+    app.messages.push(message);
     let request_id = start_reply(app);
     fx.push(Effect::Command(if editing {
         Command::EditLast { request_id, text }

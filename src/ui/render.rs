@@ -119,75 +119,162 @@ fn word_wrap(line: &str, max: usize) -> Vec<String> {
     rows
 }
 
-/// The whole conversation as screen lines of `width` columns.
-pub fn chat_lines(app: &App, width: u16) -> Vec<Line<'static>> {
-    let theme = app.theme();
-    let width = usize::from(width);
+/// Wrapped chat lines kept between frames: a message is wrapped again only when it changed
+/// (the one streaming) or when the width or the theme did, so a frame or a scroll costs the
+/// same at 1k and 100k tokens of history.
+#[derive(Debug, Default)]
+pub struct ChatCache {
+    width: u16,
+    theme: Option<Theme>,
+    /// One per message wrapped, in order.
+    entries: Vec<Entry>,
+    lines: Vec<Line<'static>>,
+    /// Messages wrapped so far: what a frame costs, in a form a test can check.
+    pub wrapped: u64,
+}
+
+/// What a message was wrapped from, and where its lines start.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    /// Text only grows in place (a streamed token), so its length tells a change.
+    len: usize,
+    status: Status,
+    start: usize,
+}
+
+impl ChatCache {
+    /// Brings the lines up to date with `app`'s messages at `width`.
+    fn refresh(&mut self, app: &App, width: u16) {
+        let theme = app.theme();
+        if self.width != width || self.theme != Some(theme) {
+            *self = Self {
+                width,
+                theme: Some(theme),
+                wrapped: self.wrapped,
+                ..Self::default()
+            };
+        }
+        let same = self
+            .entries
+            .iter()
+            .zip(&app.messages)
+            .take_while(|(e, m)| e.id == m.id && e.len == m.text.len() && e.status == m.status)
+            .count();
+        if let Some(first_changed) = self.entries.get(same) {
+            self.lines.truncate(first_changed.start);
+            self.entries.truncate(same);
+        }
+        for (i, m) in app.messages.iter().enumerate().skip(same) {
+            let start = self.lines.len();
+            message_lines(&mut self.lines, m, i > 0, &theme, usize::from(width));
+            self.wrapped += 1;
+            self.entries.push(Entry {
+                id: m.id,
+                len: m.text.len(),
+                status: m.status,
+                start,
+            });
+        }
+    }
+}
+
+/// What the chat shows before the first message.
+fn hint_lines(app: &App, width: u16) -> Vec<Line<'static>> {
+    let muted = Style::new().fg(app.theme().muted);
+    let hint = if app.model.is_none() {
+        format!(
+            "No model loaded: {} opens the model picker.",
+            app.keymap.describe(Action::ModelPicker)
+        )
+    } else if app.session.is_none() {
+        format!(
+            "No session is open: {} then {} starts one.",
+            app.keymap.describe(Action::FocusSidebar),
+            app.keymap.describe(Action::NewSession)
+        )
+    } else {
+        "Type a message below and press Enter.".to_owned()
+    };
+    word_wrap(&hint, usize::from(width))
+        .into_iter()
+        .map(|row| Line::styled(row, muted))
+        .collect()
+}
+
+/// How many screen lines the conversation takes at `width` columns.
+pub fn chat_line_count(app: &App, width: u16) -> usize {
+    if app.messages.is_empty() {
+        return hint_lines(app, width).len();
+    }
+    let mut cache = app.chat_cache.borrow_mut();
+    cache.refresh(app, width);
+    cache.lines.len()
+}
+
+/// `count` screen lines of the conversation from line `top`, at `width` columns.
+pub fn chat_window(app: &App, width: u16, top: usize, count: usize) -> Vec<Line<'static>> {
+    if app.messages.is_empty() {
+        return hint_lines(app, width)
+            .into_iter()
+            .skip(top)
+            .take(count)
+            .collect();
+    }
+    let mut cache = app.chat_cache.borrow_mut();
+    cache.refresh(app, width);
+    cache.lines.iter().skip(top).take(count).cloned().collect()
+}
+
+/// One message's screen lines, appended to `lines`; `gap` puts a blank line before it.
+fn message_lines(
+    lines: &mut Vec<Line<'static>>,
+    m: &super::app::Message,
+    gap: bool,
+    theme: &Theme,
+    width: usize,
+) {
     let text_style = Style::new().fg(theme.text);
     let muted = Style::new().fg(theme.muted);
     let code_style = Style::new().fg(theme.code).bg(theme.code_background);
-    let mut lines = Vec::new();
-    if app.messages.is_empty() {
-        let hint = if app.model.is_none() {
-            format!(
-                "No model loaded: {} opens the model picker.",
-                app.keymap.describe(Action::ModelPicker)
-            )
-        } else if app.session.is_none() {
-            format!(
-                "No session is open: {} then {} starts one.",
-                app.keymap.describe(Action::FocusSidebar),
-                app.keymap.describe(Action::NewSession)
-            )
+    if gap {
+        lines.push(Line::default());
+    }
+    let (name, color) = match m.role {
+        Role::User => ("You", theme.user),
+        Role::Bot => ("Bot", theme.bot),
+    };
+    lines.push(Line::styled(
+        name,
+        Style::new().fg(color).add_modifier(Modifier::BOLD),
+    ));
+    let mut in_code = false;
+    for source in m.text.replace('\t', "    ").split('\n') {
+        if source.trim_start().starts_with("```") {
+            in_code = !in_code;
+            lines.push(Line::styled(format!("  {source}"), muted));
+        } else if in_code {
+            for row in hard_wrap(source, width.saturating_sub(4).max(1)) {
+                lines.push(Line::from(vec![
+                    Span::styled("  │ ", muted),
+                    Span::styled(row, code_style),
+                ]));
+            }
         } else {
-            "Type a message below and press Enter.".to_owned()
-        };
-        for row in word_wrap(&hint, width) {
-            lines.push(Line::styled(row, muted));
-        }
-        return lines;
-    }
-    for (i, m) in app.messages.iter().enumerate() {
-        if i > 0 {
-            lines.push(Line::default());
-        }
-        let (name, color) = match m.role {
-            Role::User => ("You", theme.user),
-            Role::Bot => ("Bot", theme.bot),
-        };
-        lines.push(Line::styled(
-            name,
-            Style::new().fg(color).add_modifier(Modifier::BOLD),
-        ));
-        let mut in_code = false;
-        for source in m.text.replace('\t', "    ").split('\n') {
-            if source.trim_start().starts_with("```") {
-                in_code = !in_code;
-                lines.push(Line::styled(format!("  {source}"), muted));
-            } else if in_code {
-                for row in hard_wrap(source, width.saturating_sub(4).max(1)) {
-                    lines.push(Line::from(vec![
-                        Span::styled("  │ ", muted),
-                        Span::styled(row, code_style),
-                    ]));
-                }
-            } else {
-                for row in word_wrap(source, width.saturating_sub(2)) {
-                    lines.push(Line::styled(format!("  {row}"), text_style));
-                }
+            for row in word_wrap(source, width.saturating_sub(2)) {
+                lines.push(Line::styled(format!("  {row}"), text_style));
             }
         }
-        match m.status {
-            Status::Streaming => {
-                if let Some(last) = lines.last_mut() {
-                    last.push_span(Span::styled("▌", Style::new().fg(theme.accent)));
-                }
-            }
-            Status::Stopped => lines.push(Line::styled("  [stopped]", muted)),
-            Status::Done => {}
-        }
     }
-    lines
+    match m.status {
+        Status::Streaming => {
+            if let Some(last) = lines.last_mut() {
+                last.push_span(Span::styled("▌", Style::new().fg(theme.accent)));
+            }
+        }
+        Status::Stopped => lines.push(Line::styled("  [stopped]", muted)),
+        Status::Done => {}
+    }
 }
 
 /// The input text wrapped at `width` columns, and the cursor's (row, column) in it.
@@ -325,8 +412,8 @@ fn render_chat(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .title(Span::styled(title, Style::new().fg(theme.accent)))
         .border_style(border(theme, false));
     let view = inner(area);
-    let lines = chat_lines(app, view.width);
-    let bottom = lines.len().saturating_sub(usize::from(view.height));
+    let total = chat_line_count(app, view.width);
+    let bottom = total.saturating_sub(usize::from(view.height));
     let top = match app.scroll {
         Scroll::Follow => bottom,
         Scroll::Top(t) => {
@@ -337,11 +424,7 @@ fn render_chat(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             t.min(bottom)
         }
     };
-    let visible: Vec<Line> = lines
-        .into_iter()
-        .skip(top)
-        .take(usize::from(view.height))
-        .collect();
+    let visible = chat_window(app, view.width, top, usize::from(view.height));
     frame.render_widget(Paragraph::new(visible).block(block), area);
 }
 

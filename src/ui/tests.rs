@@ -1183,3 +1183,93 @@ fn a_broken_preset_file_is_shown_and_the_app_still_chats() {
     assert!(!app.messages[1].text.is_empty());
     worker.shutdown();
 }
+
+// --- Long chats ---
+
+/// The screen as drawn from the kept lines, and as drawn after forgetting them.
+fn cached_and_fresh(app: &App, w: u16, h: u16) -> (String, String) {
+    let cached = screen(app, w, h);
+    *app.chat_cache.borrow_mut() = super::render::ChatCache::default();
+    (cached, screen(app, w, h))
+}
+
+#[test]
+fn a_frame_wraps_only_the_streaming_message_whatever_the_history() {
+    let history: Vec<(Role, &str)> = (0..200)
+        .map(|i| {
+            let role = if i % 2 == 0 { Role::User } else { Role::Bot };
+            (role, "The raven flies over the hills and eats berries.")
+        })
+        .collect();
+    let mut app = ready(&history);
+    screen(&app, 80, 24);
+    send(&mut app, "More?");
+    let before = app.chat_cache.borrow().wrapped;
+    for _ in 0..10 {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: 1,
+                text: " caw".into(),
+            },
+        );
+        screen(&app, 80, 24);
+    }
+    update(&mut app, key(KeyCode::PageUp));
+    screen(&app, 80, 24);
+    let wrapped = app.chat_cache.borrow().wrapped - before;
+    // The user's new message once, then the reply once per token: never the 200 before.
+    assert!(wrapped <= 12, "{wrapped} messages wrapped");
+}
+
+#[test]
+fn the_kept_lines_always_match_a_fresh_wrap() {
+    let mut app = ready(CHAT);
+    let check = |app: &mut App, w: u16, what: &str| {
+        let (cached, fresh) = cached_and_fresh(app, w, 24);
+        assert_eq!(cached, fresh, "after {what}");
+    };
+    check(&mut app, 80, "opening");
+    send(&mut app, "Tell me a story");
+    for t in ["Once", " upon", " a\n```\ncode", "\n```\ntime"] {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: 1,
+                text: t.into(),
+            },
+        );
+        screen(&app, 80, 24);
+        check(&mut app, 80, t);
+    }
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::Cancelled),
+        },
+    );
+    check(&mut app, 80, "stopping");
+    check(&mut app, 50, "a narrower terminal");
+    update(&mut app, key(KeyCode::F(6)));
+    update(&mut app, key(KeyCode::Down));
+    check(&mut app, 50, "another theme");
+    update(&mut app, key(KeyCode::Esc));
+    // Regenerate drops the reply; the new one starts empty.
+    update(&mut app, ctrl('r'));
+    check(&mut app, 80, "regenerate");
+    // Another session whose messages have the same lengths and roles.
+    ev(
+        &mut app,
+        Event::SessionOpened(view(&[
+            (Role::User, "Do crows remember faces?"),
+            (
+                Role::Bot,
+                "No. Ravens and crows recognise individual human faces and remember them for years.",
+            ),
+        ])),
+    );
+    let (cached, _) = cached_and_fresh(&app, 80, 24);
+    assert!(cached.contains("Do crows remember faces?"), "{cached}");
+    check(&mut app, 80, "another session");
+}
