@@ -320,3 +320,39 @@ fn termination_signals_restore_the_terminal_and_save_the_session() {
         );
     }
 }
+
+#[test]
+fn a_tmux_paste_keeps_its_lines_and_a_broken_preset_is_shown_in_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(config.join("presets")).unwrap();
+    std::fs::write(
+        config.join("presets/broken.toml"),
+        "name = \"broken\"\nstop = [\"x\"\n",
+    )
+    .unwrap();
+    let command = format!(
+        "RWKV_CHAT_CONFIG_DIR={} {} --model {} --data-dir {}; echo EXIT=$?; sleep 60",
+        quoted(&config),
+        quoted(Path::new(BIN)),
+        quoted(&tiny_model()),
+        quoted(&dir.path().join("data")),
+    );
+    let Some(tmux) = Tmux::start(&command) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = tmux.wait_for("skipped a preset");
+    assert!(screen.contains("broken.toml"), "{screen}");
+    tmux.wait_for("✓ saved");
+    // tmux's paste-buffer sends each line end as CR, as xterm and VTE do; -p brackets it.
+    tmux.run(&["set-buffer", "-b", "p", "first line\nsecond line"]);
+    tmux.run(&["paste-buffer", "-p", "-b", "p", "-t", "0"]);
+    let screen = tmux.wait_for("second line");
+    assert!(!screen.contains("first linesecond line"), "{screen}");
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows.iter().position(|r| r.contains("│first line")).unwrap();
+    assert!(rows[first + 1].contains("│second line"), "{screen}");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("EXIT=0");
+}
