@@ -114,9 +114,11 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    // No model configured: the model picker is open on the Raven model recommended for this
-    // machine's memory, with the catalogue below it.
-    let screen = tmux.wait_for("Path or hub id: RWKV/rwkv-raven-");
+    // No model configured: the model picker is open, its field empty, on the Raven model
+    // recommended for this machine's memory with its size, the catalogue below it.
+    let screen = tmux.wait_for("> RWKV/rwkv-raven-");
+    assert!(screen.contains("Filter, path or hub id:"), "{screen}");
+    assert!(screen.contains("RAM at f16"), "{screen}");
     assert!(screen.contains("Sessions"), "{screen}");
     assert!(screen.contains("RWKV/rwkv-4-169m-pile"), "{screen}");
     tmux.keys(&["Escape", "F1"]);

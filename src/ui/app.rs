@@ -188,6 +188,10 @@ pub enum Overlay {
     Fork {
         selected: usize,
     },
+    /// A model that is not on disk yet: its size is shown and `y` downloads it.
+    ConfirmDownload {
+        spec: String,
+    },
 }
 
 /// The request the UI waits for; events of any other id are stale.
@@ -205,6 +209,8 @@ pub struct Setup {
     pub theme: String,
     pub depth: ColorDepth,
     pub models: Vec<String>,
+    /// The models among `models` already on disk (loading them downloads nothing).
+    pub local: Vec<String>,
     pub preset: String,
 }
 
@@ -216,6 +222,7 @@ pub struct App {
     pub theme: usize,
     pub depth: ColorDepth,
     pub models: Vec<String>,
+    pub local: Vec<String>,
     pub default_preset: String,
 
     pub messages: Vec<Message>,
@@ -261,6 +268,7 @@ impl App {
             theme,
             depth: setup.depth,
             models: setup.models,
+            local: setup.local,
             default_preset: setup.preset,
             messages: Vec::new(),
             pending: None,
@@ -881,6 +889,23 @@ pub fn palette_actions(filter: &str) -> Vec<Action> {
         .collect()
 }
 
+/// Indexes of the models whose name contains `filter` (any case); all of them when empty.
+pub fn model_matches(models: &[String], filter: &str) -> Vec<usize> {
+    let filter = filter.to_lowercase();
+    (0..models.len())
+        .filter(|&i| models[i].to_lowercase().contains(&filter))
+        .collect()
+}
+
+fn load_model(app: &mut App, spec: String, fx: &mut Vec<Effect>) {
+    app.loading = Some(LoadProgress {
+        stage: format!("starting {spec}"),
+        done: 0,
+        total: 0,
+    });
+    fx.push(Effect::Command(Command::LoadModel { spec }));
+}
+
 /// Moves a list selection with Up/Down within `len` items; true if the key was one of those.
 fn navigate(selected: &mut usize, len: usize, code: KeyCode) -> bool {
     match code {
@@ -923,30 +948,35 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
             }
         }
         Overlay::Models { input, selected } => {
+            let typed = input.text().trim().to_owned();
+            let shown = model_matches(&app.models, &typed);
             if enter {
-                let spec = input.text().trim().to_owned();
-                let spec = if spec.is_empty() {
-                    app.models.get(*selected).cloned().unwrap_or_default()
+                // The chosen entry of the list, or what was typed when nothing matches it.
+                let spec = shown
+                    .get(*selected)
+                    .map_or(typed, |&i| app.models[i].clone());
+                if spec.is_empty() {
+                    return;
+                }
+                let remote = crate::hub::catalogue::find(&spec)
+                    .is_some_and(|_| !app.local.iter().any(|l| l.eq_ignore_ascii_case(&spec)));
+                if remote {
+                    app.overlay = Some(Overlay::ConfirmDownload { spec });
                 } else {
-                    spec
-                };
-                if !spec.is_empty() {
-                    app.loading = Some(LoadProgress {
-                        stage: format!("starting {spec}"),
-                        done: 0,
-                        total: 0,
-                    });
-                    fx.push(Effect::Command(Command::LoadModel { spec }));
+                    load_model(app, spec, fx);
                 }
                 return;
             }
-            if navigate(selected, app.models.len(), key.code) {
-                if let Some(m) = app.models.get(*selected) {
-                    input.set(m);
-                }
-            } else {
-                input.handle_key(key);
+            if !navigate(selected, shown.len(), key.code) && input.handle_key(key) {
+                *selected = 0;
             }
+        }
+        Overlay::ConfirmDownload { spec } => {
+            if matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                load_model(app, spec.clone(), fx);
+            }
+            // Any other key is a no.
+            return;
         }
         Overlay::Presets { selected } => {
             if enter {

@@ -668,16 +668,26 @@ pub fn help_lines(app: &App, theme: &Theme) -> Vec<Line<'static>> {
     lines
 }
 
+/// What a catalogue model costs: the download, and the memory it runs in at f16 (the dtype
+/// the first-run recommendation assumes).
+fn model_sizes(e: &crate::hub::catalogue::CatalogueEntry) -> String {
+    format!(
+        "{} download · {} RAM at f16",
+        crate::hub::human_bytes(e.download_bytes()),
+        crate::hub::human_bytes(e.ram_bytes(crate::model::WeightDtype::F16))
+    )
+}
+
 /// Size, title and key hint of each menu's box.
 fn frame_of(overlay: &Overlay) -> (u16, u16, &'static str, &'static str) {
     match overlay {
         Overlay::Help { .. } => (70, 40, "Help", "↑/↓ scroll · Esc close"),
         Overlay::Palette { .. } => (60, 20, "Commands", "type to filter · Enter run"),
         Overlay::Models { .. } => (
-            70,
+            80,
             14,
             "Model",
-            "Enter load (in the background) · Esc close",
+            "type to filter · Enter load (in the background) · Esc close",
         ),
         Overlay::Presets { .. } => (60, 12, "Preset", "Enter choose · Esc close"),
         Overlay::Sampling { .. } => (
@@ -690,6 +700,7 @@ fn frame_of(overlay: &Overlay) -> (u16, u16, &'static str, &'static str) {
         Overlay::Rename { .. } => (50, 3, "Rename", "Enter save · Esc cancel"),
         Overlay::ConfirmDelete { .. } => (50, 3, "Delete", "y delete · any other key keeps"),
         Overlay::Fork { .. } => (60, 12, "Fork after", "Enter fork · Esc close"),
+        Overlay::ConfirmDownload { .. } => (70, 4, "Download", "y download · any other key keeps"),
     }
 }
 
@@ -721,7 +732,7 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
         }
         Overlay::Models { input, selected } => {
             let (top, rest) = head(inside);
-            field(frame, theme, top, "Path or hub id: ", input);
+            field(frame, theme, top, "Filter, path or hub id: ", input);
             let (status, rest) = head(rest);
             let current = match (&app.loading, &app.model) {
                 (Some(p), _) => format!("Loading: {}", sanitize(&p.stage)),
@@ -729,10 +740,20 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 (None, None) => "No model loaded".into(),
             };
             frame.render_widget(Paragraph::new(Line::styled(current, muted)), status);
-            let items = app
-                .models
-                .iter()
-                .map(|m| Line::styled(sanitize(m).into_owned(), text))
+            let items = super::app::model_matches(&app.models, input.text().trim())
+                .into_iter()
+                .map(|i| {
+                    let m = &app.models[i];
+                    let detail = if app.local.contains(m) {
+                        "on disk".to_owned()
+                    } else {
+                        crate::hub::catalogue::find(m).map_or_else(String::new, model_sizes)
+                    };
+                    Line::from(vec![
+                        Span::styled(format!("{:<28} ", sanitize(m)), text),
+                        Span::styled(detail, muted),
+                    ])
+                })
                 .collect();
             list(frame, theme, rest, items, *selected);
         }
@@ -786,6 +807,14 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 Style::new().fg(theme.error),
             );
             frame.render_widget(Paragraph::new(line), inside);
+        }
+        Overlay::ConfirmDownload { spec } => {
+            let sizes = crate::hub::catalogue::find(spec).map_or_else(String::new, model_sizes);
+            let lines = vec![
+                Line::styled(format!("Download {}?", sanitize(spec)), text),
+                Line::styled(format!("{sizes} (y/n)"), muted),
+            ];
+            frame.render_widget(Paragraph::new(lines), inside);
         }
         Overlay::Fork { selected } => {
             let items = app

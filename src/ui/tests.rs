@@ -27,6 +27,7 @@ fn setup(keymap: Keymap) -> Setup {
         theme: "dark".into(),
         depth: ColorDepth::TrueColor,
         models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
+        local: vec!["models/rwkv-4-169m".into()],
         preset: "raven".into(),
     }
 }
@@ -314,11 +315,13 @@ fn menus_open_and_do_their_job() {
         }),
     );
     assert_eq!(app.loading.as_ref().unwrap().done, 1);
-    // ... or one from the config's list.
+    // ... or one from the list: a hub model not on disk is downloaded only once confirmed.
     update(&mut app, key(KeyCode::F(3)));
     update(&mut app, key(KeyCode::Down));
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::ConfirmDownload { .. })));
     assert_eq!(
-        commands(update(&mut app, key(KeyCode::Enter))),
+        commands(update(&mut app, key(KeyCode::Char('y')))),
         [Command::LoadModel {
             spec: "RWKV/rwkv-raven-1b5".into()
         }]
@@ -1272,4 +1275,60 @@ fn the_kept_lines_always_match_a_fresh_wrap() {
     let (cached, _) = cached_and_fresh(&app, 80, 24);
     assert!(cached.contains("Do crows remember faces?"), "{cached}");
     check(&mut app, 80, "another session");
+}
+
+#[test]
+fn the_model_picker_shows_sizes_filters_as_typed_and_asks_before_a_download() {
+    let mut app = ready(CHAT);
+    app.models = [
+        "models/rwkv-4-169m",
+        "RWKV/rwkv-raven-1b5",
+        "RWKV/rwkv-raven-3b",
+    ]
+    .map(String::from)
+    .to_vec();
+    update(&mut app, key(KeyCode::F(3)));
+    let s = screen(&app, 100, 30);
+    // The field starts empty: one Enter on a pre-filled 3B model was a multi-GB download.
+    assert!(
+        s.contains("Filter, path or hub id: │") || s.contains("Filter, path or hub id:  "),
+        "{s}"
+    );
+    assert!(
+        s.contains("models/rwkv-4-169m") && s.contains("on disk"),
+        "{s}"
+    );
+    let raven = s
+        .lines()
+        .find(|l| l.contains("RWKV/rwkv-raven-3b"))
+        .unwrap();
+    assert!(
+        raven.contains("GB download") && raven.contains("GB RAM at f16"),
+        "{raven}"
+    );
+
+    typed(&mut app, "3B");
+    let s = screen(&app, 100, 30);
+    assert!(s.contains("RWKV/rwkv-raven-3b"), "{s}");
+    assert!(
+        !s.contains("RWKV/rwkv-raven-1b5") && !s.contains("rwkv-4-169m"),
+        "{s}"
+    );
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    let s = screen(&app, 100, 30);
+    assert!(s.contains("Download RWKV/rwkv-raven-3b?"), "{s}");
+    assert!(s.contains("GB download") && s.contains("(y/n)"), "{s}");
+    // Anything but y keeps the model as it is.
+    assert!(commands(update(&mut app, key(KeyCode::Char('n')))).is_empty());
+    assert!(app.overlay.is_none() && app.loading.is_none());
+
+    // A model on disk loads at once; a typed path matching nothing loads as typed.
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, "169m");
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            spec: "models/rwkv-4-169m".into()
+        }]
+    );
 }
