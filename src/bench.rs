@@ -354,7 +354,11 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
                 title: "bench".into(),
                 messages: (0..messages)
                     .map(|i| ChatMessage {
-                        role: if i % 2 == 0 { Role::User } else { Role::Bot },
+                        role: if i.is_multiple_of(2) {
+                            Role::User
+                        } else {
+                            Role::Bot
+                        },
                         text: message.clone(),
                     })
                     .collect(),
@@ -399,7 +403,7 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
             })
         })?;
         let page = |round: usize| {
-            let code = if round % 2 == 0 {
+            let code = if round.is_multiple_of(2) {
                 KeyCode::PageUp
             } else {
                 KeyCode::PageDown
