@@ -297,3 +297,132 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
+
+/// Frame and scroll cost of the chat view at one history length (`rwkv-chat bench --ui`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UiReport {
+    pub history_tokens: usize,
+    pub messages: usize,
+    pub width: u16,
+    pub height: u16,
+    /// Median of one streamed token taken in and the screen drawn.
+    pub frame_ms: f64,
+    /// Median of a page scrolled (up or down) and the screen drawn.
+    pub scroll_ms: f64,
+}
+
+/// Rounds timed per measure; the median is reported.
+const UI_ROUNDS: usize = 41;
+
+/// Times the chat view with `history` tokens of conversation (counted with the built-in
+/// tokenizer) while a reply streams and while the user pages through it, drawn into a
+/// ratatui `TestBackend` of a common terminal size, so only the app's own work is timed.
+pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
+    use crate::ui::app::{self, App, Input, Setup};
+    use crate::worker::{ChatMessage, Event, ModelInfo, Role, SessionView};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    let (width, height) = (120, 40);
+    let message = "The raven flies over the hills and eats berries, then rests a while. ".repeat(4);
+    let per_message = Tokenizer::neox().encode(&message)?.len().max(1);
+    let mut reports = Vec::new();
+    for &tokens in history {
+        let messages = tokens.div_ceil(per_message).max(1);
+        let mut app = App::new(Setup {
+            keymap: crate::ui::keymap::Keymap::default(),
+            themes: crate::ui::theme::Themes::load(None).0,
+            theme: "dark".into(),
+            depth: crate::ui::theme::ColorDepth::TrueColor,
+            models: Vec::new(),
+            local: Vec::new(),
+            preset: "raven".into(),
+        });
+        let feed = |app: &mut App, input: Input| drop(app::update(app, input));
+        feed(&mut app, Input::Resize(width, height));
+        feed(
+            &mut app,
+            Input::Worker(Event::ModelLoaded(ModelInfo {
+                name: "bench".into(),
+                dtype: "f32".into(),
+                device: "cpu".into(),
+            })),
+        );
+        feed(
+            &mut app,
+            Input::Worker(Event::SessionOpened(SessionView {
+                name: "bench".into(),
+                title: "bench".into(),
+                messages: (0..messages)
+                    .map(|i| ChatMessage {
+                        role: if i.is_multiple_of(2) {
+                            Role::User
+                        } else {
+                            Role::Bot
+                        },
+                        text: message.clone(),
+                    })
+                    .collect(),
+                preset: "raven".into(),
+                sampling: Default::default(),
+                tokens,
+                state_bytes: 0,
+                replayed_tokens: 0,
+            })),
+        );
+        for c in "Tell me more".chars() {
+            feed(
+                &mut app,
+                Input::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)),
+            );
+        }
+        feed(
+            &mut app,
+            Input::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)),
+        );
+        let request_id = app
+            .pending
+            .map(|p| p.request_id)
+            .context("the bench message was not sent")?;
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))?;
+        let mut timed = |app: &mut App, input: &dyn Fn(usize) -> Input| -> anyhow::Result<f64> {
+            let mut times = Vec::with_capacity(UI_ROUNDS);
+            for round in 0..UI_ROUNDS {
+                let t = Instant::now();
+                drop(app::update(app, input(round)));
+                terminal.draw(|f| crate::ui::render::render(f, app))?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        };
+        let frame_ms = timed(&mut app, &|_| {
+            Input::Worker(Event::Token {
+                request_id,
+                text: " word".into(),
+            })
+        })?;
+        let page = |round: usize| {
+            let code = if round.is_multiple_of(2) {
+                KeyCode::PageUp
+            } else {
+                KeyCode::PageDown
+            };
+            Input::Key(KeyEvent::new(code, KeyModifiers::NONE))
+        };
+        // Away from the bottom first, so paging down does not stop at the end.
+        for _ in 0..4 {
+            feed(&mut app, page(0));
+        }
+        let scroll_ms = timed(&mut app, &page)?;
+        reports.push(UiReport {
+            history_tokens: tokens,
+            messages,
+            width,
+            height,
+            frame_ms,
+            scroll_ms,
+        });
+    }
+    Ok(reports)
+}

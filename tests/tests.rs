@@ -6,6 +6,7 @@ mod common;
 mod chat;
 mod cli_chat;
 mod cli_generate;
+mod cli_output;
 mod convert;
 mod crash_safety;
 mod fuzz;

@@ -121,9 +121,11 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    // No model configured: the model picker is open on the Raven model recommended for this
-    // machine's memory, with the catalogue below it.
-    let screen = tmux.wait_for("Path or hub id: RWKV/rwkv-raven-");
+    // No model configured: the model picker is open, its field empty, on the Raven model
+    // recommended for this machine's memory with its size, the catalogue below it.
+    let screen = tmux.wait_for("> RWKV/rwkv-raven-");
+    assert!(screen.contains("Filter, path or hub id:"), "{screen}");
+    assert!(screen.contains("RAM at f16"), "{screen}");
     assert!(screen.contains("Sessions"), "{screen}");
     assert!(screen.contains("RWKV/rwkv-4-169m-pile"), "{screen}");
     tmux.keys(&["Escape", "F1"]);
@@ -851,4 +853,40 @@ fn sigterm_during_a_slow_download_ends_the_app_at_once() {
     );
     let log = std::fs::read_to_string(dir.path().join("data/rwkv-chat.log")).unwrap();
     assert!(log.contains("rwkv-chat stopped"), "{log}");
+}
+
+#[test]
+fn a_tmux_paste_keeps_its_lines_and_a_broken_preset_is_shown_in_tmux() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(config.join("presets")).unwrap();
+    std::fs::write(
+        config.join("presets/broken.toml"),
+        "name = \"broken\"\nstop = [\"x\"\n",
+    )
+    .unwrap();
+    let command = format!(
+        "RWKV_CHAT_CONFIG_DIR={} {} --model {} --data-dir {}; echo EXIT=$?; sleep 60",
+        quoted(&config),
+        quoted(Path::new(BIN)),
+        quoted(&tiny_model()),
+        quoted(&dir.path().join("data")),
+    );
+    let Some(tmux) = Tmux::start(&command) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = tmux.wait_for("skipped a preset");
+    assert!(screen.contains("broken.toml"), "{screen}");
+    tmux.wait_for("✓ saved");
+    // tmux's paste-buffer sends each line end as CR, as xterm and VTE do; -p brackets it.
+    tmux.run(&["set-buffer", "-b", "p", "first line\nsecond line"]);
+    tmux.run(&["paste-buffer", "-p", "-b", "p", "-t", "0"]);
+    let screen = tmux.wait_for("second line");
+    assert!(!screen.contains("first linesecond line"), "{screen}");
+    let rows: Vec<&str> = screen.lines().collect();
+    let first = rows.iter().position(|r| r.contains("│first line")).unwrap();
+    assert!(rows[first + 1].contains("│second line"), "{screen}");
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("EXIT=0");
 }

@@ -54,6 +54,13 @@ pub enum PresetError {
     Unknown { name: String, available: String },
 }
 
+/// What [`Preset::load_all`] found: the usable presets, and why each skipped file was skipped.
+#[derive(Debug)]
+pub struct Loaded {
+    pub presets: Vec<Preset>,
+    pub problems: Vec<PresetError>,
+}
+
 const BUILT_IN: [(&str, &str); 4] = [
     ("raven.toml", include_str!("presets/raven.toml")),
     (
@@ -96,29 +103,44 @@ impl Preset {
     }
 
     /// The built-ins, then the user's presets from `dir` (missing dir: none), user files
-    /// replacing built-ins of the same name.
-    pub fn load_all(dir: Option<&Path>) -> Result<Vec<Preset>, PresetError> {
-        let mut presets = Self::built_in();
+    /// replacing built-ins of the same name. A file that cannot be read or parsed is skipped
+    /// and comes back as a problem: one typo must not take the other presets with it.
+    pub fn load_all(dir: Option<&Path>) -> Loaded {
+        let mut loaded = Loaded {
+            presets: Self::built_in(),
+            problems: Vec::new(),
+        };
         let Some(dir) = dir.filter(|d| d.is_dir()) else {
-            return Ok(presets);
+            return loaded;
         };
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| PresetError::Io { path, source }
+        let io = |path: &Path, source| PresetError::Io {
+            path: path.to_owned(),
+            source,
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect(),
+            Err(e) => {
+                loaded.problems.push(io(dir, e));
+                return loaded;
+            }
+        };
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let preset = Self::parse(&text, &path)?;
-            presets.retain(|p| p.name != preset.name);
-            presets.push(preset);
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| io(&path, e))
+                .and_then(|text| Self::parse(&text, &path));
+            match parsed {
+                Ok(preset) => {
+                    loaded.presets.retain(|p| p.name != preset.name);
+                    loaded.presets.push(preset);
+                }
+                Err(e) => loaded.problems.push(e),
+            }
         }
-        Ok(presets)
+        loaded
     }
 
     pub fn find(presets: &[Preset], name: &str) -> Result<Preset, PresetError> {
@@ -207,22 +229,30 @@ mod tests {
             "name = \"raven\"\nuser_prefix = \"Q: \"\nbot_prefix = \"A:\"\n",
         )
         .unwrap();
-        let presets = Preset::load_all(Some(dir.path())).unwrap();
+        let loaded = Preset::load_all(Some(dir.path()));
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let presets = loaded.presets;
         let raven = Preset::find(&presets, "raven").unwrap();
         assert_eq!(raven.user_prefix, "Q: ");
         assert_eq!(presets.len(), 4);
 
+        // Bad files are named and skipped; the built-ins and the good user file stay.
         std::fs::write(dir.path().join("zz.toml"), "name = \"x\"\nstop = 3\n").unwrap();
-        let err = Preset::load_all(Some(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("zz.toml") && err.contains("stop"), "{err}");
-
         std::fs::write(
-            dir.path().join("zz.toml"),
-            "name = \"x\"\n[sampling]\ntop_p = 2.0\n",
+            dir.path().join("zy.toml"),
+            "name = \"y\"\n[sampling]\ntop_p = 2.0\n",
         )
         .unwrap();
-        let err = Preset::load_all(Some(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("zz.toml") && err.contains("top_p"), "{err}");
+        let loaded = Preset::load_all(Some(dir.path()));
+        let names: Vec<&str> = loaded.presets.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["user-assistant", "instruction", "completion", "raven"]
+        );
+        let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("zy.toml") && problems[0].contains("top_p"));
+        assert!(problems[1].contains("zz.toml") && problems[1].contains("stop"));
 
         let err = Preset::find(&presets, "nope").unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains("raven"), "{err}");

@@ -22,7 +22,7 @@ pub struct BenchArgs {
         long,
         short = 'm',
         conflicts_with = "shape",
-        required_unless_present = "shape"
+        required_unless_present_any = ["shape", "ui"]
     )]
     pub model: Option<PathBuf>,
     /// Random weights at a real shape, made in memory: 169m, 430m, 1b5, 3b or 7b.
@@ -51,9 +51,24 @@ pub struct BenchArgs {
     pub cache_weights: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: BenchFormat,
+    /// Time the chat view instead of a model: a streamed token drawn, and a page scrolled,
+    /// with `--history` tokens of conversation on screen (no model needed).
+    #[arg(long, conflicts_with_all = ["model", "shape"])]
+    pub ui: bool,
+    /// History lengths in tokens for `--ui` (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,100000",
+        requires = "ui"
+    )]
+    pub history: Vec<usize>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.ui {
+        return ui(&args.history, args.format);
+    }
     if args.chunk_size == 0 {
         bail!("--chunk-size must be at least 1");
     }
@@ -108,6 +123,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 println!(
                     "resume       {} tokens of history: first token after {:.3} s from the saved state, {:.3} s feeding it again",
                     r.history_tokens, r.resume_first_token_s, r.refeed_first_token_s
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ui(history: &[usize], format: BenchFormat) -> anyhow::Result<()> {
+    if history.contains(&0) {
+        bail!("--history lengths must be at least 1 token");
+    }
+    let reports = crate::bench::ui(history)?;
+    match format {
+        BenchFormat::Json => println!("{}", serde_json::json!({ "ui": reports })),
+        BenchFormat::Text => {
+            for r in &reports {
+                println!(
+                    "ui           {} tokens of history ({} messages, {}x{}): frame {:.3} ms, scroll {:.3} ms (medians)",
+                    r.history_tokens, r.messages, r.width, r.height, r.frame_ms, r.scroll_ms
                 );
             }
         }

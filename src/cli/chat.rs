@@ -60,7 +60,15 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let store = Store::open(&crate::paths::data_dir(args.data_dir.clone())?)?;
     let presets_dir =
         crate::config::config_dir(args.config_dir.as_deref()).map(|d| d.join("presets"));
-    let presets = Preset::load_all(presets_dir.as_deref())?;
+    let loaded = Preset::load_all(presets_dir.as_deref());
+    for problem in &loaded.problems {
+        let problem = problem.to_string();
+        eprintln!(
+            "warning: skipped a preset: {}",
+            crate::text::sanitize(&problem)
+        );
+    }
+    let presets = loaded.presets;
     let preset = args
         .preset
         .as_deref()

@@ -37,19 +37,20 @@ pub struct GenerateArgs {
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
     /// 0 always picks the most likely token [generate default: 1.0].
-    #[arg(long)]
+    // A negative value is a value (refused with its reason), not an unknown flag.
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Sample from the most likely tokens covering this probability [generate default: 0.85].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Keep only the K most likely tokens (0: no limit).
     #[arg(long)]
     pub top_k: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub presence_penalty: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub frequency_penalty: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub penalty_decay: Option<f32>,
     /// Random seed; the same seed and settings give the same text.
     #[arg(long)]

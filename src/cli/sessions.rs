@@ -95,9 +95,10 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
                         format!("{:<28} (unreadable: {})\n", s.name, sanitize(problem))
                     }
                     None => format!(
-                        "{:<28} {:>4} turns  {}  {:<15} {}\n",
+                        "{:<28} {:>4} {:<5}  {}  {:<15} {}\n",
                         s.name,
                         s.turns,
+                        if s.turns == 1 { "turn" } else { "turns" },
                         timestamp(s.updated),
                         s.preset,
                         s.title

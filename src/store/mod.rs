@@ -64,7 +64,8 @@ impl SessionFile {
         }
     }
 
-    /// The title, or the start of the first message when none was set.
+    /// The title, or the start of the first message when none was set ([`UNTITLED`] when
+    /// there is none).
     pub fn display_title(&self) -> String {
         if !self.title.is_empty() {
             return self.title.clone();
@@ -73,7 +74,7 @@ impl SessionFile {
             .transcript
             .messages
             .first()
-            .map_or("(empty)", |m| m.text.as_str());
+            .map_or(UNTITLED, |m| m.text.as_str());
         let line = first.lines().next().unwrap_or_default();
         let mut title: String = line.chars().take(48).collect();
         if title.len() < line.len() {
@@ -82,6 +83,9 @@ impl SessionFile {
         title
     }
 }
+
+/// The title shown for a session with no title and no message yet.
+pub const UNTITLED: &str = "(empty)";
 
 /// One line of `sessions list`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -54,6 +54,8 @@ pub enum Status {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Unique in the app's life, so the wrapped lines kept for it are found again.
+    pub id: u64,
     pub role: Role,
     /// Already sanitized: safe to draw.
     pub text: String,
@@ -186,6 +188,10 @@ pub enum Overlay {
     Fork {
         selected: usize,
     },
+    /// A model that is not on disk yet: its size is shown and `y` downloads it.
+    ConfirmDownload {
+        spec: String,
+    },
 }
 
 /// The request the UI waits for; events of any other id are stale.
@@ -203,6 +209,8 @@ pub struct Setup {
     pub theme: String,
     pub depth: ColorDepth,
     pub models: Vec<String>,
+    /// The models among `models` already on disk (loading them downloads nothing).
+    pub local: Vec<String>,
     pub preset: String,
 }
 
@@ -214,6 +222,7 @@ pub struct App {
     pub theme: usize,
     pub depth: ColorDepth,
     pub models: Vec<String>,
+    pub local: Vec<String>,
     pub default_preset: String,
 
     pub messages: Vec<Message>,
@@ -249,6 +258,9 @@ pub struct App {
     pub saved: bool,
     pub notice: Option<Notice>,
     pub overlay: Option<Overlay>,
+    next_message_id: u64,
+    /// The chat's wrapped lines, kept between frames; drawing fills it.
+    pub chat_cache: std::cell::RefCell<render::ChatCache>,
 }
 
 impl App {
@@ -262,6 +274,7 @@ impl App {
             theme,
             depth: setup.depth,
             models: setup.models,
+            local: setup.local,
             default_preset: setup.preset,
             messages: Vec::new(),
             pending: None,
@@ -288,6 +301,18 @@ impl App {
             saved: false,
             notice: None,
             overlay: None,
+            next_message_id: 0,
+            chat_cache: std::cell::RefCell::default(),
+        }
+    }
+
+    fn message(&mut self, role: Role, text: String, status: Status) -> Message {
+        self.next_message_id += 1;
+        Message {
+            id: self.next_message_id,
+            role,
+            text,
+            status,
         }
     }
 
@@ -301,6 +326,15 @@ impl App {
     }
 
     pub fn notify(&mut self, text: impl Into<String>) {
+        // An error stays up for its time: the news that follows it ("Loaded …") must not
+        // hide why something did not work.
+        if self
+            .notice
+            .as_ref()
+            .is_some_and(|n| n.error && self.now.saturating_sub(n.at) < NOTICE_SECS)
+        {
+            return;
+        }
         self.notice = Some(Notice {
             text: text.into(),
             error: false,
@@ -384,6 +418,8 @@ pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
         Input::Key(_) => {}
         Input::Mouse(m) => on_mouse(app, &m),
         Input::Paste(text) => {
+            // Terminals send a pasted line end as CR (tmux, xterm, VTE), some as CRLF.
+            let text = text.replace("\r\n", "\n").replace('\r', "\n");
             let text = sanitize(&text);
             match &mut app.overlay {
                 Some(Overlay::Models { input, .. } | Overlay::Rename { input, .. }) => {
@@ -418,25 +454,47 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.load_failed = None;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.model = Some(info);
-            if app.session.is_none() {
-                if app.started {
-                    fx.push(Effect::Command(Command::NewSession {
+            if app.started {
+                // After the first session decision, the newest session is resumed as at a
+                // start with `--model`; an open one is asked for again, since its token count
+                // and state size are the new model's now.
+                let command = match (&app.session, app.sessions.first()) {
+                    (Some(open), _) => Command::OpenSession {
+                        name: open.name.clone(),
+                    },
+                    (None, Some(newest)) => Command::OpenSession {
+                        name: newest.name.clone(),
+                    },
+                    (None, None) => Command::NewSession {
                         preset: app.preset(),
-                    }));
-                } else if app.listed {
-                    // The first model, chosen after the list came: resume as `--model` does.
-                    resume(app, fx);
-                }
+                    },
+                };
+                fx.push(Effect::Command(command));
+            } else if app.listed {
+                // The first model, chosen after the list came: resume as `--model` does.
+                resume(app, fx);
             }
         }
         Event::Sessions(list) => {
+            let held = app.sessions.get(app.selected).map(|s| s.name.clone());
             app.sessions = list;
-            // Refreshes come after every reply; they must not move a selection in use.
-            if app.focus != Focus::Sidebar
-                && let Some(open) = &app.session
-                && let Some(i) = app.sessions.iter().position(|s| s.name == open.name)
+            // Refreshes come after every reply and re-sort after a rename; the selection
+            // follows its session, not its row, so the next key acts on the same one.
+            let follow = if app.focus == Focus::Sidebar {
+                held
+            } else {
+                app.session.as_ref().map(|s| s.name.clone())
+            };
+            if let Some(i) =
+                follow.and_then(|name| app.sessions.iter().position(|s| s.name == name))
             {
                 app.selected = i;
+            }
+            // The title of a session without one follows its first message.
+            if let Some(open) = &mut app.session
+                && let Some(listed) = app.sessions.iter().find(|s| s.name == open.name)
+            {
+                open.title.clone_from(&listed.title);
             }
             app.selected = app.selected.min(app.sessions.len().saturating_sub(1));
             app.listed = true;
@@ -530,10 +588,8 @@ fn open_session(app: &mut App, view: SessionView) {
     } = view;
     app.messages = messages
         .into_iter()
-        .map(|ChatMessage { role, text }| Message {
-            role,
-            text: sanitize(&text).into_owned(),
-            status: Status::Done,
+        .map(|ChatMessage { role, text }| {
+            app.message(role, sanitize(&text).into_owned(), Status::Done)
         })
         .collect();
     if let Some(i) = app.sessions.iter().position(|s| s.name == name) {
@@ -567,7 +623,7 @@ fn on_mouse(app: &mut App, m: &MouseEvent) {
 /// Lines in the chat and the height of its view.
 fn chat_extent(app: &App) -> (usize, usize) {
     let (width, height) = render::chat_view_size(app);
-    (render::chat_lines(app, width).len(), usize::from(height))
+    (render::chat_line_count(app, width), usize::from(height))
 }
 
 fn scroll_by(app: &mut App, lines: isize) {
@@ -680,11 +736,8 @@ fn busy(app: &mut App) -> bool {
 
 /// Adds the reply being written and asks the worker for it.
 fn start_turn(app: &mut App, turn: Turn, fx: &mut Vec<Effect>) {
-    app.messages.push(Message {
-        role: Role::Bot,
-        text: String::new(),
-        status: Status::Streaming,
-    });
+    let reply = app.message(Role::Bot, String::new(), Status::Streaming);
+    app.messages.push(reply);
     let request_id = app.request_id();
     app.pending = Some(Pending {
         request_id,
@@ -716,11 +769,8 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
         }
         app.messages.pop();
     }
-    app.messages.push(Message {
-        role: Role::User,
-        text: sanitize(&text).into_owned(),
-        status: Status::Done,
-    });
+    let message = app.message(Role::User, sanitize(&text).into_owned(), Status::Done);
+    app.messages.push(message);
     let turn = if editing {
         Turn::ReplaceLast(text)
     } else {
@@ -868,7 +918,12 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
             if let Some(s) = app.sessions.get(app.selected) {
                 app.overlay = Some(Overlay::Rename {
                     name: s.name.clone(),
-                    input: TextInput::with_text(&sanitize(&s.title)),
+                    // The placeholder of an untitled session is not a title to edit.
+                    input: if s.title == crate::store::UNTITLED {
+                        TextInput::default()
+                    } else {
+                        TextInput::with_text(&sanitize(&s.title))
+                    },
                 });
             }
         }
@@ -898,6 +953,14 @@ pub fn palette_actions(filter: &str) -> Vec<Action> {
         .copied()
         .filter(|a| !matches!(a, Action::Send | Action::Newline))
         .filter(|a| a.description().to_lowercase().contains(&filter) || a.name().contains(&filter))
+        .collect()
+}
+
+/// Indexes of the models whose name contains `filter` (any case); all of them when empty.
+pub fn model_matches(models: &[String], filter: &str) -> Vec<usize> {
+    let filter = filter.to_lowercase();
+    (0..models.len())
+        .filter(|&i| models[i].to_lowercase().contains(&filter))
         .collect()
 }
 
@@ -943,25 +1006,35 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
             }
         }
         Overlay::Models { input, selected } => {
+            let typed = input.text().trim().to_owned();
+            let shown = model_matches(&app.models, &typed);
             if enter {
-                let spec = input.text().trim().to_owned();
-                let spec = if spec.is_empty() {
-                    app.models.get(*selected).cloned().unwrap_or_default()
+                // The chosen entry of the list, or what was typed when nothing matches it.
+                let spec = shown
+                    .get(*selected)
+                    .map_or(typed, |&i| app.models[i].clone());
+                if spec.is_empty() {
+                    return;
+                }
+                let remote = crate::hub::catalogue::find(&spec)
+                    .is_some_and(|_| !app.local.iter().any(|l| l.eq_ignore_ascii_case(&spec)));
+                if remote {
+                    app.overlay = Some(Overlay::ConfirmDownload { spec });
                 } else {
-                    spec
-                };
-                if !spec.is_empty() {
                     fx.extend(load_model(app, spec));
                 }
                 return;
             }
-            if navigate(selected, app.models.len(), key.code) {
-                if let Some(m) = app.models.get(*selected) {
-                    input.set(m);
-                }
-            } else {
-                input.handle_key(key);
+            if !navigate(selected, shown.len(), key.code) && input.handle_key(key) {
+                *selected = 0;
             }
+        }
+        Overlay::ConfirmDownload { spec } => {
+            if matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                fx.extend(load_model(app, spec.clone()));
+            }
+            // Any other key is a no.
+            return;
         }
         Overlay::Presets { selected } => {
             if enter {

@@ -19,6 +19,7 @@ fn app_with(keymap: Keymap) -> App {
         theme: "dark".into(),
         depth: ColorDepth::TrueColor,
         models: vec!["RWKV/rwkv-raven-1b5".into()],
+        local: vec![],
         preset: "raven".into(),
     });
     update(&mut app, Input::Resize(80, 24));

@@ -82,7 +82,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     tracing::info!(log = %log.display(), "rwkv-chat starting");
 
     let (themes, problems) = Themes::load(config_dir.as_ref().map(|d| d.join("themes")).as_deref());
-    let (models, recommended) = model_choices(&config);
+    let (models, local, recommended) = model_choices(&config);
     let keymap = Keymap::with_overrides(&config.keys).map_err(|e| match &config_dir {
         Some(dir) => anyhow::anyhow!("{}: {e}", dir.join("config.toml").display()),
         None => anyhow::anyhow!("{e}"),
@@ -93,6 +93,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         theme: config.theme.clone().unwrap_or_else(|| "dark".into()),
         depth: ColorDepth::detect(),
         models,
+        local,
         preset: config.preset.clone().unwrap_or_else(|| "raven".into()),
     });
     // The clock first, so the notices below do not expire at the first tick.
@@ -120,12 +121,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     match options.model.or(config.model) {
         Some(spec) => startup.extend(app::load_model(&mut app, spec)),
         None => {
-            // First run: the model menu opens on the model that fits this machine; Enter
-            // downloads and loads it.
-            let mut input = input::TextInput::default();
-            input.set(&app.models[recommended]);
+            // First run: the model menu opens on the model that fits this machine, with its
+            // size; Enter asks before downloading it, typing filters the list.
             app.overlay = Some(Overlay::Models {
-                input,
+                input: input::TextInput::default(),
                 selected: recommended,
             });
         }
@@ -154,9 +153,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// What the model menu offers: the config's models, the models already on disk, then the
-/// catalogue (the one recommended for this machine's memory first). Also returns the index of
-/// the recommended one.
-fn model_choices(config: &Config) -> (Vec<String>, usize) {
+/// catalogue (the one recommended for this machine's memory first). Also returns the ones on
+/// disk and the index of the recommended one.
+fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, usize) {
     let mut models = config.models.clone();
     let add = |m: String, models: &mut Vec<String>| {
         if !models.contains(&m) {
@@ -166,8 +165,13 @@ fn model_choices(config: &Config) -> (Vec<String>, usize) {
     if let Some(m) = &config.model {
         add(m.clone(), &mut models);
     }
-    for local in crate::hub::Hub::from_env().local_models() {
-        add(local.id, &mut models);
+    let local: Vec<String> = crate::hub::Hub::from_env()
+        .local_models()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    for m in &local {
+        add(m.clone(), &mut models);
     }
     let recommended = crate::hub::catalogue::recommended_chat_model().repo;
     add(recommended.to_owned(), &mut models);
@@ -175,7 +179,7 @@ fn model_choices(config: &Config) -> (Vec<String>, usize) {
         add(entry.repo.to_owned(), &mut models);
     }
     let index = models.iter().position(|m| m == recommended).unwrap_or(0);
-    (models, index)
+    (models, local, index)
 }
 
 fn world_of(worker: &Worker) -> World<'_> {

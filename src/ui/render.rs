@@ -137,75 +137,162 @@ fn word_wrap(line: &str, max: usize) -> Vec<String> {
     rows
 }
 
-/// The whole conversation as screen lines of `width` columns.
-pub fn chat_lines(app: &App, width: u16) -> Vec<Line<'static>> {
-    let theme = app.theme();
-    let width = usize::from(width);
+/// Wrapped chat lines kept between frames: a message is wrapped again only when it changed
+/// (the one streaming) or when the width or the theme did, so a frame or a scroll costs the
+/// same at 1k and 100k tokens of history.
+#[derive(Debug, Default)]
+pub struct ChatCache {
+    width: u16,
+    theme: Option<Theme>,
+    /// One per message wrapped, in order.
+    entries: Vec<Entry>,
+    lines: Vec<Line<'static>>,
+    /// Messages wrapped so far: what a frame costs, in a form a test can check.
+    pub wrapped: u64,
+}
+
+/// What a message was wrapped from, and where its lines start.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    /// Text only grows in place (a streamed token), so its length tells a change.
+    len: usize,
+    status: Status,
+    start: usize,
+}
+
+impl ChatCache {
+    /// Brings the lines up to date with `app`'s messages at `width`.
+    fn refresh(&mut self, app: &App, width: u16) {
+        let theme = app.theme();
+        if self.width != width || self.theme != Some(theme) {
+            *self = Self {
+                width,
+                theme: Some(theme),
+                wrapped: self.wrapped,
+                ..Self::default()
+            };
+        }
+        let same = self
+            .entries
+            .iter()
+            .zip(&app.messages)
+            .take_while(|(e, m)| e.id == m.id && e.len == m.text.len() && e.status == m.status)
+            .count();
+        if let Some(first_changed) = self.entries.get(same) {
+            self.lines.truncate(first_changed.start);
+            self.entries.truncate(same);
+        }
+        for (i, m) in app.messages.iter().enumerate().skip(same) {
+            let start = self.lines.len();
+            message_lines(&mut self.lines, m, i > 0, &theme, usize::from(width));
+            self.wrapped += 1;
+            self.entries.push(Entry {
+                id: m.id,
+                len: m.text.len(),
+                status: m.status,
+                start,
+            });
+        }
+    }
+}
+
+/// What the chat shows before the first message.
+fn hint_lines(app: &App, width: u16) -> Vec<Line<'static>> {
+    let muted = Style::new().fg(app.theme().muted);
+    let hint = if app.model.is_none() {
+        format!(
+            "No model loaded: {} opens the model picker.",
+            app.keymap.describe(Action::ModelPicker)
+        )
+    } else if app.session.is_none() {
+        format!(
+            "No session is open: {} then {} starts one.",
+            app.keymap.describe(Action::FocusSidebar),
+            app.keymap.describe(Action::NewSession)
+        )
+    } else {
+        "Type a message below and press Enter.".to_owned()
+    };
+    word_wrap(&hint, usize::from(width))
+        .into_iter()
+        .map(|row| Line::styled(row, muted))
+        .collect()
+}
+
+/// How many screen lines the conversation takes at `width` columns.
+pub fn chat_line_count(app: &App, width: u16) -> usize {
+    if app.messages.is_empty() {
+        return hint_lines(app, width).len();
+    }
+    let mut cache = app.chat_cache.borrow_mut();
+    cache.refresh(app, width);
+    cache.lines.len()
+}
+
+/// `count` screen lines of the conversation from line `top`, at `width` columns.
+pub fn chat_window(app: &App, width: u16, top: usize, count: usize) -> Vec<Line<'static>> {
+    if app.messages.is_empty() {
+        return hint_lines(app, width)
+            .into_iter()
+            .skip(top)
+            .take(count)
+            .collect();
+    }
+    let mut cache = app.chat_cache.borrow_mut();
+    cache.refresh(app, width);
+    cache.lines.iter().skip(top).take(count).cloned().collect()
+}
+
+/// One message's screen lines, appended to `lines`; `gap` puts a blank line before it.
+fn message_lines(
+    lines: &mut Vec<Line<'static>>,
+    m: &super::app::Message,
+    gap: bool,
+    theme: &Theme,
+    width: usize,
+) {
     let text_style = Style::new().fg(theme.text);
     let muted = Style::new().fg(theme.muted);
     let code_style = Style::new().fg(theme.code).bg(theme.code_background);
-    let mut lines = Vec::new();
-    if app.messages.is_empty() {
-        let hint = if app.model.is_none() {
-            format!(
-                "No model loaded: {} opens the model picker.",
-                app.keymap.describe(Action::ModelPicker)
-            )
-        } else if app.session.is_none() {
-            format!(
-                "No session is open: {} then {} starts one.",
-                app.keymap.describe(Action::FocusSidebar),
-                app.keymap.describe(Action::NewSession)
-            )
+    if gap {
+        lines.push(Line::default());
+    }
+    let (name, color) = match m.role {
+        Role::User => ("You", theme.user),
+        Role::Bot => ("Bot", theme.bot),
+    };
+    lines.push(Line::styled(
+        name,
+        Style::new().fg(color).add_modifier(Modifier::BOLD),
+    ));
+    let mut in_code = false;
+    for source in m.text.replace('\t', "    ").split('\n') {
+        if source.trim_start().starts_with("```") {
+            in_code = !in_code;
+            lines.push(Line::styled(format!("  {source}"), muted));
+        } else if in_code {
+            for row in hard_wrap(source, width.saturating_sub(4).max(1)) {
+                lines.push(Line::from(vec![
+                    Span::styled("  │ ", muted),
+                    Span::styled(row, code_style),
+                ]));
+            }
         } else {
-            "Type a message below and press Enter.".to_owned()
-        };
-        for row in word_wrap(&hint, width) {
-            lines.push(Line::styled(row, muted));
-        }
-        return lines;
-    }
-    for (i, m) in app.messages.iter().enumerate() {
-        if i > 0 {
-            lines.push(Line::default());
-        }
-        let (name, color) = match m.role {
-            Role::User => ("You", theme.user),
-            Role::Bot => ("Bot", theme.bot),
-        };
-        lines.push(Line::styled(
-            name,
-            Style::new().fg(color).add_modifier(Modifier::BOLD),
-        ));
-        let mut in_code = false;
-        for source in m.text.replace('\t', "    ").split('\n') {
-            if source.trim_start().starts_with("```") {
-                in_code = !in_code;
-                lines.push(Line::styled(format!("  {source}"), muted));
-            } else if in_code {
-                for row in hard_wrap(source, width.saturating_sub(4).max(1)) {
-                    lines.push(Line::from(vec![
-                        Span::styled("  │ ", muted),
-                        Span::styled(row, code_style),
-                    ]));
-                }
-            } else {
-                for row in word_wrap(source, width.saturating_sub(2)) {
-                    lines.push(Line::styled(format!("  {row}"), text_style));
-                }
+            for row in word_wrap(source, width.saturating_sub(2)) {
+                lines.push(Line::styled(format!("  {row}"), text_style));
             }
         }
-        match m.status {
-            Status::Streaming => {
-                if let Some(last) = lines.last_mut() {
-                    last.push_span(Span::styled("▌", Style::new().fg(theme.accent)));
-                }
-            }
-            Status::Stopped => lines.push(Line::styled("  [stopped]", muted)),
-            Status::Done => {}
-        }
     }
-    lines
+    match m.status {
+        Status::Streaming => {
+            if let Some(last) = lines.last_mut() {
+                last.push_span(Span::styled("▌", Style::new().fg(theme.accent)));
+            }
+        }
+        Status::Stopped => lines.push(Line::styled("  [stopped]", muted)),
+        Status::Done => {}
+    }
 }
 
 /// The input text wrapped at `width` columns, and the cursor's (row, column) in it.
@@ -343,8 +430,8 @@ fn render_chat(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         .title(Span::styled(title, Style::new().fg(theme.accent)))
         .border_style(border(theme, false));
     let view = inner(area);
-    let lines = chat_lines(app, view.width);
-    let bottom = lines.len().saturating_sub(usize::from(view.height));
+    let total = chat_line_count(app, view.width);
+    let bottom = total.saturating_sub(usize::from(view.height));
     let top = match app.scroll {
         Scroll::Follow => bottom,
         Scroll::Top(t) => {
@@ -355,11 +442,7 @@ fn render_chat(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             t.min(bottom)
         }
     };
-    let visible: Vec<Line> = lines
-        .into_iter()
-        .skip(top)
-        .take(usize::from(view.height))
-        .collect();
+    let visible = chat_window(app, view.width, top, usize::from(view.height));
     frame.render_widget(Paragraph::new(visible).block(block), area);
 }
 
@@ -410,58 +493,102 @@ fn bytes(n: u64) -> String {
 
 fn render_status(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let base = Style::new().fg(theme.status_text).bg(theme.status_bar);
-    let mut parts: Vec<String> = Vec::new();
+    let mark = app.session.as_ref().map(|_| {
+        if app.saved {
+            (" ✓ saved ", theme.success)
+        } else {
+            (" ● unsaved ", theme.muted)
+        }
+    });
+    let room = usize::from(area.width).saturating_sub(mark.map_or(0, |(m, _)| width(m)));
+    frame.render_widget(
+        Paragraph::new(format!(" {}", status_parts(app, room).join(" │ "))).style(base),
+        area,
+    );
+    // The saved marker sits at the right edge, in the room the parts left it.
+    if let Some((mark, color)) = mark {
+        let w = (width(mark) as u16).min(area.width);
+        let spot = Rect::new(area.right().saturating_sub(w), area.y, w, area.height);
+        frame.render_widget(Paragraph::new(mark).style(base.fg(color)), spot);
+    }
+}
+
+/// The status bar's parts that fit in `room` columns: when not all do, the model is named
+/// by its last path component, then the least telling parts go first (state size, preset,
+/// token count), so the load progress, the model and the speeds stay.
+fn status_parts(app: &App, room: usize) -> Vec<String> {
+    // (what, rank): a higher rank is dropped sooner.
+    let mut parts: Vec<(String, u8)> = Vec::new();
     if let Some(p) = &app.loading {
         let pct = p
             .done
             .saturating_mul(100)
             .checked_div(p.total)
             .map_or_else(String::new, |pct| format!(" {pct}%"));
-        parts.push(format!("loading {}{pct}", sanitize(&p.stage)));
+        parts.push((format!("loading {}{pct}", sanitize(&p.stage)), 0));
     }
     if app.load_failed.is_some() {
-        parts.push(format!(
-            "model load failed ({}: choose a model)",
-            app.keymap.describe(Action::ModelPicker)
+        parts.push((
+            format!(
+                "model load failed ({}: choose a model)",
+                app.keymap.describe(Action::ModelPicker)
+            ),
+            0,
         ));
     }
+    let model = |name: &str, m: &crate::worker::ModelInfo| {
+        format!("{} {}/{}", sanitize(name), m.dtype, m.device)
+    };
     match &app.model {
-        Some(m) => parts.push(format!("{} {}/{}", sanitize(&m.name), m.dtype, m.device)),
+        Some(m) => parts.push((model(&m.name, m), 0)),
         None if app.loading.is_none() && app.load_failed.is_none() => {
-            parts.push("no model".into());
+            parts.push(("no model".into(), 0));
         }
         None => {}
     }
     if let Some(s) = &app.session {
-        parts.push(sanitize(&s.preset).into_owned());
-        parts.push(format!("{} tokens", s.tokens));
-        parts.push(format!("state {}", bytes(s.state_bytes)));
+        parts.push((sanitize(&s.preset).into_owned(), 4));
+        parts.push((format!("{} tokens", s.tokens), 3));
+        parts.push((format!("state {}", bytes(s.state_bytes)), 5));
         // Resuming normally feeds nothing again; say so when it had to.
         if s.replayed_tokens > 0 {
-            parts.push(format!("{} replayed", s.replayed_tokens));
+            parts.push((format!("{} replayed", s.replayed_tokens), 2));
         }
     }
     if let Some(st) = &app.last_stats {
-        parts.push(format!(
-            "prefill {:.0} decode {:.1} tok/s",
-            st.prefill_tokens_per_s, st.decode_tokens_per_s
+        parts.push((
+            format!(
+                "prefill {:.0} decode {:.1} tok/s",
+                st.prefill_tokens_per_s, st.decode_tokens_per_s
+            ),
+            1,
         ));
     }
-    frame.render_widget(
-        Paragraph::new(format!(" {}", parts.join(" │ "))).style(base),
-        area,
-    );
-    // The saved marker sits at the right edge, over whatever did not fit.
-    if app.session.is_some() {
-        let (mark, color) = if app.saved {
-            (" ✓ saved ", theme.success)
-        } else {
-            (" ● unsaved ", theme.muted)
-        };
-        let w = (width(mark) as u16).min(area.width);
-        let spot = Rect::new(area.right().saturating_sub(w), area.y, w, area.height);
-        frame.render_widget(Paragraph::new(mark).style(base.fg(color)), spot);
+    let fits = |parts: &[(String, u8)]| {
+        // The leading space, and " │ " between parts.
+        1 + parts.iter().map(|(p, _)| width(p)).sum::<usize>() + 3 * parts.len().saturating_sub(1)
+            <= room
+    };
+    if !fits(&parts)
+        && let Some(m) = &app.model
+        && let Some((short, _)) = parts.iter_mut().find(|(p, _)| *p == model(&m.name, m))
+    {
+        let name = m.name.trim_end_matches('/');
+        *short = model(name.rsplit('/').next().unwrap_or(name), m);
     }
+    while !fits(&parts) {
+        let Some(drop) = parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, rank))| *rank > 0)
+            .max_by_key(|(_, (_, rank))| *rank)
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        parts.remove(drop);
+    }
+    parts.into_iter().map(|(p, _)| p).collect()
 }
 
 /// A box of at most `w` x `h` in the middle of `area`.
@@ -570,16 +697,26 @@ pub fn help_lines(app: &App, theme: &Theme) -> Vec<Line<'static>> {
     lines
 }
 
+/// What a catalogue model costs: the download, and the memory it runs in at f16 (the dtype
+/// the first-run recommendation assumes).
+fn model_sizes(e: &crate::hub::catalogue::CatalogueEntry) -> String {
+    format!(
+        "{} download · {} RAM at f16",
+        crate::hub::human_bytes(e.download_bytes()),
+        crate::hub::human_bytes(e.ram_bytes(crate::model::WeightDtype::F16))
+    )
+}
+
 /// Size, title and key hint of each menu's box.
 fn frame_of(overlay: &Overlay) -> (u16, u16, &'static str, &'static str) {
     match overlay {
         Overlay::Help { .. } => (70, 40, "Help", "↑/↓ scroll · Esc close"),
         Overlay::Palette { .. } => (60, 20, "Commands", "type to filter · Enter run"),
         Overlay::Models { .. } => (
-            70,
+            80,
             14,
             "Model",
-            "Enter load (in the background) · Esc close",
+            "type to filter · Enter load (in the background) · Esc close",
         ),
         Overlay::Presets { .. } => (60, 12, "Preset", "Enter choose · Esc close"),
         Overlay::Sampling { .. } => (
@@ -592,6 +729,7 @@ fn frame_of(overlay: &Overlay) -> (u16, u16, &'static str, &'static str) {
         Overlay::Rename { .. } => (50, 3, "Rename", "Enter save · Esc cancel"),
         Overlay::ConfirmDelete { .. } => (50, 3, "Delete", "y delete · any other key keeps"),
         Overlay::Fork { .. } => (60, 12, "Fork after", "Enter fork · Esc close"),
+        Overlay::ConfirmDownload { .. } => (70, 4, "Download", "y download · any other key keeps"),
     }
 }
 
@@ -623,7 +761,7 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
         }
         Overlay::Models { input, selected } => {
             let (top, rest) = head(inside);
-            field(frame, theme, top, "Path or hub id: ", input);
+            field(frame, theme, top, "Filter, path or hub id: ", input);
             let (status, rest) = head(rest);
             let current = match (&app.loading, &app.model) {
                 (Some(p), _) => format!("Loading: {}", sanitize(&p.stage)),
@@ -631,10 +769,20 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 (None, None) => "No model loaded".into(),
             };
             frame.render_widget(Paragraph::new(Line::styled(current, muted)), status);
-            let items = app
-                .models
-                .iter()
-                .map(|m| Line::styled(sanitize(m).into_owned(), text))
+            let items = super::app::model_matches(&app.models, input.text().trim())
+                .into_iter()
+                .map(|i| {
+                    let m = &app.models[i];
+                    let detail = if app.local.contains(m) {
+                        "on disk".to_owned()
+                    } else {
+                        crate::hub::catalogue::find(m).map_or_else(String::new, model_sizes)
+                    };
+                    Line::from(vec![
+                        Span::styled(format!("{:<28} ", sanitize(m)), text),
+                        Span::styled(detail, muted),
+                    ])
+                })
                 .collect();
             list(frame, theme, rest, items, *selected);
         }
@@ -675,7 +823,7 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 .themes
                 .list
                 .iter()
-                .map(|(n, _)| Line::styled(n.clone(), text))
+                .map(|(n, _)| Line::styled(sanitize(n).into_owned(), text))
                 .collect();
             list(frame, theme, inside, items, *selected);
         }
@@ -688,6 +836,14 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                 Style::new().fg(theme.error),
             );
             frame.render_widget(Paragraph::new(line), inside);
+        }
+        Overlay::ConfirmDownload { spec } => {
+            let sizes = crate::hub::catalogue::find(spec).map_or_else(String::new, model_sizes);
+            let lines = vec![
+                Line::styled(format!("Download {}?", sanitize(spec)), text),
+                Line::styled(format!("{sizes} (y/n)"), muted),
+            ];
+            frame.render_widget(Paragraph::new(lines), inside);
         }
         Overlay::Fork { selected } => {
             let items = app

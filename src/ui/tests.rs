@@ -27,6 +27,7 @@ fn setup(keymap: Keymap) -> Setup {
         theme: "dark".into(),
         depth: ColorDepth::TrueColor,
         models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
+        local: vec!["models/rwkv-4-169m".into()],
         preset: "raven".into(),
     }
 }
@@ -318,11 +319,13 @@ fn menus_open_and_do_their_job() {
         }),
     );
     assert_eq!(app.loading.as_ref().unwrap().done, 1);
-    // ... or one from the config's list.
+    // ... or one from the list: a hub model not on disk is downloaded only once confirmed.
     update(&mut app, key(KeyCode::F(3)));
     update(&mut app, key(KeyCode::Down));
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::ConfirmDownload { .. })));
     assert_eq!(
-        commands(update(&mut app, key(KeyCode::Enter))),
+        commands(update(&mut app, key(KeyCode::Char('y')))),
         [
             Command::Cancel { request_id: 1 },
             Command::LoadModel {
@@ -795,17 +798,24 @@ fn screens_show_what_matters() {
     ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
+    // At 80 columns the state size and the preset make room for the speeds.
     let s = get("finished");
     for want in [
         "rwkv-raven-1b5 f16/cpu",
-        "raven",
         "40 tokens",
-        "state 960 KiB",
+        "prefill 240 decode 14.2 tok/s",
         "✓ saved",
     ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
-    assert!(screen(&finished_app(), 120, 24).contains("prefill 240 decode 14.2 tok/s"));
+    let s = screen(&finished_app(), 120, 24);
+    for want in [
+        "│ raven │",
+        "state 960 KiB",
+        "prefill 240 decode 14.2 tok/s",
+    ] {
+        assert!(s.contains(want), "{want:?} missing:\n{s}");
+    }
     assert!(get("sidebar").contains("Rust lifetimes"));
     assert!(get("sidebar").contains("3d ago"));
     assert!(get("help").contains("Ctrl+R"));
@@ -932,5 +942,432 @@ fn scale_a_100k_token_chat_and_a_megabyte_paste() {
     println!(
         "1 MB paste: taken in {pasted:?}, drawn in {drawn:?}, a keystroke + redraw after it {keystroke:?}, peak RSS {:.1} MB",
         peak_mb()
+    );
+}
+
+// --- What a newcomer meets ---
+
+#[test]
+fn a_paste_with_cr_line_ends_keeps_its_lines() {
+    let mut app = ready(CHAT);
+    // tmux, xterm and VTE send a pasted line end as CR; text from Windows brings CRLF.
+    update(&mut app, Input::Paste("one\rtwo\r\nthree".into()));
+    assert_eq!(app.input.text(), "one\ntwo\nthree");
+    let s = screen(&app, 80, 24);
+    assert!(
+        s.contains("│one") && s.contains("│two") && s.contains("│three"),
+        "{s}"
+    );
+    assert_eq!(
+        send(&mut app, ""),
+        [Command::Turn {
+            request_id: 1,
+            turn: Turn::Send("one\ntwo\nthree".into())
+        }]
+    );
+}
+
+fn session_info(name: &str, title: &str) -> SessionInfo {
+    SessionInfo {
+        name: name.into(),
+        title: title.into(),
+        model: "rwkv-raven-1b5".into(),
+        last_used: 1_000_000,
+    }
+}
+
+#[test]
+fn after_a_rename_re_sorts_the_sidebar_the_selection_stays_on_that_session() {
+    let mut app = ready(CHAT);
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Down));
+    update(&mut app, key(KeyCode::Char('r')));
+    update(&mut app, ctrl('u'));
+    typed(&mut app, "Alpha");
+    update(&mut app, key(KeyCode::Enter));
+    // The store lists the renamed session first now.
+    ev(
+        &mut app,
+        Event::Sessions(vec![
+            session_info("s2", "Alpha"),
+            session_info("s1", "Ravens and crows"),
+        ]),
+    );
+    assert!(screen(&app, 80, 24).contains("▸ Alpha"));
+    update(&mut app, key(KeyCode::Char('d')));
+    assert!(
+        matches!(&app.overlay, Some(Overlay::ConfirmDelete { name, .. }) if name == "s2"),
+        "{:?}",
+        app.overlay
+    );
+}
+
+#[test]
+fn an_untitled_session_is_renamed_from_an_empty_field_and_titled_by_its_first_message() {
+    let mut app = ready(&[]);
+    ev(
+        &mut app,
+        Event::Sessions(vec![session_info("s1", crate::store::UNTITLED)]),
+    );
+    update(&mut app, key(KeyCode::Tab));
+    update(&mut app, key(KeyCode::Char('r')));
+    assert!(matches!(&app.overlay, Some(Overlay::Rename { input, .. }) if input.is_empty()));
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("Title:") && !s.contains("Title: (empty)"), "{s}");
+    update(&mut app, key(KeyCode::Esc));
+    update(&mut app, key(KeyCode::Tab));
+
+    send(&mut app, "Do ravens remember faces?");
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::EndOfTurn),
+        },
+    );
+    ev(
+        &mut app,
+        Event::Sessions(vec![session_info("s1", "Do ravens remember faces?")]),
+    );
+    let s = screen(&app, 80, 24);
+    let title = s.lines().next().unwrap();
+    assert!(title.contains(" Do ravens remember faces? "), "{s}");
+}
+
+#[test]
+fn after_a_model_switch_the_status_bar_shows_the_reopened_session() {
+    let mut app = ready(CHAT);
+    let cmds = commands(ev(
+        &mut app,
+        Event::ModelLoaded(ModelInfo {
+            name: "other".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        }),
+    ));
+    assert_eq!(cmds, [Command::OpenSession { name: "s1".into() }]);
+    ev(
+        &mut app,
+        Event::SessionOpened(SessionView {
+            tokens: 4321,
+            state_bytes: 2048,
+            replayed_tokens: 4321,
+            ..view(CHAT)
+        }),
+    );
+    let status = screen(&app, 120, 24).lines().nth(23).unwrap().to_owned();
+    assert!(
+        status.contains("4321 tokens") && status.contains("state 2 KiB"),
+        "{status}"
+    );
+}
+
+#[test]
+fn the_status_bar_keeps_the_speeds_and_the_saved_mark_at_120_and_80_columns() {
+    let mut app = finished_app();
+    app.model.as_mut().unwrap().name = "RWKV/rwkv-raven-1b5".into();
+    app.last_stats.as_mut().unwrap().prefill_tokens_per_s = 427_074.0;
+    for w in [120, 80] {
+        let status = screen(&app, w, 24).lines().nth(23).unwrap().to_owned();
+        assert!(
+            status.contains("decode 14.2 tok/s") && status.ends_with("✓ saved"),
+            "{w}: {status}"
+        );
+        assert!(status.contains("rwkv-raven-1b5 f16/cpu"), "{w}: {status}");
+    }
+    let wide = screen(&app, 160, 24).lines().nth(23).unwrap().to_owned();
+    assert!(
+        wide.contains("RWKV/rwkv-raven-1b5 f16/cpu │ raven │ 40 tokens │ state 960 KiB"),
+        "{wide}"
+    );
+}
+
+#[test]
+fn theme_names_from_file_names_are_defused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("evil\u{202e}txt.toml"),
+        "extends = \"light\"\n",
+    )
+    .unwrap();
+    let (themes, problems) = Themes::load(Some(dir.path()));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut app = App::new(Setup {
+        themes,
+        ..setup(Keymap::default())
+    });
+    update(&mut app, key(KeyCode::F(6)));
+    let s = screen(&app, 80, 24);
+    assert!(!s.contains('\u{202e}'), "{s}");
+    assert!(s.contains("evil\u{FFFD}txt"), "{s}");
+}
+
+#[test]
+fn a_broken_theme_file_is_reported_whole_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mine.toml"), "extends = \"light\"\n").unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "text = \"#zzzzzz\"\n").unwrap();
+    let (themes, problems) = Themes::load(Some(dir.path()));
+    assert!(themes.get("mine").is_some() && themes.get("dark").is_some());
+    assert!(themes.get("broken").is_none());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("broken") && problems[0].contains("#zzzzzz"));
+}
+
+/// Feeds the worker's events to the app and the app's commands to the worker until `done`;
+/// panics after a long while, so a broken flow fails instead of hanging (no speed bound).
+fn pump(worker: &Worker, app: &mut App, mut effects: Vec<Effect>, done: impl Fn(&App) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done(app) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never got there: {:?} {:?}",
+            app.notice,
+            app.session
+        );
+        for c in commands(std::mem::take(&mut effects)) {
+            worker.send(c);
+        }
+        if let Some(e) = worker.recv_timeout(std::time::Duration::from_millis(50)) {
+            effects = update(app, Input::Worker(e));
+        }
+    }
+    for c in commands(effects) {
+        worker.send(c);
+    }
+}
+
+fn tiny() -> String {
+    format!("{}/tests/fixtures/tiny-rwkv4", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real chat backend on its thread; `config` holds `presets/`.
+fn chat_worker(data: &Path, config: Option<&Path>) -> Worker {
+    let backend = crate::worker::default_backend(&crate::worker::BackendOptions {
+        data_dir: Some(data.to_owned()),
+        config_dir: config.map(Path::to_owned),
+        load: crate::model::LoadOptions::default(),
+    })
+    .unwrap();
+    Worker::spawn(backend).unwrap()
+}
+
+#[test]
+fn choosing_a_model_in_the_picker_at_start_resumes_the_last_session() {
+    let data = tempfile::tempdir().unwrap();
+    // A first run that chatted once.
+    let worker = chat_worker(data.path(), None);
+    let mut app = new_app();
+    let start = vec![
+        Effect::Command(Command::LoadModel {
+            request_id: 1,
+            spec: tiny(),
+        }),
+        Effect::Command(Command::ListSessions),
+    ];
+    pump(&worker, &mut app, start, |a| a.session.is_some());
+    let first = app.session.clone().unwrap().name;
+    let fx = update(&mut app, Input::Paste("Hello".into()));
+    let fx = [fx, update(&mut app, key(KeyCode::Enter))].concat();
+    pump(&worker, &mut app, fx, |a| a.pending.is_none() && a.saved);
+    worker.shutdown();
+
+    // The next start has no model configured: the picker, then the user chooses one.
+    let worker = chat_worker(data.path(), None);
+    let mut app = new_app();
+    let fx = vec![Effect::Command(Command::ListSessions)];
+    // Without a model nothing opens: the list comes, and the first model chosen decides.
+    pump(&worker, &mut app, fx, |a| !a.sessions.is_empty());
+    assert!(app.session.is_none());
+    update(&mut app, key(KeyCode::F(3)));
+    update(&mut app, Input::Paste(tiny()));
+    let fx = update(&mut app, key(KeyCode::Enter));
+    pump(&worker, &mut app, fx, |a| a.session.is_some());
+    assert_eq!(app.session.as_ref().unwrap().name, first);
+    assert_eq!(app.messages.len(), 2);
+    pump(&worker, &mut app, Vec::new(), |a| a.sessions.len() == 1);
+    worker.shutdown();
+    let store = crate::store::Store::open(data.path()).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1, "no empty session was added");
+}
+
+#[test]
+fn a_broken_preset_file_is_shown_and_the_app_still_chats() {
+    let data = tempfile::tempdir().unwrap();
+    let presets = data.path().join("presets");
+    std::fs::create_dir_all(&presets).unwrap();
+    std::fs::write(
+        presets.join("broken.toml"),
+        "name = \"broken\"\nstop = [\"x\"\n",
+    )
+    .unwrap();
+    let worker = chat_worker(data.path(), Some(data.path()));
+    let mut app = new_app();
+    let start = vec![
+        Effect::Command(Command::LoadModel {
+            request_id: 1,
+            spec: tiny(),
+        }),
+        Effect::Command(Command::ListSessions),
+    ];
+    pump(&worker, &mut app, start, |a| a.session.is_some());
+    assert_eq!(app.presets.len(), 4);
+    let s = screen(&app, 200, 24);
+    assert!(
+        s.contains("! skipped a preset: ") && s.contains("broken.toml: TOML parse error at line 2"),
+        "{s}"
+    );
+    typed(&mut app, "Hello");
+    let fx = update(&mut app, key(KeyCode::Enter));
+    pump(&worker, &mut app, fx, |a| a.pending.is_none() && a.saved);
+    assert_eq!(app.messages.len(), 2);
+    assert!(!app.messages[1].text.is_empty());
+    worker.shutdown();
+}
+
+// --- Long chats ---
+
+/// The screen as drawn from the kept lines, and as drawn after forgetting them.
+fn cached_and_fresh(app: &App, w: u16, h: u16) -> (String, String) {
+    let cached = screen(app, w, h);
+    *app.chat_cache.borrow_mut() = super::render::ChatCache::default();
+    (cached, screen(app, w, h))
+}
+
+#[test]
+fn a_frame_wraps_only_the_streaming_message_whatever_the_history() {
+    let history: Vec<(Role, &str)> = (0..200)
+        .map(|i| {
+            let role = if i % 2 == 0 { Role::User } else { Role::Bot };
+            (role, "The raven flies over the hills and eats berries.")
+        })
+        .collect();
+    let mut app = ready(&history);
+    screen(&app, 80, 24);
+    send(&mut app, "More?");
+    let before = app.chat_cache.borrow().wrapped;
+    for _ in 0..10 {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: 1,
+                text: " caw".into(),
+            },
+        );
+        screen(&app, 80, 24);
+    }
+    update(&mut app, key(KeyCode::PageUp));
+    screen(&app, 80, 24);
+    let wrapped = app.chat_cache.borrow().wrapped - before;
+    // The user's new message once, then the reply once per token: never the 200 before.
+    assert!(wrapped <= 12, "{wrapped} messages wrapped");
+}
+
+#[test]
+fn the_kept_lines_always_match_a_fresh_wrap() {
+    let mut app = ready(CHAT);
+    let check = |app: &mut App, w: u16, what: &str| {
+        let (cached, fresh) = cached_and_fresh(app, w, 24);
+        assert_eq!(cached, fresh, "after {what}");
+    };
+    check(&mut app, 80, "opening");
+    send(&mut app, "Tell me a story");
+    for t in ["Once", " upon", " a\n```\ncode", "\n```\ntime"] {
+        ev(
+            &mut app,
+            Event::Token {
+                request_id: 1,
+                text: t.into(),
+            },
+        );
+        screen(&app, 80, 24);
+        check(&mut app, 80, t);
+    }
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id: 1,
+            stats: stats(StopReason::Cancelled),
+        },
+    );
+    check(&mut app, 80, "stopping");
+    check(&mut app, 50, "a narrower terminal");
+    update(&mut app, key(KeyCode::F(6)));
+    update(&mut app, key(KeyCode::Down));
+    check(&mut app, 50, "another theme");
+    update(&mut app, key(KeyCode::Esc));
+    // Regenerate drops the reply; the new one starts empty.
+    update(&mut app, ctrl('r'));
+    check(&mut app, 80, "regenerate");
+    // Another session whose messages have the same lengths and roles.
+    ev(
+        &mut app,
+        Event::SessionOpened(view(&[
+            (Role::User, "Do crows remember faces?"),
+            (
+                Role::Bot,
+                "No. Ravens and crows recognise individual human faces and remember them for years.",
+            ),
+        ])),
+    );
+    let (cached, _) = cached_and_fresh(&app, 80, 24);
+    assert!(cached.contains("Do crows remember faces?"), "{cached}");
+    check(&mut app, 80, "another session");
+}
+
+#[test]
+fn the_model_picker_shows_sizes_filters_as_typed_and_asks_before_a_download() {
+    let mut app = ready(CHAT);
+    app.models = [
+        "models/rwkv-4-169m",
+        "RWKV/rwkv-raven-1b5",
+        "RWKV/rwkv-raven-3b",
+    ]
+    .map(String::from)
+    .to_vec();
+    update(&mut app, key(KeyCode::F(3)));
+    let s = screen(&app, 100, 30);
+    // The field starts empty: one Enter on a pre-filled 3B model was a multi-GB download.
+    assert!(
+        s.contains("Filter, path or hub id: │") || s.contains("Filter, path or hub id:  "),
+        "{s}"
+    );
+    assert!(
+        s.contains("models/rwkv-4-169m") && s.contains("on disk"),
+        "{s}"
+    );
+    let raven = s
+        .lines()
+        .find(|l| l.contains("RWKV/rwkv-raven-3b"))
+        .unwrap();
+    assert!(
+        raven.contains("GB download") && raven.contains("GB RAM at f16"),
+        "{raven}"
+    );
+
+    typed(&mut app, "3B");
+    let s = screen(&app, 100, 30);
+    assert!(s.contains("RWKV/rwkv-raven-3b"), "{s}");
+    assert!(
+        !s.contains("RWKV/rwkv-raven-1b5") && !s.contains("rwkv-4-169m"),
+        "{s}"
+    );
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    let s = screen(&app, 100, 30);
+    assert!(s.contains("Download RWKV/rwkv-raven-3b?"), "{s}");
+    assert!(s.contains("GB download") && s.contains("(y/n)"), "{s}");
+    // Anything but y keeps the model as it is.
+    assert!(commands(update(&mut app, key(KeyCode::Char('n')))).is_empty());
+    assert!(app.overlay.is_none() && app.loading.is_none());
+
+    // A model on disk loads at once; a typed path matching nothing loads as typed.
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, "169m");
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            request_id: 1,
+            spec: "models/rwkv-4-169m".into()
+        }]
     );
 }

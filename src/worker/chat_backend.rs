@@ -10,7 +10,7 @@ use super::{
     Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, SessionInfo,
     SessionView, StopReason,
 };
-use crate::chat::{self, Preset, Turn};
+use crate::chat::{self, Conversation, Preset, Turn};
 use crate::engine::Engine;
 use crate::model::LoadOptions;
 use crate::sampler::SamplingParams;
@@ -63,6 +63,8 @@ const MAX_REPLY_TOKENS: usize = 500;
 pub struct ChatBackend {
     store: Store,
     presets: Vec<Preset>,
+    /// Preset files that were skipped, and why.
+    problems: Vec<String>,
     load: LoadOptions,
     engine: Option<(Engine, String)>,
     session: Option<OpenSession>,
@@ -74,9 +76,24 @@ impl ChatBackend {
         presets_dir: Option<PathBuf>,
         load: LoadOptions,
     ) -> anyhow::Result<Self> {
+        let loaded = Preset::load_all(presets_dir.as_deref());
+        let problems = loaded
+            .problems
+            .iter()
+            .map(|e| {
+                let e = e.to_string();
+                tracing::warn!("skipped a preset: {e}");
+                // TOML errors span lines (a caret under the column); a notice is one line.
+                format!(
+                    "skipped a preset: {}",
+                    e.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
+            })
+            .collect();
         Ok(Self {
             store: Store::open(data_dir)?,
-            presets: Preset::load_all(presets_dir.as_deref())?,
+            presets: loaded.presets,
+            problems,
             load,
             engine: None,
             session: None,
@@ -161,6 +178,10 @@ impl ChatBackend {
 }
 
 impl Backend for ChatBackend {
+    fn problems(&self) -> Vec<String> {
+        self.problems.clone()
+    }
+
     fn presets(&self) -> Vec<PresetInfo> {
         self.presets
             .iter()
@@ -219,6 +240,11 @@ impl Backend for ChatBackend {
                     total: total as u64,
                 })
             })?;
+            // The file names the model it now runs on, next to that model's fingerprint.
+            if let Some(session) = &mut self.session {
+                session.file.model = Some(spec.to_owned());
+            }
+            self.save()?;
         }
         Ok(info)
     }
@@ -315,9 +341,16 @@ impl Backend for ChatBackend {
 
     fn set_preset(&mut self, name: &str) -> anyhow::Result<SessionView> {
         let preset = Preset::find(&self.presets, name)?;
+        let engine = loaded(&self.engine)?;
         let session = self.session.as_mut().context("no session is open")?;
-        session.conversation.sampling = preset.sampling.clone();
-        session.conversation.preset = preset;
+        if session.conversation.messages().is_empty() {
+            // Nothing said yet: the session starts over as a new one with this preset would,
+            // its introduction instead of the old preset's.
+            session.conversation = Conversation::new(engine, preset)?;
+        } else {
+            session.conversation.sampling = preset.sampling.clone();
+            session.conversation.preset = preset;
+        }
         self.save()?;
         self.view()
     }
@@ -443,11 +476,19 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         candle_core::safetensors::save(&tensors, other.join("model.safetensors")).unwrap();
         let mut stages = vec![];
+        let name = b.view().unwrap().name;
         b.load_model(other.to_str().unwrap(), &never, &mut |p| {
             stages.push(p.stage)
         })
         .unwrap();
         assert!(b.view().unwrap().replayed_tokens > 0);
+        // On disk, the session names the model its fingerprint is of.
+        let file = b.store.load(&name).unwrap();
+        assert_eq!(file.model.as_deref(), other.to_str());
+        assert_eq!(
+            file.fingerprint,
+            Some(b.engine().unwrap().model.fingerprint())
+        );
         assert!(
             stages.iter().any(|s| s.contains("rebuilding")),
             "{stages:?}"
@@ -463,5 +504,83 @@ mod tests {
         assert!(err.to_string().contains("cancelled"), "{err:#}");
         assert_eq!(b.engine.as_ref().unwrap().1, other.to_str().unwrap());
         assert!(b.view().is_ok(), "a failed load keeps the session");
+    }
+
+    #[test]
+    fn an_empty_session_takes_the_new_presets_introduction() {
+        let data = tempfile::tempdir().unwrap();
+        let mut b = backend(data.path());
+        let name = b.new_session("raven").unwrap().name;
+        let raven_tokens = b.view().unwrap().tokens;
+        assert!(!b.store.load(&name).unwrap().transcript.intro.is_empty());
+        let view = b.set_preset("completion").unwrap();
+        assert_eq!(view.preset, "completion");
+        // What is on disk and in the state: the completion preset's (empty) introduction.
+        let file = b.store.load(&name).unwrap();
+        assert_eq!(file.transcript.intro, "");
+        assert_eq!(file.preset.name, "completion");
+        assert!(view.tokens < raven_tokens, "{} {raven_tokens}", view.tokens);
+        assert_eq!(view.tokens, b.new_session("completion").unwrap().tokens);
+
+        // Once something was said, only the format and sampling change.
+        b.open_session(&name).unwrap();
+        b.turn(
+            &Turn::Send("Hello".into()),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        b.set_preset("raven").unwrap();
+        assert_eq!(b.store.load(&name).unwrap().transcript.intro, "");
+    }
+
+    #[test]
+    fn a_broken_preset_file_is_reported_and_the_rest_still_work() {
+        let data = tempfile::tempdir().unwrap();
+        let presets = data.path().join("presets");
+        std::fs::create_dir_all(&presets).unwrap();
+        std::fs::write(
+            presets.join("mine.toml"),
+            "name = \"mine\"\nintro = \"Hi\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            presets.join("broken.toml"),
+            "name = \"broken\"\nstop = [\"x\"\n",
+        )
+        .unwrap();
+        let mut b = ChatBackend::new(data.path(), Some(presets), LoadOptions::default()).unwrap();
+        let names: Vec<String> = b.presets().into_iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            [
+                "raven",
+                "user-assistant",
+                "instruction",
+                "completion",
+                "mine"
+            ]
+        );
+        let problems = b.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("broken.toml"), "{problems:?}");
+        assert!(
+            problems[0].contains("TOML parse error at line 2"),
+            "{problems:?}"
+        );
+        assert!(
+            !problems[0].contains('\n'),
+            "one line for the notice: {problems:?}"
+        );
+        b.load_model(&tiny(), &AtomicBool::new(false), &mut |_| {})
+            .unwrap();
+        b.new_session("mine").unwrap();
+        b.turn(
+            &Turn::Send("Hello".into()),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(b.view().unwrap().messages.len(), 2);
     }
 }

@@ -189,6 +189,11 @@ pub enum Event {
 pub trait Backend: Send {
     /// The presets offered in the picker; asked once when the worker starts.
     fn presets(&self) -> Vec<PresetInfo>;
+    /// What went wrong while setting up without stopping it (a preset file skipped), for
+    /// the user; asked once when the worker starts.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// `spec` is a path or a hub id, as typed in the model picker. Stops early with an error
     /// once `cancel` is set (a download between chunks).
     fn load_model(
@@ -439,6 +444,13 @@ fn run(
         let _ = events.send(event);
     };
     emit(Event::Presets(backend.presets()));
+    let problems = backend.problems();
+    if !problems.is_empty() {
+        emit(Event::Error {
+            request_id: None,
+            message: problems.join("; "),
+        });
+    }
     while let Ok(command) = commands.recv() {
         tracing::debug!(?command, "worker command");
         if command == Command::Shutdown {
