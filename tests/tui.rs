@@ -574,7 +574,8 @@ fn ctrl_c_quits_from_the_model_picker_that_opens_on_the_first_run() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    app.tmux.wait_for("Path or hub id: RWKV/rwkv-raven-");
+    let screen = app.tmux.wait_for("Filter, path or hub id:");
+    assert!(screen.contains("> RWKV/rwkv-raven-"), "{screen}");
     app.tmux.keys(&["C-c"]);
     let screen = app.tmux.wait_for("EXIT=0");
     assert!(
