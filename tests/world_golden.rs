@@ -237,3 +237,15 @@ fn tiny_v5_and_v6_pth_match_the_reference() {
         });
     }
 }
+
+#[test]
+fn a_checkpoint_of_another_generation_is_refused_by_name() {
+    let e = Finch::from_tensors(&pth("world/tiny-v7/model.pth"))
+        .err()
+        .unwrap();
+    assert!(e.contains("neither an RWKV-5 nor an RWKV-6"), "{e}");
+    let mut t = pth("world/tiny-v7/model.pth");
+    t.remove("blocks.1.att.k_k");
+    let e = V7::from_tensors(&t).err().unwrap();
+    assert_eq!(e, "no tensor `blocks.1.att.k_k`");
+}

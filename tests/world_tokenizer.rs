@@ -138,3 +138,15 @@ fn a_megabyte_of_text_tokenizes_in_one_pass() {
     let _ = tok.encode_bytes(&big).unwrap();
     eprintln!("1 MB encoded in {:?}", start.elapsed());
 }
+
+#[test]
+fn a_vocab_file_too_large_for_a_tokenizer_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vocab.txt");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let e = Tokenizer::from_file(&path).err().unwrap().to_string();
+    assert!(e.contains("too large for a tokenizer"), "{e}");
+}
