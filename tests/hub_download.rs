@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use common::{Golden, stderr, stdout, tiny};
+use common::{Golden, git_oid, sha256_hex, stderr, stdout, tiny};
 use rwkv_chat::hub::{Hub, HubError, ModelSpec, Progress, ProgressSink};
-use sha2::{Digest, Sha256};
 
 const REPO: &str = "test/tiny-rwkv4";
 /// The same model as PyTorch `.bin` shards only, as `RWKV/rwkv-raven-1b5` ships.
@@ -162,27 +161,6 @@ fn repos() -> BTreeMap<&'static str, Files> {
     ])
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The git blob id of `bytes` (sha1 of `blob <len>\0` and the bytes), as git itself computes
-/// it: what the hub sends as `oid`, and as the `ETag` of a file not in LFS.
-fn git_oid(bytes: &[u8]) -> String {
-    let mut child = Command::new("git")
-        .args(["hash-object", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("git hash-object");
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Whether the mock stores a file in LFS. On the hub `.gitattributes` decides (binary weights
 /// and large files); by size here.
 fn is_lfs(bytes: &[u8]) -> bool {
@@ -199,26 +177,8 @@ fn blob_name(bytes: &[u8]) -> String {
     }
 }
 
-/// One file as the hub's `paths-info` and `tree` endpoints describe it. The shape is the
-/// hub's, as huggingface_hub's `RepoFile.__init__` (hf_api.py) reads it: `type`, `oid` (the git
-/// blob id; for an LFS file the pointer's), `size`, `path`, and for LFS files
-/// `lfs: {oid: <sha256>, size, pointerSize}`.
 fn path_entry(path: &str, bytes: &[u8]) -> serde_json::Value {
-    let mut entry = serde_json::json!({ "type": "file", "path": path, "size": bytes.len() });
-    if is_lfs(bytes) {
-        let pointer = format!(
-            "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
-            sha256_hex(bytes),
-            bytes.len()
-        );
-        entry["oid"] = git_oid(pointer.as_bytes()).into();
-        entry["lfs"] = serde_json::json!({
-            "oid": sha256_hex(bytes), "size": bytes.len(), "pointerSize": pointer.len(),
-        });
-    } else {
-        entry["oid"] = git_oid(bytes).into();
-    }
-    entry
+    common::path_entry(path, bytes, is_lfs(bytes))
 }
 
 /// The paths a `paths-info` request asks for: a JSON body (`{"paths": [...]}`, as hf-hub and

@@ -609,9 +609,8 @@ fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
 /// (a complete set of files), sending `model.safetensors` slowly, like a large model on a
 /// slow line; or answering 500 to everything. Shapes: the repo info of
 /// `GET /api/models/{repo}/revision/{rev}` (huggingface_hub `ModelInfo`: `sha`, `siblings`),
-/// `POST .../paths-info/{rev}` entries (huggingface_hub `RepoFile`: `lfs.oid` is the sha256,
-/// `pointerSize`; `sha256`/`pointer_size` are hf-hub 1.0's names for the same, sent too so
-/// either reading works), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
+/// `POST .../paths-info/{rev}` entries (`common::path_entry`, as huggingface_hub's `RepoFile`
+/// reads them), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
 /// `X-Linked-Etag` with the sha256 of an LFS file, `X-Linked-Size`, `ETag`).
 struct SlowHub {
     endpoint: String,
@@ -675,13 +674,6 @@ impl SlowHub {
                         let _ = stream.write_all(body);
                         return;
                     }
-                    let sha = |b: &[u8]| {
-                        use sha2::Digest as _;
-                        sha2::Sha256::digest(b)
-                            .iter()
-                            .map(|x| format!("{x:02x}"))
-                            .collect::<String>()
-                    };
                     let api = format!("/api/models/{SLOW_REPO}");
                     let path = path.split('?').next().unwrap_or_default();
                     let (status, headers, bytes, slow): (u16, Vec<(&str, String)>, Vec<u8>, bool) =
@@ -697,19 +689,7 @@ impl SlowHub {
                         } else if path.starts_with(&format!("{api}/paths-info/")) {
                             let entries: Vec<_> = files
                                 .iter()
-                                .map(|(f, b)| {
-                                    let mut e = serde_json::json!({
-                                        "type": "file", "oid": &sha(f.as_bytes())[..40],
-                                        "size": b.len(), "path": f,
-                                    });
-                                    if b.len() > 1 << 20 {
-                                        e["lfs"] = serde_json::json!({
-                                            "oid": sha(b), "sha256": sha(b), "size": b.len(),
-                                            "pointerSize": 134, "pointer_size": 134,
-                                        });
-                                    }
-                                    e
-                                })
+                                .map(|(f, b)| common::path_entry(f, b, b.len() > 1 << 20))
                                 .collect();
                             (
                                 200,
@@ -721,7 +701,13 @@ impl SlowHub {
                             path == format!("/{SLOW_REPO}/resolve/{SLOW_COMMIT}/{f}")
                                 || path == format!("/{SLOW_REPO}/resolve/main/{f}")
                         }) {
-                            let etag = format!("\"{}\"", sha(b));
+                            // As the hub: an LFS file's `X-Linked-Etag` is its sha256,
+                            // a small file's `ETag` its git blob id.
+                            let etag = if b.len() > 1 << 20 {
+                                format!("\"{}\"", common::sha256_hex(b))
+                            } else {
+                                format!("\"{}\"", common::git_oid(b))
+                            };
                             let headers = vec![
                                 ("etag", etag.clone()),
                                 ("x-linked-etag", etag),

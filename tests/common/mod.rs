@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -161,4 +162,48 @@ pub fn tiny_tensors() -> HashMap<String, Tensor> {
 pub fn write_model(dir: &Path, tensors: &HashMap<String, Tensor>) {
     std::fs::create_dir_all(dir).unwrap();
     candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The git blob id of `bytes` (sha1 of `blob <len>\0` and the bytes), as git itself computes
+/// it: what the hub sends as `oid`, and as the `ETag` of a file not in LFS.
+pub fn git_oid(bytes: &[u8]) -> String {
+    let mut child = Command::new("git")
+        .args(["hash-object", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git hash-object");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One file as the hub's `paths-info` and `tree` endpoints describe it. The shape is the
+/// hub's, as huggingface_hub's `RepoFile.__init__` (hf_api.py) reads it: `type`, `oid` (the git
+/// blob id; for an LFS file the pointer's), `size`, `path`, and for LFS files
+/// `lfs: {oid: <sha256>, size, pointerSize}`. On the hub `.gitattributes` decides what is in
+/// LFS; the caller says.
+pub fn path_entry(path: &str, bytes: &[u8], lfs: bool) -> serde_json::Value {
+    let mut entry = serde_json::json!({ "type": "file", "path": path, "size": bytes.len() });
+    if lfs {
+        let pointer = format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+            sha256_hex(bytes),
+            bytes.len()
+        );
+        entry["oid"] = git_oid(pointer.as_bytes()).into();
+        entry["lfs"] = serde_json::json!({
+            "oid": sha256_hex(bytes), "size": bytes.len(), "pointerSize": pointer.len(),
+        });
+    } else {
+        entry["oid"] = git_oid(bytes).into();
+    }
+    entry
 }
