@@ -111,7 +111,7 @@ pub fn random_model_of(cfg: &Config, opts: LoadOptions) -> anyhow::Result<Rwkv> 
         t.insert(format!("{ffn}.receptance.weight"), matrix(h, h)?);
         t.insert(format!("{ffn}.value.weight"), matrix(h, 4 * h)?);
     }
-    Ok(Rwkv::new(cfg, &Checkpoint::from_tensors(t), opts)?)
+    Ok(Rwkv::new(&Checkpoint::from_tensors(t)?, opts)?)
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +174,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                     format: crate::model::checkpoint::Format::Safetensors,
                     config: None,
                     tokenizer: None,
+                    world_vocab: None,
                 },
             },
             format!("random {}", shape.name()),

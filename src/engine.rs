@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::model::{Checkpoint, LoadError, LoadOptions, ModelFiles, Rwkv};
+use crate::model::{Checkpoint, Generation, LoadError, LoadOptions, ModelFiles, Rwkv};
 use crate::tokenizer::Tokenizer;
 
 pub struct Engine {
@@ -13,7 +13,8 @@ pub struct Engine {
 
 impl Engine {
     /// Loads the model at `path` (a directory or a weights file) and the tokenizer beside it,
-    /// or `tokenizer` when given, or the built-in GPT-NeoX tokenizer.
+    /// or `tokenizer` when given, or the generation's built-in tokenizer (GPT-NeoX for RWKV-4,
+    /// World for the others).
     pub fn load(
         path: &Path,
         opts: LoadOptions,
@@ -21,13 +22,21 @@ impl Engine {
     ) -> Result<Self, LoadError> {
         let files = ModelFiles::locate(path)?;
         let ckpt = Checkpoint::open(files.clone())?;
-        let cfg = ckpt.config()?;
-        let tokenizer_path = tokenizer
-            .map(Path::to_owned)
-            .or_else(|| files.tokenizer.clone());
+        let generation = ckpt.generation();
+        let vocab = match generation {
+            Generation::Rwkv4 => ckpt.config()?.vocab_size,
+            _ => ckpt.vocab_size(),
+        };
+        // A World model's repo may hold a tokenizer.json for other tools; its own tokenizer is
+        // the World vocab beside it, else the built-in copy.
+        let beside = match generation {
+            Generation::Rwkv4 => files.tokenizer.clone(),
+            _ => files.world_vocab.clone(),
+        };
+        let tokenizer_path = tokenizer.map(Path::to_owned).or(beside);
         // Check the tokenizer before the (slow) weight loading.
-        let tokenizer = Tokenizer::for_model(tokenizer_path.as_ref(), cfg.vocab_size)?;
-        let model = Rwkv::new(&cfg, &ckpt, opts)?;
+        let tokenizer = Tokenizer::for_model(tokenizer_path.as_ref(), vocab, generation)?;
+        let model = Rwkv::new(&ckpt, opts)?;
         Ok(Self {
             model,
             tokenizer,

@@ -37,7 +37,13 @@ fn send(conv: &mut Conversation, engine: &Engine, text: &str) -> String {
 }
 
 fn assert_same_state(a: &State, b: &State) {
-    for (x, y) in a.layers.iter().zip(&b.layers) {
+    for (x, y) in a
+        .as_rwkv4()
+        .unwrap()
+        .layers
+        .iter()
+        .zip(&b.as_rwkv4().unwrap().layers)
+    {
         for (p, q) in [
             (&x.att_x, &y.att_x),
             (&x.ffn_x, &y.ffn_x),

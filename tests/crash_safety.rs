@@ -10,16 +10,18 @@ use std::process::{Command, Stdio};
 
 use common::{assert_user_error, chat_command, feed_lines, stderr, tiny};
 use rwkv_chat::chat::{Message, Preset, Role, SavedState, Transcript};
-use rwkv_chat::model::{Config, Fingerprint, State};
+use rwkv_chat::model::{Config, Fingerprint, Generation, State};
 use rwkv_chat::sampler::SamplingParams;
 use rwkv_chat::store::{SessionFile, StateFile, Store};
 
 const WRITER_ENV: &str = "RWKV_CHAT_TEST_WRITER_DIR";
 
 const FINGERPRINT: Fingerprint = Fingerprint {
+    generation: Generation::Rwkv4,
     layers: 2,
     hidden: 64,
     attention: 64,
+    head_size: 0,
     vocab: 100,
     weights: 7,
 };
@@ -57,7 +59,7 @@ fn crash_writer_child() {
                 text,
             });
         }
-        state.layers[0].att_x[0] = turn as f32;
+        state.as_rwkv4_mut().unwrap().layers[0].att_x[0] = turn as f32;
         let saved = StateFile {
             fingerprint: FINGERPRINT,
             transcript_checksum: file.transcript.checksum(),

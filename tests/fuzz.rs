@@ -9,7 +9,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use rwkv_chat::chat::{Message, Preset, Role, SavedState, Transcript};
-use rwkv_chat::model::{Config, Fingerprint, State};
+use rwkv_chat::model::{Config, Fingerprint, Generation, State};
 use rwkv_chat::sampler::{Sampler, SamplingParams};
 use rwkv_chat::store::state_file::{self, StateFile};
 use rwkv_chat::store::{SessionFile, Store};
@@ -25,9 +25,11 @@ fn config() -> ProptestConfig {
 fn sample_state() -> StateFile {
     StateFile {
         fingerprint: Fingerprint {
+            generation: Generation::Rwkv4,
             layers: 2,
             hidden: 4,
             attention: 4,
+            head_size: 0,
             vocab: 10,
             weights: 7,
         },

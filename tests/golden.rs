@@ -62,6 +62,8 @@ type Pick = fn(&rwkv_chat::model::LayerState) -> &Vec<f32>;
 
 fn state_field(state: &State, pick: Pick) -> Vec<f32> {
     state
+        .as_rwkv4()
+        .unwrap()
         .layers
         .iter()
         .flat_map(|l| pick(l).iter().copied())
@@ -141,12 +143,18 @@ fn the_candle_path_matches_the_host_path() {
         );
         let diff = max_abs_diff(&a, &b);
         assert!(diff < 1e-4, "{dtype}: logits differ by {diff}");
-        for (x, y) in host.layers.iter().zip(&candle.layers) {
+        for (x, y) in host
+            .as_rwkv4()
+            .unwrap()
+            .layers
+            .iter()
+            .zip(&candle.as_rwkv4().unwrap().layers)
+        {
             assert!(max_abs_diff(&x.att_num, &y.att_num) < 1e-4, "{dtype}");
             assert!(max_abs_diff(&x.ffn_x, &y.ffn_x) < 1e-4, "{dtype}");
         }
         if dtype == WeightDtype::F32 {
-            let vocab = model.config().vocab_size;
+            let vocab = model.vocab_size();
             let diff = max_abs_diff(&b[b.len() - vocab..], &golden.f32s("logits_last"));
             assert!(diff < 1e-4, "candle path: last logits differ by {diff}");
         }
@@ -216,7 +224,13 @@ fn step_mode_equals_sequence_mode() {
     }
     let diff = max_abs_diff(&seq_logits, &step_logits);
     assert!(diff < 1e-5, "logits differ by {diff}");
-    for (a, b) in seq.layers.iter().zip(&step.layers) {
+    for (a, b) in seq
+        .as_rwkv4()
+        .unwrap()
+        .layers
+        .iter()
+        .zip(&step.as_rwkv4().unwrap().layers)
+    {
         for (x, y) in [
             (&a.att_x, &b.att_x),
             (&a.ffn_x, &b.ffn_x),
@@ -251,7 +265,13 @@ fn any_chunking_equals_one_call() {
             .unwrap();
         let diff = max_abs_diff(&got, &whole);
         assert!(diff < 1e-5, "chunk {chunk}: logits differ by {diff}");
-        for (a, b) in state.layers.iter().zip(&whole_state.layers) {
+        for (a, b) in state
+            .as_rwkv4()
+            .unwrap()
+            .layers
+            .iter()
+            .zip(&whole_state.as_rwkv4().unwrap().layers)
+        {
             assert!(max_abs_diff(&a.att_num, &b.att_num) < 1e-5, "chunk {chunk}");
             assert!(max_abs_diff(&a.att_x, &b.att_x) < 1e-6, "chunk {chunk}");
         }
@@ -353,8 +373,8 @@ fn rescaling_is_invisible_in_f32() {
         );
         std::fs::write(dir.path().join("config.json"), config).unwrap();
         let model = load(dir.path(), WeightDtype::F32);
-        assert_eq!(model.config().rescale_every, every);
-        assert_eq!(model.config().layer_norm_epsilon, 1e-12);
+        assert_eq!(model.config().unwrap().rescale_every, every);
+        assert_eq!(model.config().unwrap().layer_norm_epsilon, 1e-12);
         let mut state = model.new_state();
         let logits: Vec<f32> = model
             .forward(&golden.input_ids, &mut state)

@@ -163,7 +163,7 @@ fn a_pickle_naming_code_to_run_runs_nothing() {
     for pickle in [alone, inside] {
         let path = write_pth(dir.path(), &pickle.0, &[]);
         let out = generate(&path);
-        assert_user_error(&out, &["model.pth", "not an RWKV-4 checkpoint"]);
+        assert_user_error(&out, &["model.pth", "not an RWKV checkpoint"]);
         assert!(!marker.exists(), "the pickle ran a command");
     }
 }

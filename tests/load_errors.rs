@@ -194,29 +194,45 @@ fn a_shard_index_pointing_outside_the_model_directory() {
     assert_user_error(&out, &["../../etc/passwd", "outside the model directory"]);
 }
 
-/// Checkpoints of the later RWKV generations, with the names that give each away.
+/// What rwkv-chat does not run is named by what it looks like: an RWKV-8 checkpoint (its ROSA
+/// layers give it away) and a transformer.
 #[test]
-fn later_rwkv_versions_are_named() {
+fn checkpoints_it_does_not_run_are_named() {
     let cases = [
-        ("blocks.0.att.time_faaaa", "RWKV-5"),
-        ("blocks.0.att.time_maa_x", "RWKV-6"),
-        ("blocks.0.att.r_k", "RWKV-7"),
+        (&["emb.weight", "blocks.0.rosa.emb"][..], "RWKV-8"),
+        (
+            &[
+                "model.embed_tokens.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+            ],
+            "not an RWKV checkpoint",
+        ),
     ];
-    for (name, version) in cases {
+    for (names, message) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let mut tensors = std::collections::HashMap::new();
-        let t = Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        tensors.insert(
-            "emb.weight".to_owned(),
-            Tensor::zeros((8, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
-        );
-        tensors.insert(name.to_owned(), t.clone());
-        tensors.insert("blocks.0.att.time_faaaa".to_owned(), t);
-        let path = dir.path().join("RWKV-x-World.pth.safetensors");
+        let t = Tensor::zeros((8, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let tensors: std::collections::HashMap<String, Tensor> =
+            names.iter().map(|n| (n.to_string(), t.clone())).collect();
+        let path = dir.path().join("model.safetensors");
         candle_core::safetensors::save(&tensors, &path).unwrap();
         let out = generate(&path);
-        assert_user_error(&out, &[version, "not support this version yet"]);
+        assert_user_error(&out, &[message]);
     }
+}
+
+/// A World checkpoint with a tensor missing is refused with the tensor's name.
+#[test]
+fn a_world_checkpoint_with_a_tensor_missing() {
+    let src = common::fixture("world/e2e-v7/model.pth");
+    let mut tensors = candle_core::pickle::read_all(&src)
+        .unwrap()
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>();
+    tensors.remove("blocks.1.att.k_k").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let out = generate(dir.path());
+    assert_user_error(&out, &["rwkv.blocks.1.attention.k_k", "missing"]);
 }
 
 #[test]

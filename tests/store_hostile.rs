@@ -283,7 +283,9 @@ fn a_state_of_the_wrong_shape_is_rebuilt_not_trusted() {
     saved_session(data.path(), "s");
     let path = session_dir(data.path(), "s").join("state.bin");
     let mut state = state_file::decode(&std::fs::read(&path).unwrap()).unwrap();
-    state.saved.state.layers[1].att_num.pop();
+    state.saved.state.as_rwkv4_mut().unwrap().layers[1]
+        .att_num
+        .pop();
     // A valid checksum and the right fingerprint: only the shape is wrong.
     std::fs::write(&path, state_file::encode(&state).unwrap()).unwrap();
 

@@ -20,5 +20,6 @@ mod tokenizer;
 mod tui;
 mod untrusted_text;
 mod weight_cache;
+mod world_engine;
 mod world_golden;
 mod world_tokenizer;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use rwkv_chat::model::finch::Finch;
-use rwkv_chat::model::reference::{Generation, WorldState};
 use rwkv_chat::model::v7::V7;
+use rwkv_chat::model::{Generation, WorldState};
 
 use crate::common;
 

@@ -21,8 +21,9 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::WeightDtype;
 use super::gemv::{BLOCK, Q4, Q8};
-use super::{Weight, WeightDtype};
+use super::linear::Weight;
 
 const MAGIC: &[u8; 8] = b"RWKVQNT1";
 

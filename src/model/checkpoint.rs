@@ -1,10 +1,12 @@
-//! Finding and opening RWKV-4 checkpoints in every layout users meet: Hugging Face directories
-//! (safetensors or PyTorch `.bin`, single or sharded) and raw BlinkDL `.pth` files.
+//! Finding and opening RWKV checkpoints of every generation in every layout users meet: Hugging
+//! Face directories (safetensors or PyTorch `.bin`, single or sharded, incl. the remote-code
+//! layouts of `RWKV/v5-Eagle-*-HF` and `RWKV/v6-Finch-*-HF`), flash-linear-attention's
+//! `fla-hub/rwkv7-*` and raw BlinkDL `.pth` files.
 //!
 //! Opening reads only headers: names, shapes and dtypes are checked against the config before
 //! any tensor data is read, so a bad file fails fast and never drives a large allocation.
-//! Names are normalised to the Hugging Face scheme (`rwkv.blocks.N.attention.key.weight`), so
-//! the model code deals with one naming only.
+//! Names are normalised to the Hugging Face scheme (`rwkv.blocks.N.attention.key.weight`), and
+//! fla's tensors to BlinkDL's forms, so the model code deals with one naming only.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 
+use super::Generation;
 use super::config::Config;
 use super::error::LoadError;
 
@@ -31,7 +34,13 @@ pub struct ModelFiles {
     pub format: Format,
     pub config: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
+    /// A World vocab (`rwkv_vocab_v20230424.txt`) beside the weights, as the HF and fla-hub
+    /// World repos ship it; used instead of the built-in copy for the World generations.
+    pub world_vocab: Option<PathBuf>,
 }
+
+/// The World vocab's file name in BlinkDL's, the HF and the fla-hub repos.
+pub const WORLD_VOCAB_FILE: &str = "rwkv_vocab_v20230424.txt";
 
 /// Weight files a Hugging Face directory may hold, in the order they are preferred.
 const HF_CANDIDATES: [&str; 4] = [
@@ -74,6 +83,7 @@ impl ModelFiles {
             format,
             config: beside("config.json"),
             tokenizer: beside("tokenizer.json").or_else(|| beside("20B_tokenizer.json")),
+            world_vocab: beside(WORLD_VOCAB_FILE),
         })
     }
 
@@ -189,8 +199,100 @@ fn detect_format(path: &Path) -> Result<Format, LoadError> {
 pub struct TensorInfo {
     pub file: usize,
     pub stored_name: String,
+    /// The shape after `transform`.
     pub shape: Vec<usize>,
     pub dtype: DType,
+    pub transform: Transform,
+}
+
+/// How a stored tensor becomes the one the model code reads under its normalised name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    None,
+    /// fla stores LoRA factors as `nn.Linear` weights, the transpose of BlinkDL's.
+    Transpose,
+    /// Row `n` of fla's older fused `[6, C]` token-shift mixers.
+    Row(usize),
+}
+
+impl Transform {
+    pub fn shape(self, stored: &[usize]) -> Vec<usize> {
+        match (self, stored) {
+            (Transform::Transpose, [a, b]) => vec![*b, *a],
+            (Transform::Row(_), [_, rest @ ..]) => rest.to_vec(),
+            _ => stored.to_vec(),
+        }
+    }
+
+    pub fn apply(self, t: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Transform::None => Ok(t),
+            Transform::Transpose => t.t()?.contiguous(),
+            Transform::Row(n) => t.get(n),
+        }
+    }
+}
+
+/// The BlinkDL names and transforms of a flash-linear-attention RWKV-7 tensor, following fla's
+/// `utils/convert_from_rwkv7.py`: LoRA factors are stored transposed (`nn.Linear` weights) and
+/// their final bias is the `*0` vector. Checkpoints written before fla 6b673e6b hold the six
+/// mixers as one `attn.x_x` [6, C] (rows r, w, k, v, a, g), split as fla's own loader
+/// migrates them.
+pub fn fla_names(name: &str) -> Result<Vec<(String, Transform)>, String> {
+    let one = |n: &str| Ok(vec![(n.to_owned(), Transform::None)]);
+    match name {
+        "model.embeddings.weight" => return one("emb.weight"),
+        "model.norm.weight" => return one("ln_out.weight"),
+        "model.norm.bias" => return one("ln_out.bias"),
+        "lm_head.weight" => return one("head.weight"),
+        _ => {}
+    }
+    let rest = name
+        .strip_prefix("model.layers.")
+        .ok_or_else(|| format!("`{name}` is not a flash-linear-attention RWKV-7 name"))?;
+    let (layer, leaf) = rest
+        .split_once('.')
+        .ok_or_else(|| format!("`{name}` has no layer"))?;
+    let p = |leaf: &str| format!("blocks.{layer}.{leaf}");
+    if leaf == "attn.x_x" {
+        return Ok(["r", "w", "k", "v", "a", "g"]
+            .iter()
+            .enumerate()
+            .map(|(row, mix)| (p(&format!("att.x_{mix}")), Transform::Row(row)))
+            .collect());
+    }
+    if let Some((kind, part)) = leaf
+        .strip_prefix("attn.")
+        .and_then(|lora| lora.split_once("_lora.lora."))
+    {
+        let (suffix, transform) = match part {
+            "0.weight" => ("1", Transform::Transpose),
+            "2.weight" => ("2", Transform::Transpose),
+            "2.bias" => ("0", Transform::None),
+            _ => return Err(format!("unknown LoRA tensor `{name}`")),
+        };
+        return Ok(vec![(p(&format!("att.{kind}{suffix}")), transform)]);
+    }
+    let mapped = match leaf {
+        "pre_norm.weight" => "ln0.weight".to_owned(),
+        "pre_norm.bias" => "ln0.bias".to_owned(),
+        "attn_norm.weight" => "ln1.weight".to_owned(),
+        "attn_norm.bias" => "ln1.bias".to_owned(),
+        "ffn_norm.weight" => "ln2.weight".to_owned(),
+        "ffn_norm.bias" => "ln2.bias".to_owned(),
+        "attn.r_proj.weight" => "att.receptance.weight".to_owned(),
+        "attn.k_proj.weight" => "att.key.weight".to_owned(),
+        "attn.v_proj.weight" => "att.value.weight".to_owned(),
+        "attn.o_proj.weight" => "att.output.weight".to_owned(),
+        "attn.g_norm.weight" => "att.ln_x.weight".to_owned(),
+        "attn.g_norm.bias" => "att.ln_x.bias".to_owned(),
+        // ffn.x_k, ffn.key.weight, ffn.value.weight keep their names.
+        other => match other.strip_prefix("attn.") {
+            Some(att) => format!("att.{att}"),
+            None => other.to_owned(),
+        },
+    };
+    Ok(vec![(p(&mapped), Transform::None)])
 }
 
 enum Reader {
@@ -205,12 +307,13 @@ pub struct Checkpoint {
     pub files: ModelFiles,
     readers: Vec<Reader>,
     tensors: HashMap<String, TensorInfo>,
+    generation: Generation,
 }
 
 impl Checkpoint {
     pub fn open(files: ModelFiles) -> Result<Self, LoadError> {
         let mut readers = Vec::with_capacity(files.weights.len());
-        let mut tensors = HashMap::new();
+        let mut stored = Vec::new();
         for (index, path) in files.weights.iter().enumerate() {
             let corrupt = |e: candle_core::Error| LoadError::Corrupt {
                 path: path.clone(),
@@ -236,15 +339,13 @@ impl Checkpoint {
                                 });
                             }
                         };
-                        tensors.insert(
-                            hf_name(&name),
-                            TensorInfo {
-                                file: index,
-                                shape: view.shape().to_vec(),
-                                dtype,
-                                stored_name: name,
-                            },
-                        );
+                        stored.push(TensorInfo {
+                            file: index,
+                            shape: view.shape().to_vec(),
+                            dtype,
+                            stored_name: name,
+                            transform: Transform::None,
+                        });
                     }
                     Reader::Safetensors(st)
                 }
@@ -253,15 +354,13 @@ impl Checkpoint {
                     let pth = candle_core::pickle::PthTensors::new(path, None).map_err(corrupt)?;
                     check_pickle_sizes(path, pth.tensor_infos())?;
                     for (name, info) in pth.tensor_infos() {
-                        tensors.insert(
-                            hf_name(name),
-                            TensorInfo {
-                                file: index,
-                                shape: info.layout.dims().to_vec(),
-                                dtype: info.dtype,
-                                stored_name: name.clone(),
-                            },
-                        );
+                        stored.push(TensorInfo {
+                            file: index,
+                            shape: info.layout.dims().to_vec(),
+                            dtype: info.dtype,
+                            stored_name: name.clone(),
+                            transform: Transform::None,
+                        });
                     }
                     Reader::Pickle(pth)
                 }
@@ -269,46 +368,64 @@ impl Checkpoint {
             readers.push(reader);
         }
         let first = files.weights[0].clone();
-        if let Some(version) = detect_other_version(tensors.keys().map(String::as_str)) {
-            return Err(LoadError::UnsupportedVersion {
-                path: first,
-                version,
-            });
-        }
-        if !tensors.contains_key(EMBEDDING) {
-            return Err(LoadError::NotRwkv4 { path: first });
-        }
+        let tensors = normalise(stored).map_err(|reason| LoadError::Corrupt {
+            path: first.clone(),
+            format: "flash-linear-attention RWKV-7",
+            reason,
+        })?;
+        let generation = detect_generation(&tensors, &first)?;
         Ok(Self {
             files,
             readers,
             tensors,
+            generation,
         })
     }
 
+    /// The generation the tensor names give away.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The vocabulary size: the embedding's rows.
+    pub fn vocab_size(&self) -> usize {
+        self.tensors
+            .get(EMBEDDING)
+            .and_then(|t| t.shape.first().copied())
+            .unwrap_or(0)
+    }
+
     /// A checkpoint of tensors already in memory, named in either scheme.
-    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        let infos = tensors
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Result<Self, LoadError> {
+        let stored = tensors
             .iter()
-            .map(|(name, t)| {
-                let info = TensorInfo {
-                    file: 0,
-                    stored_name: name.clone(),
-                    shape: t.dims().to_vec(),
-                    dtype: t.dtype(),
-                };
-                (hf_name(name), info)
+            .map(|(name, t)| TensorInfo {
+                file: 0,
+                stored_name: name.clone(),
+                shape: t.dims().to_vec(),
+                dtype: t.dtype(),
+                transform: Transform::None,
             })
             .collect();
-        Self {
+        let path = PathBuf::from("<memory>");
+        let infos = normalise(stored).map_err(|reason| LoadError::Corrupt {
+            path: path.clone(),
+            format: "flash-linear-attention RWKV-7",
+            reason,
+        })?;
+        let generation = detect_generation(&infos, &path)?;
+        Ok(Self {
             files: ModelFiles {
-                weights: vec![PathBuf::from("<memory>")],
+                weights: vec![path],
                 format: Format::Safetensors,
                 config: None,
                 tokenizer: None,
+                world_vocab: None,
             },
             readers: vec![Reader::Memory(tensors)],
             tensors: infos,
-        }
+            generation,
+        })
     }
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
@@ -339,14 +456,7 @@ impl Checkpoint {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        if let Some(kind) = cfg.model_type.as_deref()
-            && let Some(version) = version_of_model_type(kind)
-        {
-            return Err(LoadError::UnsupportedVersion {
-                path: path.clone(),
-                version,
-            });
-        }
+        check_config_generation(path, cfg.model_type.as_deref(), Generation::Rwkv4)?;
         let checks = [
             ("vocab_size", cfg.vocab_size, inferred.vocab_size),
             ("hidden_size", cfg.hidden_size, inferred.hidden_size),
@@ -485,8 +595,14 @@ impl Checkpoint {
             },
             reason: format!("tensor `{name}`: {}", error_reason(&e)),
         };
-        read.and_then(|t| t.reshape(shape)?.to_dtype(DType::F32)?.to_device(device))
-            .map_err(corrupt)
+        read.and_then(|t| {
+            info.transform
+                .apply(t)?
+                .reshape(shape)?
+                .to_dtype(DType::F32)?
+                .to_device(device)
+        })
+        .map_err(corrupt)
     }
 }
 
@@ -692,48 +808,117 @@ pub fn hf_name(name: &str) -> String {
         Some((head, "k")) => format!("{head}.time_mix_key"),
         Some((head, "v")) => format!("{head}.time_mix_value"),
         Some((head, "r")) => format!("{head}.time_mix_receptance"),
+        // v5.2's gate mix, named as the HF remote-code layout of v5 names it.
+        Some((head, "g")) => format!("{head}.time_mix_gate"),
         _ => rest,
     };
     format!("rwkv.blocks.{rest}")
 }
 
-/// Recognises the later RWKV generations by the tensors only they have.
-fn detect_other_version<'a>(mut names: impl Iterator<Item = &'a str>) -> Option<&'static str> {
-    let mut v5 = false;
-    let mut v6 = false;
-    let mut v7 = false;
-    for name in names.by_ref() {
-        let leaf = name.rsplit('.').next().unwrap_or(name);
-        let leaf = if leaf == "weight" || leaf == "bias" {
-            name.rsplit('.').nth(1).unwrap_or(name)
-        } else {
-            leaf
-        };
-        match leaf {
-            "time_faaaa" | "ln_x" | "gate" => v5 = true,
-            "time_maa_x" | "time_maa_w1" | "time_decay_w1" => v6 = true,
-            "w0" | "a0" | "v0" | "k_k" | "k_a" | "r_k" | "x_r" => v7 = true,
-            _ => {}
+/// Maps stored names to normalised ones: fla's (`model.layers.N.attn...`) to BlinkDL's with
+/// their transforms, then every name to the Hugging Face scheme.
+fn normalise(stored: Vec<TensorInfo>) -> Result<HashMap<String, TensorInfo>, String> {
+    // Llama-style transformers also name their layers `model.layers.N`; fla's RWKV-7 has
+    // `model.embeddings` and `attn` (not `self_attn`) blocks.
+    let fla = stored.iter().any(|t| {
+        t.stored_name == "model.embeddings.weight"
+            || (t.stored_name.starts_with("model.layers.") && t.stored_name.contains(".attn."))
+    });
+    let mut out = HashMap::with_capacity(stored.len());
+    for info in stored {
+        if !fla {
+            out.insert(hf_name(&info.stored_name), info);
+            continue;
+        }
+        for (name, transform) in fla_names(&info.stored_name)? {
+            let shape = transform.shape(&info.shape);
+            out.insert(
+                hf_name(&name),
+                TensorInfo {
+                    shape,
+                    transform,
+                    ..info.clone()
+                },
+            );
         }
     }
-    if v7 {
-        Some("RWKV-7 (Goose)")
-    } else if v6 {
-        Some("RWKV-6 (Finch, World)")
-    } else if v5 {
-        Some("RWKV-5 (Eagle, World)")
-    } else {
-        None
-    }
+    Ok(out)
 }
 
-fn version_of_model_type(kind: &str) -> Option<&'static str> {
-    match kind {
-        "rwkv5" => Some("RWKV-5 (Eagle, World)"),
-        "rwkv6" => Some("RWKV-6 (Finch, World)"),
-        "rwkv7" => Some("RWKV-7 (Goose)"),
-        _ => None,
+/// Tells the generation by the tensors only it has, and refuses what is not a model
+/// rwkv-chat runs with a message that says what it looks like.
+fn detect_generation(
+    tensors: &HashMap<String, TensorInfo>,
+    path: &Path,
+) -> Result<Generation, LoadError> {
+    let has = |leaf: &str| tensors.contains_key(&format!("rwkv.blocks.0.attention.{leaf}"));
+    if tensors
+        .keys()
+        .any(|n| n.contains(".rosa") || n.contains("rosa_"))
+    {
+        return Err(LoadError::UnsupportedVersion {
+            path: path.to_owned(),
+            version: "RWKV-8 (Heron, with ROSA)",
+        });
     }
+    if !tensors.contains_key(EMBEDDING) {
+        return Err(LoadError::NotRwkv {
+            path: path.to_owned(),
+            looks_like: looks_like(tensors.keys().map(String::as_str)),
+        });
+    }
+    Ok(if has("r_k") || has("w0") || has("x_r") {
+        Generation::V7
+    } else if has("time_maa_x") || has("time_maa_w1") {
+        Generation::V6
+    } else if has("time_faaaa") || has("ln_x.weight") {
+        Generation::V5
+    } else {
+        Generation::Rwkv4
+    })
+}
+
+/// What a checkpoint without RWKV's embedding seems to be, by the names other families use.
+fn looks_like<'a>(names: impl Iterator<Item = &'a str>) -> &'static str {
+    let mut found = "no language model rwkv-chat knows";
+    for name in names {
+        if name.contains("embed_tokens") || name.contains("self_attn") {
+            return "a transformer (Llama-style)";
+        }
+        if name.starts_with("transformer.wte") || name.contains(".attn.c_attn") {
+            return "a transformer (GPT-2-style)";
+        }
+        if name.starts_with("gpt_neox.") {
+            return "a transformer (GPT-NeoX)";
+        }
+        if name.contains("mixer.") || name.contains("A_log") {
+            found = "a state-space model (Mamba-style)";
+        }
+    }
+    found
+}
+
+/// Refuses a `config.json` whose `model_type` names another generation than the weights.
+pub(super) fn check_config_generation(
+    path: &Path,
+    model_type: Option<&str>,
+    weights: Generation,
+) -> Result<(), LoadError> {
+    let says = match model_type {
+        Some("rwkv") => Generation::Rwkv4,
+        Some("rwkv5") => Generation::V5,
+        Some("rwkv6") => Generation::V6,
+        Some("rwkv7") => Generation::V7,
+        _ => return Ok(()),
+    };
+    if says != weights {
+        return Err(LoadError::GenerationMismatch {
+            config: path.to_owned(),
+            says,
+            weights,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -770,25 +955,72 @@ mod tests {
         }
     }
 
+    fn generation_of(names: &[&str]) -> Result<Generation, LoadError> {
+        let infos = names
+            .iter()
+            .map(|n| TensorInfo {
+                file: 0,
+                stored_name: n.to_string(),
+                shape: vec![4],
+                dtype: DType::F32,
+                transform: Transform::None,
+            })
+            .collect();
+        detect_generation(&normalise(infos).unwrap(), Path::new("m.pth"))
+    }
+
     #[test]
-    fn later_generations_are_recognised() {
-        assert_eq!(
-            detect_other_version(["blocks.0.att.time_faaaa", "emb.weight"].into_iter()),
-            Some("RWKV-5 (Eagle, World)")
-        );
-        assert_eq!(
-            detect_other_version(
-                ["blocks.0.att.time_maa_x", "blocks.0.att.time_faaaa"].into_iter()
+    fn generations_are_told_by_their_tensors() {
+        let cases = [
+            (
+                &["emb.weight", "blocks.0.att.time_first"][..],
+                Generation::Rwkv4,
             ),
-            Some("RWKV-6 (Finch, World)")
+            (&["emb.weight", "blocks.0.att.time_faaaa"], Generation::V5),
+            (
+                &[
+                    "emb.weight",
+                    "blocks.0.att.time_maa_x",
+                    "blocks.0.att.time_faaaa",
+                ],
+                Generation::V6,
+            ),
+            (
+                &["emb.weight", "blocks.0.att.r_k", "blocks.0.att.w0"],
+                Generation::V7,
+            ),
+            (
+                &["model.embeddings.weight", "model.layers.0.attn.r_k"],
+                Generation::V7,
+            ),
+        ];
+        for (names, want) in cases {
+            assert_eq!(generation_of(names).unwrap(), want, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_model_rwkv_chat_runs_is_named() {
+        let e = generation_of(&["emb.weight", "blocks.0.rosa.emb"]).unwrap_err();
+        assert!(e.to_string().contains("RWKV-8"), "{e}");
+        let e = generation_of(&[
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("Llama-style"), "{e}");
+    }
+
+    #[test]
+    fn fla_names_map_to_blinkdl_forms() {
+        assert_eq!(
+            fla_names("model.layers.2.attn.w_lora.lora.0.weight").unwrap(),
+            vec![("blocks.2.att.w1".to_owned(), Transform::Transpose)]
         );
         assert_eq!(
-            detect_other_version(["blocks.0.att.r_k", "blocks.0.att.w0"].into_iter()),
-            Some("RWKV-7 (Goose)")
+            fla_names("model.layers.0.attn.x_x").unwrap()[4],
+            ("blocks.0.att.x_a".to_owned(), Transform::Row(4))
         );
-        assert_eq!(
-            detect_other_version(["blocks.0.att.time_mix_k", "emb.weight"].into_iter()),
-            None
-        );
+        assert!(fla_names("model.layers.0.attn.w_lora.lora.1.weight").is_err());
     }
 }

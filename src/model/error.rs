@@ -52,8 +52,8 @@ pub enum LoadError {
     BadConfig { path: PathBuf, reason: String },
 
     #[error(
-        "{}: this is an {version} checkpoint; rwkv-chat runs RWKV-4 models (Raven, Pile) and does \
-         not support this version yet",
+        "{}: this is an {version} checkpoint; rwkv-chat runs RWKV-4 (Raven, Pile), RWKV-5.2, \
+         RWKV-6 and RWKV-7 (World, G1) models and does not support this version yet",
         path.display()
     )]
     UnsupportedVersion {
@@ -62,11 +62,24 @@ pub enum LoadError {
     },
 
     #[error(
-        "{}: not an RWKV-4 checkpoint: it has no embedding tensor (`emb.weight` or \
-         `rwkv.embeddings.weight`)",
+        "{}: not an RWKV checkpoint: it has no embedding tensor (`emb.weight` or \
+         `rwkv.embeddings.weight`); it looks like {looks_like}",
         path.display()
     )]
-    NotRwkv4 { path: PathBuf },
+    NotRwkv {
+        path: PathBuf,
+        looks_like: &'static str,
+    },
+
+    #[error(
+        "{}: the config is for an {says} model, but the weights beside it are {weights}",
+        config.display()
+    )]
+    GenerationMismatch {
+        config: PathBuf,
+        says: super::Generation,
+        weights: super::Generation,
+    },
 
     #[error("{}: tensor `{name}` is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },

@@ -1,5 +1,5 @@
 //! RWKV-5.2 "Eagle" and RWKV-6 "Finch", the World generations before v7, in plain f32 loops:
-//! the reference for the fast paths to come (issue 12); not yet wired into [`super::Rwkv`].
+//! the reference the fast engine ([`super::world`]) is held to.
 //!
 //! Both are BlinkDL's `rwkv` package (0.8.32, `rwkv/model.py`, `RWKV_x052`/`RWKV_x060` for one
 //! token). The WKV state per head is `S[k, v]` (rwkv pip's `[h, k, v]` order):

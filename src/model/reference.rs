@@ -5,19 +5,12 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
-/// The World generations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generation {
-    /// RWKV-5.2 "Eagle".
-    V5,
-    /// RWKV-6 "Finch".
-    V6,
-    /// RWKV-7 "Goose".
-    V7,
-}
+use super::Fingerprint;
+pub use super::Generation;
 
-/// The shapes of a World model, read off its tensors.
+/// The shapes of a World model, read off its tensors; `generation` is V5, V6 or V7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorldConfig {
     pub generation: Generation,
@@ -31,7 +24,7 @@ pub struct WorldConfig {
 
 /// What a World model carries from one token to the next, per layer. The same three parts in
 /// every generation; only the order of `att_kv`'s last two axes differs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorldLayerState {
     /// `ln1(x)` of the previous token: the time mix's token shift.
     pub att_x: Vec<f32>,
@@ -42,8 +35,13 @@ pub struct WorldLayerState {
     pub ffn_x: Vec<f32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Everything a World model carries between tokens: `layers x (2 x hidden + hidden x head
+/// size)` floats (13 MB for a 1.5B v7), whatever the length of the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorldState {
+    /// The generation whose math reads `att_kv`: v5/v6 and v7 states of one width have one
+    /// shape but not one meaning.
+    pub generation: Generation,
     pub layers: Vec<WorldLayerState>,
 }
 
@@ -56,8 +54,29 @@ impl WorldState {
             ffn_x: vec![0.0; cfg.hidden],
         };
         Self {
+            generation: cfg.generation,
             layers: vec![layer; cfg.layers],
         }
+    }
+
+    /// True when every vector has the length the model with `fingerprint` uses.
+    pub fn fits(&self, fingerprint: &Fingerprint) -> bool {
+        let hidden = fingerprint.hidden as usize;
+        let kv = fingerprint.attention as usize * fingerprint.head_size as usize;
+        self.generation == fingerprint.generation
+            && self.layers.len() == fingerprint.layers as usize
+            && self
+                .layers
+                .iter()
+                .all(|l| l.att_x.len() == hidden && l.ffn_x.len() == hidden && l.att_kv.len() == kv)
+    }
+
+    /// Bytes the state takes in memory or on disk (before any header).
+    pub fn size_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| 4 * (l.att_x.len() + l.att_kv.len() + l.ffn_x.len()))
+            .sum()
     }
 }
 

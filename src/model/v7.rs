@@ -1,6 +1,5 @@
 //! RWKV-7 "Goose" (x070), the generation of the current World and G1 models, in plain f32
-//! loops: the reference the fast paths are held to, and what the World-model work
-//! (issue 12) builds on. It is not yet wired into [`super::Rwkv`], the engine or the chat app.
+//! loops: the reference the fast engine ([`super::world`]) is held to.
 //!
 //! The math is BlinkDL's `rwkv` package (0.8.32, `rwkv/model.py`, `RWKV_x070`) for one token:
 //! `x = ln0(emb[t])`; per layer `x += TMix(ln1(x))`, `x += CMix(ln2(x))`; logits
@@ -12,6 +11,8 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
+
+use super::checkpoint::fla_names;
 
 use super::reference::{
     Ends, Generation, LN_EPS, LN_X_EPS, Matrix, Norm, Weights, WorldConfig, WorldLayerState,
@@ -56,72 +57,16 @@ pub struct V7 {
 const DECAY_SCALE: f32 = 0.606531;
 
 /// Renames a flash-linear-attention checkpoint (`fla-hub/rwkv7-*`, `model.safetensors`) to
-/// BlinkDL's names, following fla's `utils/convert_from_rwkv7.py`: LoRA factors are stored
-/// transposed (`nn.Linear` weights) and their final bias is the `*0` vector. Checkpoints
-/// written before fla 6b673e6b hold the six mixers as one `attn.x_x` [6, C] (rows r, w, k, v,
-/// a, g), split here as fla's own loader migrates them.
+/// BlinkDL's names and forms (see [`fla_names`]).
 pub fn from_fla(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, String> {
     let mut out = HashMap::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let err = |e: candle_core::Error| format!("`{name}`: {e}");
-        let renamed = match name.as_str() {
-            "model.embeddings.weight" => "emb.weight".to_owned(),
-            "model.norm.weight" => "ln_out.weight".to_owned(),
-            "model.norm.bias" => "ln_out.bias".to_owned(),
-            "lm_head.weight" => "head.weight".to_owned(),
-            _ => {
-                let rest = name.strip_prefix("model.layers.").ok_or_else(|| {
-                    format!("`{name}` is not a flash-linear-attention RWKV-7 name")
-                })?;
-                let (layer, leaf) = rest
-                    .split_once('.')
-                    .ok_or_else(|| format!("`{name}` has no layer"))?;
-                let p = |leaf: &str| format!("blocks.{layer}.{leaf}");
-                if leaf == "attn.x_x" {
-                    for (row, mix) in ["r", "w", "k", "v", "a", "g"].iter().enumerate() {
-                        out.insert(p(&format!("att.x_{mix}")), t.get(row).map_err(err)?);
-                    }
-                    continue;
-                }
-                if let Some((kind, part)) = leaf
-                    .strip_prefix("attn.")
-                    .and_then(|lora| lora.split_once("_lora.lora."))
-                {
-                    let (suffix, value) = match part {
-                        "0.weight" => ("1", t.t().map_err(err)?),
-                        "2.weight" => ("2", t.t().map_err(err)?),
-                        "2.bias" => ("0", t),
-                        _ => return Err(format!("unknown LoRA tensor `{name}`")),
-                    };
-                    out.insert(p(&format!("att.{kind}{suffix}")), value);
-                    continue;
-                }
-                let mapped = match leaf {
-                    "pre_norm.weight" => "ln0.weight",
-                    "pre_norm.bias" => "ln0.bias",
-                    "attn_norm.weight" => "ln1.weight",
-                    "attn_norm.bias" => "ln1.bias",
-                    "ffn_norm.weight" => "ln2.weight",
-                    "ffn_norm.bias" => "ln2.bias",
-                    "attn.r_proj.weight" => "att.receptance.weight",
-                    "attn.k_proj.weight" => "att.key.weight",
-                    "attn.v_proj.weight" => "att.value.weight",
-                    "attn.o_proj.weight" => "att.output.weight",
-                    "attn.g_norm.weight" => "att.ln_x.weight",
-                    "attn.g_norm.bias" => "att.ln_x.bias",
-                    other => match other.strip_prefix("attn.") {
-                        Some(att) => {
-                            out.insert(p(&format!("att.{att}")), t);
-                            continue;
-                        }
-                        // ffn.x_k, ffn.key.weight, ffn.value.weight keep their names.
-                        None => other,
-                    },
-                };
-                p(mapped)
-            }
-        };
-        out.insert(renamed, t);
+        for (renamed, transform) in fla_names(&name)? {
+            let t = transform
+                .apply(t.clone())
+                .map_err(|e| format!("`{name}`: {e}"))?;
+            out.insert(renamed, t);
+        }
     }
     Ok(out)
 }

@@ -164,14 +164,16 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Config, State};
+    use crate::model::{Config, Generation, State};
 
     fn sample() -> StateFile {
         StateFile {
             fingerprint: Fingerprint {
+                generation: Generation::Rwkv4,
                 layers: 2,
                 hidden: 4,
                 attention: 4,
+                head_size: 0,
                 vocab: 10,
                 weights: 7,
             },

@@ -8,7 +8,7 @@ mod world;
 
 use std::path::{Path, PathBuf};
 
-use crate::model::LoadError;
+use crate::model::{Generation, LoadError};
 
 /// The GPT-NeoX 20B tokenizer used by every RWKV-4 Pile and Raven model.
 pub(crate) const NEOX_20B: &[u8] = include_bytes!("../assets/20B_tokenizer.json");
@@ -75,11 +75,16 @@ impl Tokenizer {
         })
     }
 
-    /// The tokenizer beside a model, else the built-in one; refused when it has ids the model
-    /// cannot embed.
-    pub fn for_model(beside: Option<&PathBuf>, model_vocab: usize) -> Result<Self, LoadError> {
+    /// The tokenizer beside a model, else the generation's built-in one; refused when it has
+    /// ids the model cannot embed.
+    pub fn for_model(
+        beside: Option<&PathBuf>,
+        model_vocab: usize,
+        generation: Generation,
+    ) -> Result<Self, LoadError> {
         let tok = match beside {
             Some(path) => Self::from_file(path)?,
+            None if generation.is_world() => Self::world(),
             None => Self::neox(),
         };
         if tok.vocab_size() > model_vocab {

@@ -4,14 +4,14 @@
 //! output and walks it once, which costs more than the arithmetic. Here each layer is a few
 //! fused loops over buffers that live in a [`Scratch`] kept between calls, so the token loop
 //! allocates nothing but the logits it returns, and the matrix products read host weights
-//! directly ([`gemv::matmul`]). The math is the candle path's ([`Rwkv::forward_chunk_candle`],
+//! directly ([`crate::model::gemv::matmul`]). The math is the candle path's ([`Rwkv4::forward_chunk_candle`],
 //! which runs on GPUs); the tests hold the two to each other and to the reference outputs.
 
-use candle_core::{CpuStorage, Storage, Tensor};
-use half::slice::HalfFloatSliceExt;
+use candle_core::Tensor;
 
-use super::wkv::{self, Accumulators};
-use super::{Block, ChannelMix, LayerNorm, LayerState, Linear, Mix, Rwkv, State, TimeMix, gemv};
+use super::{Block, ChannelMix, LayerNorm, LayerState, Mix, Rwkv4, Rwkv4State, TimeMix};
+use crate::model::ops;
+use crate::model::wkv::{self, Accumulators};
 
 /// Buffers for one chunk of `T` tokens, grown on demand and reused.
 #[derive(Default)]
@@ -40,26 +40,10 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + wkv::exp(-x))
 }
 
-impl Linear {
-    /// `out [T, rows] = x [T, cols] . W^T` on host buffers.
-    fn host(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
-        self.with_rows(|w| gemv::matmul(w, self.rows, self.cols, x, self.out_scale, out))
-    }
-}
-
 impl LayerNorm {
     /// Normalises each `[hidden]` row of `x` into `out`.
     fn host(&self, x: &[f32], out: &mut [f32]) {
-        let n = self.host_weight.len();
-        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let mean = x.iter().sum::<f32>() / n as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            let params = self.host_weight.iter().zip(&self.host_bias);
-            for ((o, &v), (w, b)) in out.iter_mut().zip(x).zip(params) {
-                *o = (v - mean) * inv * w + b;
-            }
-        }
+        ops::layer_norm(x, &self.host_weight, &self.host_bias, self.eps, out);
     }
 }
 
@@ -161,37 +145,20 @@ impl ChannelMix {
     }
 }
 
-/// Copies embedding row `id` into `out`, widening it to f32.
-fn embedding(table: &Tensor, id: usize, out: &mut [f32]) -> candle_core::Result<()> {
-    let n = out.len();
-    let (storage, layout) = table.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((start, _))) = (&*storage, layout.contiguous_offsets()) else {
-        candle_core::bail!("expected contiguous embeddings on the CPU");
-    };
-    let row = start + id * n..start + (id + 1) * n;
-    match cpu {
-        CpuStorage::F32(e) => out.copy_from_slice(&e[row]),
-        CpuStorage::F16(e) => e[row].convert_to_f32_slice(out),
-        CpuStorage::BF16(e) => e[row].convert_to_f32_slice(out),
-        _ => candle_core::bail!("no host embeddings in {:?}", table.dtype()),
-    }
-    Ok(())
-}
-
-impl Rwkv {
-    /// [`Rwkv::forward_chunk`] on the CPU: logits `[T, vocab]` when `all_logits`, else
+impl Rwkv4 {
+    /// [`Rwkv4::forward_chunk`] on the CPU: logits `[T, vocab]` when `all_logits`, else
     /// `[1, vocab]` for the last token.
     pub(super) fn forward_host(
         &self,
         s: &mut Scratch,
         tokens: &[u32],
-        state: &mut State,
+        state: &mut Rwkv4State,
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
         let (t, h) = (tokens.len(), self.cfg.hidden_size);
         let x = resize(&mut s.x, t * h);
         for (&id, row) in tokens.iter().zip(x.chunks_exact_mut(h)) {
-            embedding(&self.embeddings, id as usize, row)?;
+            ops::embedding(&self.embeddings, id as usize, row)?;
         }
         let every = self.cfg.rescale_every;
         for (i, (block, st)) in self.blocks.iter().zip(state.layers.iter_mut()).enumerate() {

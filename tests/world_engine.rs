@@ -1,0 +1,247 @@
+//! The World engine the app runs ([`Rwkv`] on a v5.2, v6 or v7 checkpoint) against BlinkDL's
+//! reference outputs (rwkv 0.8.32) in every layout users meet: logits at every position,
+//! argmax, state and greedy ids; step mode against sequence mode and any chunking; every
+//! weight format with the tolerance it is held to.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rwkv_chat::model::{Generation, LoadOptions, Rwkv, State, WeightDtype, WorldState};
+
+use crate::common;
+
+/// Every layout of each generation: BlinkDL `.pth`, the HF remote-code layout, fla's.
+const LAYOUTS: [(&str, Generation); 6] = [
+    ("tiny-v5", Generation::V5),
+    ("tiny-v5-hf", Generation::V5),
+    ("tiny-v6", Generation::V6),
+    ("tiny-v6-hf", Generation::V6),
+    ("tiny-v7", Generation::V7),
+    ("tiny-v7-fla", Generation::V7),
+];
+
+fn dir(name: &str) -> PathBuf {
+    common::fixture(&format!("world/{name}"))
+}
+
+/// The golden of a layout; the HF and fla copies share their .pth twin's weights.
+fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir(name).join("golden.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0 as u32
+}
+
+fn load(path: &Path, dtype: WeightDtype) -> Rwkv {
+    Rwkv::load(
+        path,
+        LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn world(state: &State) -> &WorldState {
+    state.as_world().expect("a World state")
+}
+
+/// Token by token from the zero state: logits at every position within `tolerance`, the same
+/// argmax, the state after the prompt within 1e-4 and the greedy ids exact.
+fn check_steps(name: &str, model: &Rwkv, tolerance: f32) {
+    let g = golden(name);
+    let vocab = model.vocab_size();
+    let want = f32s(&g["logits"]);
+    let mut state = model.new_state();
+    let mut logits = Vec::new();
+    for (pos, &t) in ids(&g["input_ids"]).iter().enumerate() {
+        logits = f32s(&model.forward(&[t], &mut state).unwrap());
+        let row = &want[pos * vocab..(pos + 1) * vocab];
+        let diff = common::max_abs_diff(&logits, row);
+        assert!(
+            diff < tolerance,
+            "{name} position {pos}: logits differ by {diff}"
+        );
+        assert_eq!(argmax(&logits), argmax(row), "{name} position {pos}");
+    }
+    for (i, layer) in world(&state).layers.iter().enumerate() {
+        for (field, got) in [
+            ("att_x_prev", &layer.att_x),
+            ("att_kv", &layer.att_kv),
+            ("ffn_x_prev", &layer.ffn_x),
+        ] {
+            let diff = common::max_abs_diff(got, &f32s(&g[&format!("state.{i}.{field}")]));
+            assert!(diff < 1e-4, "{name} layer {i} {field} differs by {diff}");
+        }
+    }
+    let mut greedy = Vec::new();
+    for _ in 0..ids(&g["greedy_ids"]).len() {
+        let next = argmax(&logits);
+        greedy.push(next);
+        logits = f32s(&model.forward(&[next], &mut state).unwrap());
+    }
+    assert_eq!(greedy, ids(&g["greedy_ids"]), "{name}");
+}
+
+#[test]
+fn every_layout_of_every_generation_matches_the_reference() {
+    for (name, generation) in LAYOUTS {
+        let model = load(&dir(name), WeightDtype::F32);
+        assert_eq!(model.generation(), generation, "{name}");
+        check_steps(name, &model, 1e-3);
+    }
+}
+
+/// fla checkpoints written before fla 6b673e6b hold the six token-shift mixers as one
+/// `attn.x_x` [6, C] (rows r, w, k, v, a, g): made here from tiny-v7-fla, as fla's own loader
+/// migrates it back.
+#[test]
+fn the_fused_fla_layout_matches_the_reference() {
+    let src = dir("tiny-v7-fla");
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    for layer in 0..2 {
+        let rows: Vec<Tensor> = ["r", "w", "k", "v", "a", "g"]
+            .iter()
+            .map(|m| {
+                tensors
+                    .remove(&format!("model.layers.{layer}.attn.x_{m}"))
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+            })
+            .collect();
+        tensors.insert(
+            format!("model.layers.{layer}.attn.x_x"),
+            Tensor::stack(&rows, 0).unwrap(),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors")).unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    check_steps("tiny-v7-fla", &load(tmp.path(), WeightDtype::F32), 1e-3);
+}
+
+/// One call over the whole prompt (every position's logits), and the prompt cut into chunks
+/// of any size, give what token-by-token feeding gives.
+#[test]
+fn sequence_mode_and_any_chunking_equal_step_mode() {
+    for (name, _) in LAYOUTS {
+        let g = golden(name);
+        let prompt = ids(&g["input_ids"]);
+        let mut model = load(&dir(name), WeightDtype::F32);
+        let mut whole = model.new_state();
+        let all = f32s(&model.forward_chunk(&prompt, &mut whole, true).unwrap());
+        let diff = common::max_abs_diff(&all, &f32s(&g["logits"]));
+        assert!(diff < 1e-3, "{name}: sequence-mode logits differ by {diff}");
+        let mut steps = model.new_state();
+        let mut last = Vec::new();
+        for &t in &prompt {
+            last = f32s(&model.forward(&[t], &mut steps).unwrap());
+        }
+        let vocab = model.vocab_size();
+        assert!(
+            common::max_abs_diff(&all[all.len() - vocab..], &last) < 1e-5,
+            "{name}"
+        );
+        for chunk in [1, 2, 5, 7, prompt.len()] {
+            model.chunk_size = chunk;
+            let mut state = model.new_state();
+            let got = f32s(&model.forward(&prompt, &mut state).unwrap());
+            let diff = common::max_abs_diff(&got, &last);
+            assert!(diff < 1e-5, "{name} chunk {chunk}: logits differ by {diff}");
+            for (a, b) in world(&state).layers.iter().zip(&world(&steps).layers) {
+                for (x, y) in [
+                    (&a.att_kv, &b.att_kv),
+                    (&a.att_x, &b.att_x),
+                    (&a.ffn_x, &b.ffn_x),
+                ] {
+                    let diff = common::max_abs_diff(x, y);
+                    assert!(diff < 1e-4, "{name} chunk {chunk}: state differs by {diff}");
+                }
+            }
+        }
+    }
+}
+
+/// The fixtures' weights are bf16, which bf16 holds exactly and f16 too (their magnitudes are
+/// in f16's range): both formats must meet the f32 goldens.
+#[test]
+fn the_16_bit_formats_meet_the_goldens() {
+    for (name, _) in LAYOUTS {
+        for dtype in [WeightDtype::Bf16, WeightDtype::F16] {
+            check_steps(name, &load(&dir(name), dtype), 1e-3);
+        }
+    }
+}
+
+/// q8 and q4 round the weights, so they are held to the largest logit difference and the
+/// top-1 agreement measured on these fixtures, with a margin. Measured: q8 0.10 to 0.11 with
+/// top-1 equal everywhere; q4 1.08 to 1.47 with 75% to 92%.
+#[test]
+fn the_quantized_formats_stay_close_to_f32() {
+    for (name, _) in LAYOUTS {
+        let g = golden(name);
+        let prompt = ids(&g["input_ids"]);
+        let want = f32s(&g["logits"]);
+        for (dtype, tolerance, min_agree) in
+            [(WeightDtype::Q8, 0.2, 0.9), (WeightDtype::Q4, 2.5, 0.6)]
+        {
+            let model = load(&dir(name), dtype);
+            let mut state = model.new_state();
+            let got = f32s(&model.forward_chunk(&prompt, &mut state, true).unwrap());
+            let diff = common::max_abs_diff(&got, &want);
+            let vocab = model.vocab_size();
+            let agree = got
+                .chunks(vocab)
+                .zip(want.chunks(vocab))
+                .filter(|(a, b)| argmax(a) == argmax(b))
+                .count() as f32
+                / prompt.len() as f32;
+            eprintln!("{name} {dtype}: max diff {diff}, top-1 agreement {agree}");
+            assert!(diff < tolerance, "{name} {dtype}: logits differ by {diff}");
+            assert!(
+                agree >= min_agree,
+                "{name} {dtype}: top-1 agreement {agree}"
+            );
+        }
+    }
+}
+
+/// A state of one generation is never fed to another: RWKV-4's to a v7 model, a v5's to a v7
+/// of the same width.
+#[test]
+fn a_state_of_another_model_is_refused() {
+    let v7 = load(&dir("tiny-v7"), WeightDtype::F32);
+    let v5 = load(&dir("tiny-v5"), WeightDtype::F32);
+    assert_ne!(v7.fingerprint(), v5.fingerprint());
+    let rwkv4 = load(&common::fixture("tiny-rwkv4"), WeightDtype::F32);
+    for mut foreign in [rwkv4.new_state(), v5.new_state()] {
+        let e = v7.forward(&[1], &mut foreign).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
+    }
+    let e = v7
+        .forward(&[5000], &mut v7.new_state())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+}
