@@ -336,7 +336,7 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
             depth: crate::ui::theme::ColorDepth::TrueColor,
             models: Vec::new(),
             local: Vec::new(),
-            preset: "raven".into(),
+            preset: None,
         });
         let feed = |app: &mut App, input: Input| drop(app::update(app, input));
         feed(&mut app, Input::Resize(width, height));

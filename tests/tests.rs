@@ -20,6 +20,7 @@ mod tokenizer;
 mod tui;
 mod untrusted_text;
 mod weight_cache;
+mod world_cli;
 mod world_engine;
 mod world_golden;
 mod world_tokenizer;

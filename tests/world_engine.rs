@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use rwkv_chat::model::{Generation, LoadOptions, Rwkv, State, WeightDtype, WorldState};
 
-use crate::common;
+use crate::common::{self, argmax, f32s, ids};
 
 /// Every layout of each generation: BlinkDL `.pth`, the HF remote-code layout, fla's.
 const LAYOUTS: [(&str, Generation); 6] = [
@@ -27,27 +27,6 @@ fn dir(name: &str) -> PathBuf {
 /// The golden of a layout; the HF and fla copies share their .pth twin's weights.
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir(name).join("golden.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 { (i, x) } else { best }
-        })
-        .0 as u32
 }
 
 fn load(path: &Path, dtype: WeightDtype) -> Rwkv {

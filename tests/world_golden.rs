@@ -9,7 +9,7 @@ use rwkv_chat::model::finch::Finch;
 use rwkv_chat::model::v7::V7;
 use rwkv_chat::model::{Generation, WorldState};
 
-use crate::common;
+use crate::common::{self, argmax, f32s, ids};
 
 fn golden(dir: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
@@ -17,27 +17,6 @@ fn golden(dir: &str) -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn ids(t: &Tensor) -> Vec<u32> {
-    t.to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect()
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 { (i, x) } else { best }
-        })
-        .0 as u32
 }
 
 /// Feeds the fixture's prompt token by token from the zero state and checks the logits at

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Generation;
 use crate::sampler::SamplingParams;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,8 +62,9 @@ pub struct Loaded {
     pub problems: Vec<PresetError>,
 }
 
-const BUILT_IN: [(&str, &str); 4] = [
+const BUILT_IN: [(&str, &str); 5] = [
     ("raven.toml", include_str!("presets/raven.toml")),
+    ("world.toml", include_str!("presets/world.toml")),
     (
         "user-assistant.toml",
         include_str!("presets/user-assistant.toml"),
@@ -71,7 +73,15 @@ const BUILT_IN: [(&str, &str); 4] = [
     ("completion.toml", include_str!("presets/completion.toml")),
 ];
 
-pub const DEFAULT_PRESET: &str = "raven";
+/// The preset a new session of a model of `generation` starts with when none is chosen: the
+/// chat format the model was trained on.
+pub fn default_for(generation: Generation) -> &'static str {
+    if generation.is_world() {
+        "world"
+    } else {
+        "raven"
+    }
+}
 
 impl Preset {
     /// Parses one preset file's text; `origin` names it in errors.
@@ -194,9 +204,22 @@ mod tests {
         let names: Vec<&str> = presets.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["raven", "user-assistant", "instruction", "completion"]
+            [
+                "raven",
+                "world",
+                "user-assistant",
+                "instruction",
+                "completion"
+            ]
         );
-        assert!(Preset::find(&presets, DEFAULT_PRESET).is_ok());
+        for generation in [
+            Generation::Rwkv4,
+            Generation::V5,
+            Generation::V6,
+            Generation::V7,
+        ] {
+            assert!(Preset::find(&presets, default_for(generation)).is_ok());
+        }
     }
 
     #[test]
@@ -234,7 +257,7 @@ mod tests {
         let presets = loaded.presets;
         let raven = Preset::find(&presets, "raven").unwrap();
         assert_eq!(raven.user_prefix, "Q: ");
-        assert_eq!(presets.len(), 4);
+        assert_eq!(presets.len(), Preset::built_in().len());
 
         // Bad files are named and skipped; the built-ins and the good user file stay.
         std::fs::write(dir.path().join("zz.toml"), "name = \"x\"\nstop = 3\n").unwrap();
@@ -247,7 +270,13 @@ mod tests {
         let names: Vec<&str> = loaded.presets.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["user-assistant", "instruction", "completion", "raven"]
+            [
+                "world",
+                "user-assistant",
+                "instruction",
+                "completion",
+                "raven"
+            ]
         );
         let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
         assert_eq!(problems.len(), 2, "{problems:?}");

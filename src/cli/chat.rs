@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::generate::SamplingArgs;
 use super::{ModelArgs, emit};
-use crate::chat::{Preset, ReplyOptions, Turn, preset::DEFAULT_PRESET};
+use crate::chat::{Preset, ReplyOptions, Turn, preset};
 use crate::session::{OpenError, OpenSession, Rebuild};
 use crate::store::Store;
 use crate::text::sanitize;
@@ -105,7 +105,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     } else {
         let preset = match &preset {
             Some(p) => p.clone(),
-            None => Preset::find(&presets, DEFAULT_PRESET)?,
+            None => Preset::find(&presets, preset::default_for(engine.model.generation()))?,
         };
         let label = Some(args.model.model.clone());
         let session = OpenSession::create(&store, &engine, &name, preset, label)?;

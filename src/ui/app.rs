@@ -211,7 +211,8 @@ pub struct Setup {
     pub models: Vec<String>,
     /// The models among `models` already on disk (loading them downloads nothing).
     pub local: Vec<String>,
-    pub preset: String,
+    /// The configured preset of new sessions; `None` follows the model.
+    pub preset: Option<String>,
 }
 
 pub struct App {
@@ -223,7 +224,7 @@ pub struct App {
     pub depth: ColorDepth,
     pub models: Vec<String>,
     pub local: Vec<String>,
-    pub default_preset: String,
+    pub default_preset: Option<String>,
 
     pub messages: Vec<Message>,
     pub pending: Option<Pending>,
@@ -356,11 +357,11 @@ impl App {
         id
     }
 
-    /// The preset of new sessions: the open one's, else the configured one.
-    fn preset(&self) -> String {
-        self.session
-            .as_ref()
-            .map_or_else(|| self.default_preset.clone(), |s| s.preset.clone())
+    /// The preset of new sessions: the configured one, else (`None`) the chat format of the
+    /// loaded model's generation, which the worker picks. The open session's is not inherited:
+    /// it may be of a model of another generation.
+    fn preset(&self) -> Option<String> {
+        self.default_preset.clone()
     }
 
     fn preset_defaults(&self) -> Option<&SamplingParams> {

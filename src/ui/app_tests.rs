@@ -20,7 +20,7 @@ fn app_with(keymap: Keymap) -> App {
         depth: ColorDepth::TrueColor,
         models: vec!["RWKV/rwkv-raven-1b5".into()],
         local: vec![],
-        preset: "raven".into(),
+        preset: None,
     });
     update(&mut app, Input::Resize(80, 24));
     update(

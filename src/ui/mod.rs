@@ -94,7 +94,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         depth: ColorDepth::detect(),
         models,
         local,
-        preset: config.preset.clone().unwrap_or_else(|| "raven".into()),
+        preset: config.preset.clone(),
     });
     // The clock first, so the notices below do not expire at the first tick.
     app::update(&mut app, Input::Tick(now()));

@@ -28,7 +28,7 @@ fn setup(keymap: Keymap) -> Setup {
         depth: ColorDepth::TrueColor,
         models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
         local: vec!["models/rwkv-4-169m".into()],
-        preset: "raven".into(),
+        preset: None,
     }
 }
 
@@ -436,9 +436,7 @@ fn the_sidebar_opens_creates_renames_deletes_and_forks() {
     update(&mut app, key(KeyCode::Tab));
     assert_eq!(
         commands(update(&mut app, key(KeyCode::Char('n')))),
-        [Command::NewSession {
-            preset: "raven".into()
-        }]
+        [Command::NewSession { preset: None }]
     );
 
     update(&mut app, key(KeyCode::Tab));
@@ -531,9 +529,7 @@ fn startup_resumes_the_newest_session_or_creates_one() {
     ev(&mut app, loaded());
     assert_eq!(
         commands(ev(&mut app, Event::Sessions(Vec::new()))),
-        [Command::NewSession {
-            preset: "raven".into()
-        }]
+        [Command::NewSession { preset: None }]
     );
 }
 
@@ -1211,7 +1207,7 @@ fn a_broken_preset_file_is_shown_and_the_app_still_chats() {
         Effect::Command(Command::ListSessions),
     ];
     pump(&worker, &mut app, start, |a| a.session.is_some());
-    assert_eq!(app.presets.len(), 4);
+    assert_eq!(app.presets.len(), crate::chat::Preset::built_in().len());
     let s = screen(&app, 200, 24);
     assert!(
         s.contains("! skipped a preset: ") && s.contains("broken.toml: TOML parse error at line 2"),

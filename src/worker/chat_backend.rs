@@ -10,7 +10,7 @@ use super::{
     Backend, ChatMessage, LoadProgress, ModelInfo, PresetInfo, ReplyStats, SessionInfo,
     SessionView, StopReason,
 };
-use crate::chat::{self, Conversation, Preset, Turn};
+use crate::chat::{self, Conversation, Preset, Turn, preset};
 use crate::engine::Engine;
 use crate::model::LoadOptions;
 use crate::sampler::SamplingParams;
@@ -264,8 +264,12 @@ impl Backend for ChatBackend {
             .collect())
     }
 
-    fn new_session(&mut self, preset: &str) -> anyhow::Result<SessionView> {
-        let preset = Preset::find(&self.presets, preset)?;
+    fn new_session(&mut self, preset: Option<&str>) -> anyhow::Result<SessionView> {
+        let generation = loaded(&self.engine)?.model.generation();
+        let preset = Preset::find(
+            &self.presets,
+            preset.unwrap_or(preset::default_for(generation)),
+        )?;
         self.close()?;
         let name = self.new_name();
         let engine = loaded(&self.engine)?;
@@ -386,6 +390,27 @@ mod tests {
         b
     }
 
+    /// With no preset chosen, a session speaks its model's chat format; a World session opened
+    /// again after the model changed to RWKV-4 is rebuilt, never fed the other's state.
+    #[test]
+    fn a_new_session_speaks_the_chat_format_of_its_model() {
+        let data = tempfile::tempdir().unwrap();
+        let mut b = backend(data.path());
+        assert_eq!(b.new_session(None).unwrap().preset, "raven");
+        let never = AtomicBool::new(false);
+        let world = format!("{}/tests/fixtures/world/e2e-v7", env!("CARGO_MANIFEST_DIR"));
+        b.load_model(&world, &never, &mut |_| {}).unwrap();
+        let view = b.new_session(None).unwrap();
+        assert_eq!(view.preset, "world");
+        b.turn(&Turn::Send("Bonjour !".into()), &never, &mut |_| {})
+            .unwrap();
+        let name = view.name;
+        b.load_model(&tiny(), &never, &mut |_| {}).unwrap();
+        let reopened = b.open_session(&name).unwrap();
+        assert_eq!(reopened.messages.len(), 2);
+        assert!(reopened.replayed_tokens > 0, "a foreign state was used");
+    }
+
     #[test]
     fn a_session_goes_through_every_command() {
         let data = tempfile::tempdir().unwrap();
@@ -398,7 +423,7 @@ mod tests {
                 .contains("no session")
         );
 
-        let view = b.new_session("completion").unwrap();
+        let view = b.new_session(Some("completion")).unwrap();
         assert_eq!(view.preset, "completion");
         let mut streamed = String::new();
         let stats = b
@@ -454,7 +479,7 @@ mod tests {
     fn another_model_rebuilds_the_open_session() {
         let data = tempfile::tempdir().unwrap();
         let mut b = backend(data.path());
-        b.new_session("raven").unwrap();
+        b.new_session(Some("raven")).unwrap();
         let never = AtomicBool::new(false);
         b.turn(&Turn::Send("Hello".into()), &never, &mut |_| {})
             .unwrap();
@@ -510,7 +535,7 @@ mod tests {
     fn an_empty_session_takes_the_new_presets_introduction() {
         let data = tempfile::tempdir().unwrap();
         let mut b = backend(data.path());
-        let name = b.new_session("raven").unwrap().name;
+        let name = b.new_session(Some("raven")).unwrap().name;
         let raven_tokens = b.view().unwrap().tokens;
         assert!(!b.store.load(&name).unwrap().transcript.intro.is_empty());
         let view = b.set_preset("completion").unwrap();
@@ -520,7 +545,10 @@ mod tests {
         assert_eq!(file.transcript.intro, "");
         assert_eq!(file.preset.name, "completion");
         assert!(view.tokens < raven_tokens, "{} {raven_tokens}", view.tokens);
-        assert_eq!(view.tokens, b.new_session("completion").unwrap().tokens);
+        assert_eq!(
+            view.tokens,
+            b.new_session(Some("completion")).unwrap().tokens
+        );
 
         // Once something was said, only the format and sampling change.
         b.open_session(&name).unwrap();
@@ -555,6 +583,7 @@ mod tests {
             names,
             [
                 "raven",
+                "world",
                 "user-assistant",
                 "instruction",
                 "completion",
@@ -574,7 +603,7 @@ mod tests {
         );
         b.load_model(&tiny(), &AtomicBool::new(false), &mut |_| {})
             .unwrap();
-        b.new_session("mine").unwrap();
+        b.new_session(Some("mine")).unwrap();
         b.turn(
             &Turn::Send("Hello".into()),
             &AtomicBool::new(false),

@@ -146,7 +146,8 @@ impl Backend for FakeBackend {
             .collect())
     }
 
-    fn new_session(&mut self, preset: &str) -> anyhow::Result<SessionView> {
+    fn new_session(&mut self, preset: Option<&str>) -> anyhow::Result<SessionView> {
+        let preset = preset.unwrap_or("raven");
         let name = format!("s{}", self.sessions.len() + 1);
         self.sessions.push(SessionView {
             title: format!("Chat {}", self.sessions.len() + 1),

@@ -119,7 +119,8 @@ pub enum Command {
     },
     ListSessions,
     NewSession {
-        preset: String,
+        /// `None`: the loaded model's own chat format.
+        preset: Option<String>,
     },
     OpenSession {
         name: String,
@@ -204,7 +205,8 @@ pub trait Backend: Send {
     ) -> anyhow::Result<ModelInfo>;
     /// Newest first.
     fn list_sessions(&mut self) -> anyhow::Result<Vec<SessionInfo>>;
-    fn new_session(&mut self, preset: &str) -> anyhow::Result<SessionView>;
+    /// `None`: the chat format of the loaded model's generation.
+    fn new_session(&mut self, preset: Option<&str>) -> anyhow::Result<SessionView>;
     fn open_session(&mut self, name: &str) -> anyhow::Result<SessionView>;
     /// Runs `turn` on the open session, streams the reply to `on_token` (text pieces, never
     /// broken UTF-8) and stops early once `cancel` is set, leaving the session consistent.
@@ -527,7 +529,7 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
         }
         Command::ListSessions => sessions(backend, emit),
         Command::NewSession { preset } => {
-            let result = backend.new_session(&preset);
+            let result = backend.new_session(preset.as_deref());
             opened(result, backend);
         }
         Command::OpenSession { name } => {

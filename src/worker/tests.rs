@@ -39,7 +39,7 @@ fn commands_in_events_out() {
     assert!(matches!(&events[0], Event::ModelLoading(p) if p.done == 1 && p.total == 2));
 
     worker.send(Command::NewSession {
-        preset: "raven".into(),
+        preset: Some("raven".into()),
     });
     assert!(matches!(next(&worker), Event::SessionOpened(v) if v.preset == "raven"));
     assert!(matches!(next(&worker), Event::Sessions(l) if l.len() == 1));
@@ -87,7 +87,7 @@ fn endless_session() -> Worker {
     };
     let worker = Worker::spawn(Box::new(backend)).unwrap();
     worker.send(Command::NewSession {
-        preset: "raven".into(),
+        preset: Some("raven".into()),
     });
     worker
 }

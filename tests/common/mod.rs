@@ -80,6 +80,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// A golden's int64 ids as token ids.
+pub fn ids(t: &candle_core::Tensor) -> Vec<u32> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// Any tensor's values, flattened.
+pub fn f32s(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// The first index of the largest value.
+pub fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0 as u32
+}
+
 /// The real binary with a backtrace-friendly environment, so a panic or an `Err` from `main`
 /// would show in stderr, and no data dir from the environment.
 pub fn bin() -> Command {
