@@ -121,13 +121,13 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    // No model configured: the model picker is open, its field empty, on the Raven model
+    // No model configured: the model picker is open, its field empty, on the World model
     // recommended for this machine's memory with its size, the catalogue below it.
-    let screen = tmux.wait_for("> RWKV/rwkv-raven-");
+    let screen = tmux.wait_for("> fla-hub/rwkv7-");
     assert!(screen.contains("Filter, path or hub id:"), "{screen}");
     assert!(screen.contains("RAM at f16"), "{screen}");
     assert!(screen.contains("Sessions"), "{screen}");
-    assert!(screen.contains("RWKV/rwkv-4-169m-pile"), "{screen}");
+    assert!(screen.contains("BlinkDL/rwkv7-g1"), "{screen}");
     tmux.keys(&["Escape", "F1"]);
     tmux.wait_for("Regenerate the last reply");
     tmux.keys(&["Escape", "h", "i", "?", "C-j", "there"]);
@@ -575,7 +575,7 @@ fn ctrl_c_quits_from_the_model_picker_that_opens_on_the_first_run() {
         return;
     };
     let screen = app.tmux.wait_for("Filter, path or hub id:");
-    assert!(screen.contains("> RWKV/rwkv-raven-"), "{screen}");
+    assert!(screen.contains("> fla-hub/rwkv7-"), "{screen}");
     app.tmux.keys(&["C-c"]);
     let screen = app.tmux.wait_for("EXIT=0");
     assert!(

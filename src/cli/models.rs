@@ -174,7 +174,7 @@ fn info(hub: &Hub, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "repo: {}", spec.repo)?;
     match entry {
         Some(e) => {
-            writeln!(out, "about: {}", e.summary)?;
+            writeln!(out, "about: {} ({})", e.summary, e.generation)?;
             writeln!(out, "layers x hidden: {} x {}", e.layers, e.hidden)?;
             writeln!(out, "parameters: {:.2} B", e.parameters() as f64 / 1e9)?;
             let format = match e.layout {
@@ -182,6 +182,8 @@ fn info(hub: &Hub, id: &str, out: &mut impl Write) -> anyhow::Result<()> {
                     "f32 PyTorch .bin (converted to safetensors by `rwkv-chat convert`)"
                 }
                 Layout::RawPth => "bf16 .pth files, one per model; name one as REPO/FILE",
+                Layout::HuggingFaceWorld => "bf16 PyTorch .bin with config.json",
+                Layout::Fla => "model.safetensors with config.json (flash-linear-attention)",
             };
             writeln!(
                 out,

@@ -1,15 +1,19 @@
-//! The RWKV-4 models a user can pick from without knowing the hub: what each is, how much disk
+//! The RWKV models a user can pick from without knowing the hub: what each is, how much disk
 //! and memory it needs, and which one suits this machine.
 //!
 //! Sizes are computed from the architecture rather than copied from the hub, so the numbers stay
 //! consistent with each other and with what the loader allocates: the weights are
-//! `2 * vocab * hidden` (embedding and head) plus `13 * hidden^2 + 11 * hidden` per block plus
-//! the four layer-norm vectors around the stack.
+//! `2 * vocab * hidden` (embedding and head) plus, per block, `13 * hidden^2` for RWKV-4, v5
+//! and v6 (v5/v6: five time-mix projections, a 3.5x channel mix and its receptance) and
+//! `12 * hidden^2` for v7 (four projections, a 4x channel mix without receptance), plus the
+//! vectors and LoRA factors, which are small enough to be counted as `11 * hidden`.
 
-use crate::model::WeightDtype;
+use crate::model::{Generation, WeightDtype};
 
 /// The GPT-NeoX vocabulary every RWKV-4 model uses.
-const VOCAB: u64 = 50277;
+const NEOX_VOCAB: u64 = 50277;
+/// The World vocabulary of v5, v6 and v7.
+const WORLD_VOCAB: u64 = 65536;
 
 /// Memory the process needs besides the weights: tokenizer, prompt-chunk activations, logits
 /// and the allocator's slack. Measured on the 169M model it is well under this.
@@ -22,6 +26,10 @@ pub enum Family {
     Raven,
     /// Pile: base models that continue text; no chat tuning.
     Pile,
+    /// World: v5/v6/v7 trained on 100+ languages with chat data (`User:`/`Assistant:`).
+    World,
+    /// G1: v7 models trained further on reasoning and instruction data; they can think first.
+    G1,
 }
 
 /// How the hub repository stores the weights.
@@ -33,11 +41,18 @@ pub enum Layout {
     /// A BlinkDL repo: one bf16 `.pth` per model and version, no config or tokenizer. The repo
     /// holds several files, so the user names one (`BlinkDL/rwkv-4-raven/FILE.pth`).
     RawPth,
+    /// The transformers remote-code repos of v5/v6 (`RWKV/v6-Finch-*-HF`): `config.json` and
+    /// bf16 `pytorch_model.bin`.
+    HuggingFaceWorld,
+    /// flash-linear-attention's v7 repos (`fla-hub/rwkv7-*`): `config.json` and
+    /// `model.safetensors`, counted as f32.
+    Fla,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogueEntry {
     pub repo: &'static str,
+    pub generation: Generation,
     pub family: Family,
     pub layout: Layout,
     /// Size name used in the model names (`1b5`, `14b`).
@@ -53,17 +68,27 @@ pub struct CatalogueEntry {
 impl CatalogueEntry {
     pub fn parameters(&self) -> u64 {
         let h = self.hidden;
-        2 * VOCAB * h + self.layers * (13 * h * h + 11 * h) + 4 * h
+        let (vocab, per_block) = match self.generation {
+            Generation::Rwkv4 => (NEOX_VOCAB, 13),
+            Generation::V5 | Generation::V6 => (WORLD_VOCAB, 13),
+            Generation::V7 => (WORLD_VOCAB, 12),
+        };
+        2 * vocab * h + self.layers * (per_block * h * h + 11 * h) + 4 * h
     }
 
-    /// Bytes the weights take in the hub repo: f32 for the transformers repos, bf16 for the
-    /// BlinkDL `.pth` files.
+    /// Bytes the weights take in the hub repo: f32 for the RWKV-4 transformers and the fla
+    /// repos, bf16 for the BlinkDL `.pth` files and the v5/v6 remote-code repos.
     pub fn download_bytes(&self) -> u64 {
         let per_weight = match self.layout {
-            Layout::HuggingFace => 4,
-            Layout::RawPth => 2,
+            Layout::HuggingFace | Layout::Fla => 4,
+            Layout::RawPth | Layout::HuggingFaceWorld => 2,
         };
         self.parameters() * per_weight
+    }
+
+    /// True when the repo is one model the app can download without a file name.
+    pub fn is_single_model(&self) -> bool {
+        self.layout != Layout::RawPth
     }
 
     /// Memory needed to run the model with weights held in `dtype`.
@@ -75,6 +100,7 @@ impl CatalogueEntry {
 const fn raven(repo: &'static str, size: &'static str, layers: u64, hidden: u64) -> CatalogueEntry {
     CatalogueEntry {
         repo,
+        generation: Generation::Rwkv4,
         family: Family::Raven,
         layout: Layout::HuggingFace,
         size,
@@ -89,6 +115,7 @@ const fn raven(repo: &'static str, size: &'static str, layers: u64, hidden: u64)
 const fn pile(repo: &'static str, size: &'static str, layers: u64, hidden: u64) -> CatalogueEntry {
     CatalogueEntry {
         repo,
+        generation: Generation::Rwkv4,
         family: Family::Pile,
         layout: Layout::HuggingFace,
         size,
@@ -109,27 +136,174 @@ const fn blinkdl(
 ) -> CatalogueEntry {
     CatalogueEntry {
         repo,
+        generation: Generation::Rwkv4,
         family,
         layout: Layout::RawPth,
         size,
         layers,
         hidden,
         context_length: match family {
-            Family::Raven => 8192,
             Family::Pile => 1024,
+            _ => 8192,
         },
         licence: "Apache-2.0",
         summary: match family {
             Family::Raven => {
                 "raw BlinkDL .pth files of every Raven size and version (name one file)"
             }
-            Family::Pile => "raw BlinkDL .pth files (name one file)",
+            _ => "raw BlinkDL .pth files (name one file)",
         },
     }
 }
 
-/// Every model the menu offers, smallest first within each family.
+/// A World or G1 model of the v5/v6/v7 generations.
+const fn world(
+    repo: &'static str,
+    generation: Generation,
+    family: Family,
+    layout: Layout,
+    size: &'static str,
+    (layers, hidden): (u64, u64),
+    summary: &'static str,
+) -> CatalogueEntry {
+    CatalogueEntry {
+        repo,
+        generation,
+        family,
+        layout,
+        size,
+        layers,
+        hidden,
+        context_length: 4096,
+        licence: "Apache-2.0",
+        summary,
+    }
+}
+
+use Family::{G1, World};
+use Generation::{V5, V6, V7};
+use Layout::{Fla, HuggingFaceWorld, RawPth};
+
+/// Every model the menu offers, smallest first within each family; the World models first.
 pub const CATALOGUE: &[CatalogueEntry] = &[
+    world(
+        "fla-hub/rwkv7-0.1B-world",
+        V7,
+        World,
+        Fla,
+        "0.1b",
+        (12, 768),
+        "RWKV-7 World chat model",
+    ),
+    world(
+        "fla-hub/rwkv7-0.4B-world",
+        V7,
+        World,
+        Fla,
+        "0.4b",
+        (24, 1024),
+        "RWKV-7 World chat model",
+    ),
+    world(
+        "fla-hub/rwkv7-1.5B-world",
+        V7,
+        World,
+        Fla,
+        "1.5b",
+        (24, 2048),
+        "RWKV-7 World chat model",
+    ),
+    world(
+        "fla-hub/rwkv7-2.9B-world",
+        V7,
+        World,
+        Fla,
+        "2.9b",
+        (32, 2560),
+        "RWKV-7 World chat model",
+    ),
+    // The raw repos hold every size; the numbers shown are for the largest.
+    world(
+        "BlinkDL/rwkv7-g1",
+        V7,
+        G1,
+        RawPth,
+        "0.1b-2.9b",
+        (32, 2560),
+        "RWKV-7 G1 reasoning/chat .pth files of every size (name one file)",
+    ),
+    world(
+        "BlinkDL/rwkv-7-world",
+        V7,
+        World,
+        RawPth,
+        "0.1b-2.9b",
+        (32, 2560),
+        "RWKV-7 World .pth files of every size (name one file)",
+    ),
+    world(
+        "RWKV/v6-Finch-1B6-HF",
+        V6,
+        World,
+        HuggingFaceWorld,
+        "1.6b",
+        (24, 2048),
+        "RWKV-6 Finch World chat model",
+    ),
+    world(
+        "RWKV/v6-Finch-3B-HF",
+        V6,
+        World,
+        HuggingFaceWorld,
+        "3b",
+        (32, 2560),
+        "RWKV-6 Finch World chat model",
+    ),
+    world(
+        "RWKV/v6-Finch-7B-HF",
+        V6,
+        World,
+        HuggingFaceWorld,
+        "7b",
+        (32, 4096),
+        "RWKV-6 Finch World chat model",
+    ),
+    world(
+        "RWKV/v6-Finch-14B-HF",
+        V6,
+        World,
+        HuggingFaceWorld,
+        "14b",
+        (61, 4096),
+        "RWKV-6 Finch World chat model",
+    ),
+    world(
+        "BlinkDL/rwkv-6-world",
+        V6,
+        World,
+        RawPth,
+        "1.6b-14b",
+        (61, 4096),
+        "RWKV-6 World .pth files of every size (name one file)",
+    ),
+    world(
+        "RWKV/v5-Eagle-7B-HF",
+        V5,
+        World,
+        HuggingFaceWorld,
+        "7b",
+        (32, 4096),
+        "RWKV-5 Eagle World chat model",
+    ),
+    world(
+        "BlinkDL/rwkv-5-world",
+        V5,
+        World,
+        RawPth,
+        "0.4b-7b",
+        (32, 4096),
+        "RWKV-5 World .pth files of every size (name one file)",
+    ),
     raven("RWKV/rwkv-raven-1b5", "1b5", 24, 2048),
     raven("RWKV/rwkv-raven-3b", "3b", 32, 2560),
     raven("RWKV/rwkv-raven-7b", "7b", 32, 4096),
@@ -155,21 +329,30 @@ pub fn find(repo: &str) -> Option<&'static CatalogueEntry> {
     CATALOGUE.iter().find(|e| e.repo.eq_ignore_ascii_case(repo))
 }
 
-/// The largest Raven model that runs in `dtype` within `total_memory` bytes, keeping 40% of
-/// the memory for the system and other programs; the smallest Raven when none fits, since a
-/// chat model is what the first run needs.
+/// The chat model the first run offers for `total_memory` bytes in `dtype`, keeping 40% of
+/// the memory for the system and other programs: the largest RWKV-7 World model that fits
+/// (the newest generation is the better model size for size), unless an RWKV-6 World model
+/// that fits has more than twice its parameters; the smallest RWKV-7 World model when none
+/// fits. Only repos that download without a file name are offered.
 pub fn recommend_chat_model(total_memory: u64, dtype: WeightDtype) -> &'static CatalogueEntry {
     let budget = total_memory / 10 * 6;
-    let ravens = || {
-        CATALOGUE
-            .iter()
-            .filter(|e| e.family == Family::Raven && e.layout == Layout::HuggingFace)
+    let chat = |generation: Generation| {
+        CATALOGUE.iter().filter(move |e| {
+            e.generation == generation && e.family == Family::World && e.is_single_model()
+        })
     };
-    ravens()
-        .filter(|e| e.ram_bytes(dtype) <= budget)
-        .max_by_key(|e| e.parameters())
-        .or_else(|| ravens().min_by_key(|e| e.parameters()))
-        .unwrap_or(&CATALOGUE[0])
+    let largest_fitting = |generation| {
+        chat(generation)
+            .filter(|e| e.ram_bytes(dtype) <= budget)
+            .max_by_key(|e| e.parameters())
+    };
+    match (largest_fitting(V7), largest_fitting(V6)) {
+        (Some(v7), Some(v6)) if v6.parameters() > 2 * v7.parameters() => v6,
+        (Some(v7), _) => v7,
+        _ => chat(V7)
+            .min_by_key(|e| e.parameters())
+            .unwrap_or(&CATALOGUE[0]),
+    }
 }
 
 /// Total memory of this machine in bytes, from `/proc/meminfo`.
@@ -197,7 +380,7 @@ pub fn parse_meminfo(text: &str) -> Option<u64> {
 }
 
 /// The model the first run offers: [`recommend_chat_model`] for this machine's memory at f16,
-/// the dtype the chat runs large models in. Without `/proc/meminfo` the smallest Raven.
+/// the dtype the chat runs large models in. Without `/proc/meminfo` the smallest v7 World.
 pub fn recommended_chat_model() -> &'static CatalogueEntry {
     recommend_chat_model(total_memory().unwrap_or(0), WeightDtype::F16)
 }
@@ -232,17 +415,44 @@ mod tests {
     }
 
     #[test]
-    fn the_recommendation_grows_with_memory() {
+    fn world_parameter_counts_match_the_model_names() {
+        let expect = [
+            ("fla-hub/rwkv7-0.1B-world", 191),
+            ("fla-hub/rwkv7-0.4B-world", 450),
+            ("fla-hub/rwkv7-1.5B-world", 1527),
+            ("fla-hub/rwkv7-2.9B-world", 2947),
+            ("RWKV/v6-Finch-1B6-HF", 1600),
+            ("RWKV/v6-Finch-3B-HF", 3100),
+            ("RWKV/v6-Finch-7B-HF", 7636),
+            ("RWKV/v6-Finch-14B-HF", 13850),
+        ];
+        for (repo, millions) in expect {
+            let got = find(repo).unwrap().parameters() / 1_000_000;
+            // Within 4%: the LoRA factors are counted roughly.
+            assert!(
+                got.abs_diff(millions) * 100 <= 4 * millions,
+                "{repo}: {got}M, not about {millions}M"
+            );
+        }
+    }
+
+    #[test]
+    fn the_recommendation_is_a_world_chat_model_that_grows_with_memory() {
         let pick = |gb: u64| recommend_chat_model(gb * GB, WeightDtype::F16).repo;
-        assert_eq!(pick(2), "RWKV/rwkv-raven-1b5");
-        assert_eq!(pick(8), "RWKV/rwkv-raven-1b5");
-        assert_eq!(pick(16), "RWKV/rwkv-raven-3b");
-        assert_eq!(pick(32), "RWKV/rwkv-raven-7b");
-        assert_eq!(pick(64), "RWKV/rwkv-raven-14b");
-        assert_eq!(
-            recommend_chat_model(64 * GB, WeightDtype::F32).repo,
-            "RWKV/rwkv-raven-7b"
-        );
+        assert_eq!(pick(1), "fla-hub/rwkv7-0.1B-world");
+        assert_eq!(pick(4), "fla-hub/rwkv7-0.4B-world");
+        assert_eq!(pick(8), "fla-hub/rwkv7-1.5B-world");
+        assert_eq!(pick(24), "fla-hub/rwkv7-2.9B-world");
+        assert_eq!(pick(32), "RWKV/v6-Finch-7B-HF");
+        assert_eq!(pick(64), "RWKV/v6-Finch-14B-HF");
+        for gb in [1, 2, 8, 24, 32, 64, 512] {
+            let e = recommend_chat_model(gb * GB, WeightDtype::F16);
+            assert!(
+                e.family == Family::World && e.is_single_model(),
+                "{}",
+                e.repo
+            );
+        }
     }
 
     #[test]
