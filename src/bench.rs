@@ -16,59 +16,192 @@ use serde::Serialize;
 
 use crate::chat::{Conversation, Preset, ReplyOptions};
 use crate::engine::Engine;
-use crate::model::{Checkpoint, Config, LoadOptions, Rwkv};
+use crate::model::{Checkpoint, Config, Generation, LoadOptions, Rwkv};
 use crate::session::{OpenSession, Rebuild};
 use crate::store::Store;
 use crate::tokenizer::Tokenizer;
 
-/// The sizes of the RWKV-4 Pile and Raven models.
+/// A real model's shape: the RWKV-4 Pile and Raven sizes and the World generations' (`v7-1.5b`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    M169,
-    M430,
-    B1_5,
-    B3,
-    B7,
+pub struct Shape {
+    name: &'static str,
+    pub generation: Generation,
+    pub hidden: usize,
+    pub layers: usize,
 }
+
+const fn shape(name: &'static str, generation: Generation, hidden: usize, layers: usize) -> Shape {
+    Shape {
+        name,
+        generation,
+        hidden,
+        layers,
+    }
+}
+
+/// Every shape `--shape` takes, with the dimensions of the released models.
+pub const SHAPES: [Shape; 16] = [
+    shape("169m", Generation::Rwkv4, 768, 12),
+    shape("430m", Generation::Rwkv4, 1024, 24),
+    shape("1b5", Generation::Rwkv4, 2048, 24),
+    shape("3b", Generation::Rwkv4, 2560, 32),
+    shape("7b", Generation::Rwkv4, 4096, 32),
+    shape("v7-0.1b", Generation::V7, 768, 12),
+    shape("v7-0.4b", Generation::V7, 1024, 24),
+    shape("v7-1.5b", Generation::V7, 2048, 24),
+    shape("v7-2.9b", Generation::V7, 2560, 32),
+    shape("v6-1.6b", Generation::V6, 2048, 24),
+    shape("v6-3b", Generation::V6, 2560, 32),
+    shape("v6-7b", Generation::V6, 4096, 32),
+    shape("v6-14b", Generation::V6, 4096, 61),
+    shape("v5-1.5b", Generation::V5, 2048, 24),
+    shape("v5-3b", Generation::V5, 2560, 32),
+    shape("v5-7b", Generation::V5, 4096, 32),
+];
 
 impl Shape {
     /// `(hidden, layers)`.
     pub fn dims(self) -> (usize, usize) {
-        match self {
-            Shape::M169 => (768, 12),
-            Shape::M430 => (1024, 24),
-            Shape::B1_5 => (2048, 24),
-            Shape::B3 => (2560, 32),
-            Shape::B7 => (4096, 32),
-        }
+        (self.hidden, self.layers)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Shape::M169 => "169m",
-            Shape::M430 => "430m",
-            Shape::B1_5 => "1b5",
-            Shape::B3 => "3b",
-            Shape::B7 => "7b",
-        }
+        self.name
     }
 }
 
 impl FromStr for Shape {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Shape::M169, Shape::M430, Shape::B1_5, Shape::B3, Shape::B7]
+        SHAPES
             .into_iter()
-            .find(|shape| shape.name() == s.to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown shape `{s}` (expected 169m, 430m, 1b5, 3b or 7b)"))
+            .find(|shape| shape.name == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
+                format!("unknown shape `{s}` (expected one of {})", names.join(", "))
+            })
     }
 }
 
 /// A model of the given shape with random weights spread like trained ones (the same
-/// distributions as `peer_bench.py`), so that the WKV exponentials behave realistically.
+/// distributions as `peer_bench.py` for RWKV-4), so that the recurrences behave realistically.
 pub fn random_model(shape: Shape, opts: LoadOptions) -> anyhow::Result<Rwkv> {
     let (h, layers) = shape.dims();
-    random_model_of(&Config::new(50277, h, layers), opts)
+    match shape.generation {
+        Generation::Rwkv4 => random_model_of(&Config::new(50277, h, layers), opts),
+        generation => random_world_model(generation, h, layers, opts),
+    }
+}
+
+/// A World model of the generation at a real shape: head size 64, the released models' LoRA
+/// widths, random weights.
+fn random_world_model(
+    generation: Generation,
+    h: usize,
+    layers: usize,
+    opts: LoadOptions,
+) -> anyhow::Result<Rwkv> {
+    const VOCAB: usize = 65536;
+    const HEAD: usize = 64;
+    let dev = Device::Cpu;
+    let normal =
+        |shape: &[usize], mean: f64, std: f64| Tensor::randn(mean as f32, std as f32, shape, &dev);
+    let uniform =
+        |shape: &[usize], lo: f64, hi: f64| Tensor::rand(lo as f32, hi as f32, shape, &dev);
+    let matrix = |rows: usize, cols: usize| normal(&[rows, cols], 0.0, 1.0 / (cols as f64).sqrt());
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, v: candle_core::Result<Tensor>| -> anyhow::Result<()> {
+        t.insert(name, v?);
+        Ok(())
+    };
+    put("rwkv.embeddings.weight".into(), matrix(VOCAB, h))?;
+    put("head.weight".into(), matrix(VOCAB, h))?;
+    let ffn_size = match generation {
+        Generation::V7 => 4 * h,
+        _ => h * 7 / 2 / 32 * 32,
+    };
+    let mut all_norms = vec!["rwkv.ln_out".to_owned(), "rwkv.blocks.0.pre_ln".to_owned()];
+    for i in 0..layers {
+        let p = format!("rwkv.blocks.{i}");
+        all_norms.extend([
+            format!("{p}.ln1"),
+            format!("{p}.ln2"),
+            format!("{p}.attention.ln_x"),
+        ]);
+        let att = |leaf: &str| format!("{p}.attention.{leaf}");
+        let ffn = |leaf: &str| format!("{p}.feed_forward.{leaf}");
+        for m in ["receptance", "key", "value", "output"] {
+            put(att(&format!("{m}.weight")), matrix(h, h))?;
+        }
+        put(ffn("key.weight"), matrix(ffn_size, h))?;
+        put(ffn("value.weight"), matrix(h, ffn_size))?;
+        let heads = [h / HEAD, HEAD];
+        match generation {
+            Generation::V7 => {
+                let (w, a, v, g) = if h >= 2048 {
+                    (96, 96, 64, 256)
+                } else {
+                    (64, 64, 32, 128)
+                };
+                for m in ["r", "w", "k", "v", "a", "g"] {
+                    put(att(&format!("x_{m}")), uniform(&[h], 0.0, 1.0))?;
+                }
+                for (name, d) in [("w", w), ("a", a), ("v", v), ("g", g)] {
+                    if name == "v" && i == 0 {
+                        continue;
+                    }
+                    put(att(&format!("{name}1")), matrix(h, d))?;
+                    put(att(&format!("{name}2")), matrix(d, h))?;
+                    if name != "g" {
+                        put(att(&format!("{name}0")), uniform(&[h], -2.0, 2.0))?;
+                    }
+                }
+                put(att("k_k"), uniform(&[h], 0.5, 1.0))?;
+                put(att("k_a"), uniform(&[h], 0.5, 1.0))?;
+                put(att("r_k"), normal(&heads, 0.0, 0.3))?;
+                put(ffn("x_k"), uniform(&[h], 0.0, 1.0))?;
+            }
+            Generation::V6 => {
+                let (mix, decay) = if h >= 4096 { (64, 128) } else { (32, 64) };
+                for m in ["x", "w", "k", "v", "r", "g"] {
+                    put(att(&format!("time_maa_{m}")), uniform(&[h], 0.0, 1.0))?;
+                }
+                put(att("time_maa_w1"), matrix(h, 5 * mix))?;
+                put(att("time_maa_w2"), normal(&[5, mix, h], 0.0, 0.01))?;
+                put(att("time_decay"), uniform(&[h], -6.0, 1.0))?;
+                put(att("time_decay_w1"), matrix(h, decay))?;
+                put(att("time_decay_w2"), normal(&[decay, h], 0.0, 0.01))?;
+            }
+            _ => {
+                for m in ["key", "value", "receptance", "gate"] {
+                    put(att(&format!("time_mix_{m}")), uniform(&[h], 0.0, 1.0))?;
+                }
+                put(att("time_decay"), uniform(&heads, -6.0, 1.0))?;
+            }
+        }
+        if generation != Generation::V7 {
+            put(att("time_faaaa"), uniform(&heads, -1.0, 1.0))?;
+            put(att("gate.weight"), matrix(h, h))?;
+            put(ffn("receptance.weight"), matrix(h, h))?;
+            let mix = if generation == Generation::V6 {
+                "time_maa"
+            } else {
+                "time_mix"
+            };
+            let (k, r) = if generation == Generation::V6 {
+                ("k", "r")
+            } else {
+                ("key", "receptance")
+            };
+            put(ffn(&format!("{mix}_{k}")), uniform(&[h], 0.0, 1.0))?;
+            put(ffn(&format!("{mix}_{r}")), uniform(&[h], 0.0, 1.0))?;
+        }
+    }
+    for name in all_norms {
+        put(format!("{name}.weight"), normal(&[h], 1.0, 0.1))?;
+        put(format!("{name}.bias"), normal(&[h], 0.0, 0.1))?;
+    }
+    Ok(Rwkv::new(&Checkpoint::from_tensors(t)?, opts)?)
 }
 
 /// A model of any size with random weights spread like trained ones.
@@ -168,7 +301,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         ModelSource::Random(shape) => (
             Engine {
                 model: random_model(*shape, opts.load.clone())?,
-                tokenizer: Tokenizer::neox(),
+                tokenizer: if shape.generation.is_world() {
+                    Tokenizer::world()
+                } else {
+                    Tokenizer::neox()
+                },
                 files: crate::model::ModelFiles {
                     weights: vec![],
                     format: crate::model::checkpoint::Format::Safetensors,

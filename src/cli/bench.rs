@@ -25,7 +25,8 @@ pub struct BenchArgs {
         required_unless_present_any = ["shape", "ui"]
     )]
     pub model: Option<PathBuf>,
-    /// Random weights at a real shape, made in memory: 169m, 430m, 1b5, 3b or 7b.
+    /// Random weights at a real shape, made in memory: RWKV-4's 169m, 430m, 1b5, 3b, 7b, or
+    /// a World generation's v7-0.1b .. v7-2.9b, v6-1.6b .. v6-14b, v5-1.5b .. v5-7b.
     #[arg(long)]
     pub shape: Option<Shape>,
     #[arg(long, default_value = "f32")]
