@@ -74,3 +74,72 @@ fn perplexity_matches_the_reference_nll() {
     let want = golden["nll"]["mean"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-4, "nll {got}, reference {want}");
 }
+
+const TURNS: [&str; 3] = ["Bonjour ! Ça va ?", "你好，请介绍一下你自己。", "Thank you"];
+
+fn replies(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", common::stderr(out));
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn chat(
+    data: &std::path::Path,
+    session: &str,
+    lines: &[&str],
+    extra: &[&str],
+) -> std::process::Output {
+    let model = common::fixture("world/e2e-v7");
+    common::feed_lines(
+        common::chat_command(data, &model, session, 12).args(extra),
+        lines,
+    )
+}
+
+/// A v7 chat in the world preset, split over three processes, equals one run, and each
+/// resume feeds no history through the model.
+#[test]
+fn a_v7_chat_split_over_processes_equals_one_run() {
+    let data = tempfile::tempdir().unwrap();
+    let one = replies(&chat(data.path(), "one", &TURNS, &[]));
+    assert_eq!(one.len(), 3);
+    let mut split = vec![];
+    for turn in TURNS {
+        split.extend(replies(&chat(data.path(), "split", &[turn], &[])));
+    }
+    for (a, b) in one.iter().zip(&split) {
+        assert_eq!(a["reply"], b["reply"]);
+        assert_eq!(a["generated_tokens"], b["generated_tokens"]);
+    }
+    for reply in &split {
+        assert_eq!(reply["replayed_tokens"], 0, "{reply}");
+    }
+    let shown = stdout(
+        &common::bin()
+            .args(["sessions", "show", "split", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        shown.contains("world"),
+        "the session is not in the world preset: {shown}"
+    );
+}
+
+/// An RWKV-4 session opened with a v7 model is rebuilt from its text with the World
+/// tokenizer, never fed the RWKV-4 state.
+#[test]
+fn an_rwkv4_session_opened_with_a_v7_model_is_rebuilt() {
+    let data = tempfile::tempdir().unwrap();
+    replies(&common::feed_lines(
+        &mut common::chat_command(data.path(), &common::tiny(), "s", 12),
+        &TURNS[..1],
+    ));
+    let out = chat(data.path(), "s", &[TURNS[1]], &[]);
+    common::assert_user_error(&out, &["belongs to another model", "RWKV-7", "--rebuild"]);
+    let rebuilt = replies(&chat(data.path(), "s", &[TURNS[1]], &["--rebuild"]));
+    assert!(rebuilt[0]["replayed_tokens"].as_u64().unwrap() > 0);
+}
