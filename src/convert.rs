@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::{Checkpoint, ModelFiles, WeightDtype};
+use crate::model::checkpoint::WORLD_VOCAB_FILE;
+use crate::model::{Checkpoint, Generation, ModelFiles, WeightDtype};
 
 /// What a conversion wrote.
 #[derive(Debug, Clone)]
@@ -39,7 +40,12 @@ pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Re
     }
     let files = ModelFiles::locate(src)?;
     let ckpt = Checkpoint::open(files.clone())?;
-    let cfg = ckpt.config()?;
+    // RWKV-4's config is checked against the weights and rewritten; a World model's is kept as
+    // it is (its loader checks it), or made from the shapes.
+    let cfg = match ckpt.generation() {
+        Generation::Rwkv4 => Some(ckpt.config()?),
+        _ => None,
+    };
     let dtype = dtype.unwrap_or_else(|| {
         match ckpt
             .info(crate::model::checkpoint::EMBEDDING)
@@ -65,8 +71,8 @@ pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Re
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result =
-        write_model(&ckpt, &files, &cfg, &tmp, dtype).and_then(|(tensors, parameters, bytes)| {
+    let result = write_model(&ckpt, &files, cfg.as_ref(), &tmp, dtype).and_then(
+        |(tensors, parameters, bytes)| {
             std::fs::rename(&tmp, dst).with_context(|| {
                 format!("{}: cannot move the converted model here", dst.display())
             })?;
@@ -76,7 +82,8 @@ pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Re
                 parameters,
                 bytes,
             })
-        });
+        },
+    );
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -86,7 +93,7 @@ pub fn convert(src: &Path, dst: &Path, dtype: Option<WeightDtype>) -> anyhow::Re
 fn write_model(
     ckpt: &Checkpoint,
     files: &ModelFiles,
-    cfg: &crate::model::Config,
+    cfg: Option<&crate::model::Config>,
     dir: &Path,
     dtype: WeightDtype,
 ) -> anyhow::Result<(usize, u64, u64)> {
@@ -110,12 +117,17 @@ fn write_model(
             "tie_word_embeddings": false,
         }),
     };
-    let ours = serde_json::to_value(cfg)?;
+    let ours = match cfg {
+        Some(cfg) => serde_json::to_value(cfg)?,
+        None => world_config(ckpt, files.config.is_some()),
+    };
     if let (Some(target), Some(fields)) = (config.as_object_mut(), ours.as_object()) {
         for (k, v) in fields {
             target.insert(k.clone(), v.clone());
         }
-        target.insert("model_type".into(), "rwkv".into());
+        if cfg.is_some() {
+            target.insert("model_type".into(), "rwkv".into());
+        }
         target.insert(
             "torch_dtype".into(),
             match dtype {
@@ -131,6 +143,16 @@ fn write_model(
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
 
+    if ckpt.generation().is_world() {
+        let vocab = match &files.world_vocab {
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?
+            }
+            None => crate::tokenizer::WORLD_VOCAB.as_bytes().to_vec(),
+        };
+        write_synced(&dir.join(WORLD_VOCAB_FILE), &vocab)?;
+        return Ok((tensors, parameters, bytes));
+    }
     let tokenizer = match &files.tokenizer {
         Some(path) => {
             std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?
@@ -139,6 +161,30 @@ fn write_model(
     };
     write_synced(&dir.join("tokenizer.json"), &tokenizer)?;
     Ok((tensors, parameters, bytes))
+}
+
+/// The fields a World model's `config.json` must have: its generation, and when there was no
+/// config to keep, the shapes.
+fn world_config(ckpt: &Checkpoint, has_config: bool) -> serde_json::Value {
+    let model_type = match ckpt.generation() {
+        Generation::V5 => "rwkv5",
+        Generation::V6 => "rwkv6",
+        _ => "rwkv7",
+    };
+    let mut fields = serde_json::json!({ "model_type": model_type });
+    if !has_config {
+        let emb = ckpt
+            .info(crate::model::checkpoint::EMBEDDING)
+            .map(|i| i.shape.clone())
+            .unwrap_or_default();
+        let layers = (0..)
+            .take_while(|i| ckpt.info(&format!("rwkv.blocks.{i}.ln1.weight")).is_some())
+            .count();
+        fields["vocab_size"] = emb.first().copied().unwrap_or(0).into();
+        fields["hidden_size"] = emb.get(1).copied().unwrap_or(0).into();
+        fields["num_hidden_layers"] = layers.into();
+    }
+    fields
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -224,3 +224,25 @@ fn a_state_of_another_model_is_refused() {
         .to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
 }
+
+/// `convert` turns every World layout into safetensors that load as the same model: the
+/// goldens still hold, the World vocab is written beside it, no GPT-NeoX tokenizer.
+#[test]
+fn world_checkpoints_convert_to_safetensors_that_meet_the_goldens() {
+    for (name, generation) in [
+        ("tiny-v5", Generation::V5),
+        ("tiny-v6-hf", Generation::V6),
+        ("tiny-v7-fla", Generation::V7),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("converted");
+        rwkv_chat::convert::convert(&dir(name), &out, None).unwrap();
+        assert!(out.join("rwkv_vocab_v20230424.txt").is_file(), "{name}");
+        assert!(!out.join("tokenizer.json").exists(), "{name}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let model = load(&out, WeightDtype::F32);
+        assert_eq!(model.generation(), generation, "{name}: {config}");
+        check_steps(name, &model, 1e-3);
+    }
+}

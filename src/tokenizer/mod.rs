@@ -13,7 +13,7 @@ use crate::model::{Generation, LoadError};
 /// The GPT-NeoX 20B tokenizer used by every RWKV-4 Pile and Raven model.
 pub(crate) const NEOX_20B: &[u8] = include_bytes!("../assets/20B_tokenizer.json");
 /// The World vocab of every v5, v6 and v7 World model, as the rwkv 0.8.32 wheel ships it.
-const WORLD_VOCAB: &str = include_str!("../assets/rwkv_vocab_v20230424.txt");
+pub const WORLD_VOCAB: &str = include_str!("../assets/rwkv_vocab_v20230424.txt");
 /// A vocab file is refused above this size (the World vocab is 1.2 MB).
 const MAX_VOCAB_FILE: u64 = 64 << 20;
 
