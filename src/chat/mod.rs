@@ -4,6 +4,7 @@
 pub mod conversation;
 pub mod preset;
 mod stop;
+pub mod thinking;
 
 pub use conversation::{
     Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript, Turn,

@@ -38,6 +38,10 @@ pub struct Preset {
     /// Token ids never sampled (Raven chat bans `<|endoftext|>`, id 0).
     #[serde(default)]
     pub banned_tokens: Vec<u32>,
+    /// The reply starts inside a `<think` tag (`bot_prefix` ends with it): the app shows the
+    /// reasoning up to `</think>` folded, apart from the answer (see [`super::thinking`]).
+    #[serde(default)]
+    pub think: bool,
     #[serde(default)]
     pub sampling: SamplingParams,
 }
@@ -62,9 +66,10 @@ pub struct Loaded {
     pub problems: Vec<PresetError>,
 }
 
-const BUILT_IN: [(&str, &str); 5] = [
+const BUILT_IN: [(&str, &str); 6] = [
     ("raven.toml", include_str!("presets/raven.toml")),
     ("world.toml", include_str!("presets/world.toml")),
+    ("g1-think.toml", include_str!("presets/g1-think.toml")),
     (
         "user-assistant.toml",
         include_str!("presets/user-assistant.toml"),
@@ -94,6 +99,11 @@ impl Preset {
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         if preset.name.trim().is_empty() {
             return Err(invalid("`name` is empty".into()));
+        }
+        if preset.think && !preset.bot_prefix.ends_with("<think") {
+            return Err(invalid(
+                "`think = true` needs a `bot_prefix` that ends with `<think`".into(),
+            ));
         }
         if preset.stop.iter().any(String::is_empty) {
             return Err(invalid("a stop sequence is empty".into()));
@@ -199,6 +209,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_thinking_preset_must_open_the_think_tag() {
+        let e = Preset::parse(
+            "name = \"t\"\nbot_prefix = \"Assistant:\"\nthink = true\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ends with `<think`"), "{e}");
+        let g1 = Preset::find(&Preset::built_in(), "g1-think").unwrap();
+        assert!(g1.think && g1.user_turn("2+2?").ends_with("\n\nAssistant: <think"));
+    }
+
+    #[test]
     fn built_ins_parse_and_are_distinct() {
         let presets = Preset::built_in();
         let names: Vec<&str> = presets.iter().map(|p| p.name.as_str()).collect();
@@ -207,6 +229,7 @@ mod tests {
             [
                 "raven",
                 "world",
+                "g1-think",
                 "user-assistant",
                 "instruction",
                 "completion"
@@ -272,6 +295,7 @@ mod tests {
             names,
             [
                 "world",
+                "g1-think",
                 "user-assistant",
                 "instruction",
                 "completion",

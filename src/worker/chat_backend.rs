@@ -584,6 +584,7 @@ mod tests {
             [
                 "raven",
                 "world",
+                "g1-think",
                 "user-assistant",
                 "instruction",
                 "completion",
