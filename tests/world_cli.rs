@@ -143,3 +143,38 @@ fn an_rwkv4_session_opened_with_a_v7_model_is_rebuilt() {
     let rebuilt = replies(&chat(data.path(), "s", &[TURNS[1]], &["--rebuild"]));
     assert!(rebuilt[0]["replayed_tokens"].as_u64().unwrap() > 0);
 }
+
+/// A G1 session's export leaves the reasoning out unless asked for.
+#[test]
+fn exports_leave_the_reasoning_out_unless_asked() {
+    let data = tempfile::tempdir().unwrap();
+    replies(&chat(
+        data.path(),
+        "g1",
+        &["2+2?"],
+        &["--preset", "g1-think"],
+    ));
+    let path = data.path().join("sessions/g1/session.json");
+    let mut session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    session["transcript"]["messages"][1]["text"] =
+        ">\nTwo and two make four.\n</think>\nIt is 4.".into();
+    std::fs::write(&path, serde_json::to_vec(&session).unwrap()).unwrap();
+    let export = |extra: &[&str]| {
+        let out = common::bin()
+            .args(["sessions", "export", "g1", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        stdout(&out)
+    };
+    let plain = export(&[]);
+    assert!(plain.contains("**Bot:** It is 4."), "{plain}");
+    assert!(!plain.contains("Two and two"), "{plain}");
+    let json = export(&["--format", "json"]);
+    assert!(!json.contains("Two and two"), "{json}");
+    let with = export(&["--with-thinking"]);
+    assert!(with.contains("Two and two make four."), "{with}");
+}

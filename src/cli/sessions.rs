@@ -47,6 +47,9 @@ pub enum SessionsAction {
         name: String,
         #[arg(long, value_enum, default_value = "markdown")]
         format: ExportFormat,
+        /// Keep the reasoning of a thinking preset's replies (left out by default).
+        #[arg(long)]
+        with_thinking: bool,
     },
     Rename {
         old: String,
@@ -120,8 +123,15 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
             ))?;
             print(&markdown(&s))?;
         }
-        SessionsAction::Export { name, format } => {
-            let s = store.load(&name)?;
+        SessionsAction::Export {
+            name,
+            format,
+            with_thinking,
+        } => {
+            let mut s = store.load(&name)?;
+            if s.preset.think && !with_thinking {
+                drop_reasoning(&mut s);
+            }
             match format {
                 ExportFormat::Markdown => print(&markdown(&s))?,
                 ExportFormat::Json => print(&format!("{}\n", serde_json::to_string_pretty(&s)?))?,
@@ -141,6 +151,16 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Replaces each reply of a thinking preset by its answer, in what is shown and what was fed.
+fn drop_reasoning(s: &mut SessionFile) {
+    for m in &mut s.transcript.messages {
+        if m.role == Role::Bot {
+            m.text = crate::chat::thinking::split(&m.text).answer.to_owned();
+            m.fed = s.preset.bot_turn(&m.text);
+        }
+    }
 }
 
 fn markdown(s: &SessionFile) -> String {

@@ -241,6 +241,8 @@ pub struct App {
     pub sessions: Vec<SessionInfo>,
     pub selected: usize,
     pub sidebar: bool,
+    /// Whether the reasoning of a thinking preset's replies is shown whole.
+    pub show_thinking: bool,
     pub focus: Focus,
     pub session: Option<SessionMeta>,
     /// Set once the first session list came in and a session was opened from it.
@@ -289,6 +291,7 @@ impl App {
             sessions: Vec::new(),
             selected: 0,
             sidebar: true,
+            show_thinking: false,
             focus: Focus::Input,
             session: None,
             started: false,
@@ -362,6 +365,13 @@ impl App {
     /// it may be of a model of another generation.
     fn preset(&self) -> Option<String> {
         self.default_preset.clone()
+    }
+
+    /// `Some(unfolded)` when the open session's preset thinks before it answers.
+    pub fn thinking(&self) -> Option<bool> {
+        let name = self.session.as_ref()?.preset.as_str();
+        let thinks = self.presets.iter().any(|p| p.name == name && p.think);
+        thinks.then_some(self.show_thinking)
     }
 
     fn preset_defaults(&self) -> Option<&SamplingParams> {
@@ -884,6 +894,7 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
                 previous: app.theme,
             });
         }
+        Action::ToggleThinking => app.show_thinking = !app.show_thinking,
         Action::ToggleSidebar => {
             app.sidebar = !app.sidebar;
             if !app.sidebar {

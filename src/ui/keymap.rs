@@ -63,6 +63,7 @@ actions! {
     Sampling = "sampling", Global, ["f5"], "Sampling settings";
     ThemePicker = "theme_picker", Global, ["f6"], "Choose the theme";
     ToggleSidebar = "toggle_sidebar", Global, ["f7"], "Show or hide the sessions";
+    ToggleThinking = "toggle_thinking", Global, ["alt+t", "f10"], "Unfold or fold the model's reasoning";
     FocusSidebar = "focus_sidebar", Global, ["tab"], "Move between input and sessions";
     ScrollUp = "scroll_up", Global, ["pageup"], "Scroll up a page";
     ScrollDown = "scroll_down", Global, ["pagedown"], "Scroll down a page";

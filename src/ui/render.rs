@@ -144,6 +144,8 @@ fn word_wrap(line: &str, max: usize) -> Vec<String> {
 pub struct ChatCache {
     width: u16,
     theme: Option<Theme>,
+    /// The open session's [`App::thinking`]: folding changes every reply's lines.
+    thinking: Option<bool>,
     /// One per message wrapped, in order.
     entries: Vec<Entry>,
     lines: Vec<Line<'static>>,
@@ -165,10 +167,12 @@ impl ChatCache {
     /// Brings the lines up to date with `app`'s messages at `width`.
     fn refresh(&mut self, app: &App, width: u16) {
         let theme = app.theme();
-        if self.width != width || self.theme != Some(theme) {
+        let thinking = app.thinking();
+        if self.width != width || self.theme != Some(theme) || self.thinking != thinking {
             *self = Self {
                 width,
                 theme: Some(theme),
+                thinking,
                 wrapped: self.wrapped,
                 ..Self::default()
             };
@@ -185,7 +189,13 @@ impl ChatCache {
         }
         for (i, m) in app.messages.iter().enumerate().skip(same) {
             let start = self.lines.len();
-            message_lines(&mut self.lines, m, i > 0, &theme, usize::from(width));
+            let look = Look {
+                theme: &theme,
+                width: usize::from(width),
+                thinking,
+                unfold_key: app.keymap.describe(Action::ToggleThinking),
+            };
+            message_lines(&mut self.lines, m, i > 0, &look);
             self.wrapped += 1;
             self.entries.push(Entry {
                 id: m.id,
@@ -244,14 +254,18 @@ pub fn chat_window(app: &App, width: u16, top: usize, count: usize) -> Vec<Line<
     cache.lines.iter().skip(top).take(count).cloned().collect()
 }
 
-/// One message's screen lines, appended to `lines`; `gap` puts a blank line before it.
-fn message_lines(
-    lines: &mut Vec<Line<'static>>,
-    m: &super::app::Message,
-    gap: bool,
-    theme: &Theme,
+/// How messages are drawn: the theme, the width, and whether replies hold reasoning
+/// (`Some(unfolded)`).
+struct Look<'a> {
+    theme: &'a Theme,
     width: usize,
-) {
+    thinking: Option<bool>,
+    unfold_key: String,
+}
+
+/// One message's screen lines, appended to `lines`; `gap` puts a blank line before it.
+fn message_lines(lines: &mut Vec<Line<'static>>, m: &super::app::Message, gap: bool, look: &Look) {
+    let (theme, width) = (look.theme, look.width);
     let text_style = Style::new().fg(theme.text);
     let muted = Style::new().fg(theme.muted);
     let code_style = Style::new().fg(theme.code).bg(theme.code_background);
@@ -266,8 +280,14 @@ fn message_lines(
         name,
         Style::new().fg(color).add_modifier(Modifier::BOLD),
     ));
+    let mut body = m.text.as_str();
+    if let (Role::Bot, Some(unfolded)) = (m.role, look.thinking) {
+        let parts = crate::chat::thinking::split(&m.text);
+        reasoning_lines(lines, &parts, unfolded, look);
+        body = parts.answer;
+    }
     let mut in_code = false;
-    for source in m.text.replace('\t', "    ").split('\n') {
+    for source in body.replace('\t', "    ").split('\n') {
         if source.trim_start().starts_with("```") {
             in_code = !in_code;
             lines.push(Line::styled(format!("  {source}"), muted));
@@ -292,6 +312,46 @@ fn message_lines(
         }
         Status::Stopped => lines.push(Line::styled("  [stopped]", muted)),
         Status::Done => {}
+    }
+}
+
+/// A reply's reasoning, dimmed: whole when unfolded, else one line that says how long it is
+/// and which key unfolds it.
+fn reasoning_lines(
+    lines: &mut Vec<Line<'static>>,
+    parts: &crate::chat::thinking::Parts,
+    unfolded: bool,
+    look: &Look,
+) {
+    if parts.reasoning.is_empty() && parts.done_thinking {
+        return;
+    }
+    let style = Style::new()
+        .fg(look.theme.muted)
+        .add_modifier(Modifier::ITALIC);
+    let count = parts.reasoning.lines().count();
+    if !unfolded {
+        let what = if parts.done_thinking {
+            "thought"
+        } else {
+            "thinking…"
+        };
+        let summary = format!(
+            "{what} ({count} line{}; {} unfolds)",
+            if count == 1 { "" } else { "s" },
+            look.unfold_key
+        );
+        lines.extend(
+            word_wrap(&summary, look.width.saturating_sub(4))
+                .into_iter()
+                .map(|row| Line::styled(format!("  ┆ {row}"), style)),
+        );
+        return;
+    }
+    for source in parts.reasoning.replace('\t', "    ").split('\n') {
+        for row in word_wrap(source, look.width.saturating_sub(4)) {
+            lines.push(Line::styled(format!("  ┆ {row}"), style));
+        }
     }
 }
 

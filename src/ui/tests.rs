@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::sampler::SamplingParams;
 use crate::worker::fake::FakeBackend;
 use crate::worker::{
-    Backend, ChatMessage, Command, Event, LoadProgress, ModelInfo, ReplyStats, Role, SessionInfo,
-    SessionView, StopReason, Turn, Worker,
+    Backend, ChatMessage, Command, Event, LoadProgress, ModelInfo, PresetInfo, ReplyStats, Role,
+    SessionInfo, SessionView, StopReason, Turn, Worker,
 };
 
 fn setup(keymap: Keymap) -> Setup {
@@ -1366,4 +1366,37 @@ fn the_model_picker_shows_sizes_filters_as_typed_and_asks_before_a_download() {
             spec: "models/rwkv-4-169m".into()
         }]
     );
+}
+
+/// A thinking preset's reply shows its reasoning folded into one dimmed line until the unfold
+/// key; the answer is shown as any reply. Other presets' replies are shown as written.
+#[test]
+fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
+    let reply = ">\nThe user greets me.\nI should greet back.\n</think>\nHello! How can I help?";
+    let mut app = ready(&[(Role::User, "Hi"), (Role::Bot, reply)]);
+    let mut presets = FakeBackend::default().presets();
+    presets.push(PresetInfo {
+        name: "g1-think".into(),
+        description: String::new(),
+        sampling: SamplingParams::default(),
+        think: true,
+    });
+    ev(&mut app, Event::Presets(presets));
+    let as_raven = screen(&app, 80, 24);
+    assert!(as_raven.contains("</think>"), "{as_raven}");
+    let mut view = view(&[(Role::User, "Hi"), (Role::Bot, reply)]);
+    view.preset = "g1-think".into();
+    ev(&mut app, Event::SessionOpened(view));
+    let folded = screen(&app, 80, 24);
+    assert!(
+        folded.contains("  ┆ thought (2 lines; Alt+T / F10 unfolds)"),
+        "{folded}"
+    );
+    assert!(folded.contains("Hello! How can I help?"), "{folded}");
+    assert!(!folded.contains("I should greet back"), "{folded}");
+    assert!(!folded.contains("</think>"), "{folded}");
+    update(&mut app, alt('t'));
+    let unfolded = screen(&app, 80, 24);
+    assert!(unfolded.contains("┆ I should greet back."), "{unfolded}");
+    assert!(unfolded.contains("Hello! How can I help?"), "{unfolded}");
 }

@@ -189,6 +189,7 @@ impl Backend for ChatBackend {
                 name: p.name.clone(),
                 description: p.description.clone(),
                 sampling: p.sampling.clone(),
+                think: p.think,
             })
             .collect()
     }

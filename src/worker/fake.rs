@@ -94,11 +94,13 @@ impl Backend for FakeBackend {
                 name: "raven".into(),
                 description: "Raven chat".into(),
                 sampling: SamplingParams::default(),
+                think: false,
             },
             PresetInfo {
                 name: "instruct".into(),
                 description: "Instruction / response".into(),
                 sampling: SamplingParams::greedy(),
+                think: false,
             },
         ]
     }

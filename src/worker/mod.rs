@@ -35,6 +35,8 @@ pub struct PresetInfo {
     pub name: String,
     pub description: String,
     pub sampling: SamplingParams,
+    /// Replies start with the model's reasoning (see `chat::thinking`).
+    pub think: bool,
 }
 
 /// A saved session as listed in the sidebar.
