@@ -6,6 +6,7 @@ pub mod preset;
 mod stop;
 
 pub use conversation::{
-    Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript, Turn,
+    Conversation, Message, Reply, ReplyOptions, ReplyStart, Role, SavedState, StopReason,
+    Transcript, Turn, TurnCheckpoint,
 };
 pub use preset::Preset;
