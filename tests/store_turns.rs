@@ -15,7 +15,7 @@ use rwkv_chat::engine::Engine;
 use rwkv_chat::model::LoadOptions;
 use rwkv_chat::sampler::SamplingParams;
 use rwkv_chat::session::{OpenError, OpenSession, Rebuild};
-use rwkv_chat::store::{StateError, Store, state_file};
+use rwkv_chat::store::{StateError, Store, StoreError, state_file};
 
 const KEPT: usize = 5;
 const OPTS: ReplyOptions = ReplyOptions {
@@ -47,9 +47,33 @@ fn say(session: &mut OpenSession, store: &Store, engine: &Engine, text: &str) ->
     run(session, store, engine, Turn::Send(text.into()))
 }
 
+/// Runs `f` until the session's lock is free. Another test in this binary may spawn a process
+/// just as this one closes a session: the child holds a copy of every open file, the lock
+/// included, until its exec closes them.
+fn when_unlocked<T>(mut f: impl FnMut() -> Result<T, OpenError>) -> Result<T, OpenError> {
+    for _ in 0..500 {
+        match f() {
+            Err(OpenError::Store(StoreError::Locked(_))) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
+    f()
+}
+
+fn open_with(
+    store: &Store,
+    engine: &Engine,
+    name: &str,
+    rebuild: Rebuild,
+) -> Result<OpenSession, OpenError> {
+    when_unlocked(|| OpenSession::open(store, engine, name, rebuild, &mut |_, _| {}))
+}
+
 fn open(store: &Store, engine: &Engine, name: &str) -> OpenSession {
-    let mut session = OpenSession::open(store, engine, name, Rebuild::Ask, &mut |_, _| {})
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut session =
+        open_with(store, engine, name, Rebuild::Ask).unwrap_or_else(|e| panic!("{e}"));
     session.conversation.kept_turns = KEPT;
     session
 }
@@ -315,7 +339,7 @@ fn state_files_no_index_names_are_removed_when_the_lock_is_taken() {
     .unwrap();
     std::fs::write(dir.join(".after-2-0badf00d.state.123.tmp"), b"temp").unwrap();
     std::fs::write(dir.join("notes.txt"), b"the user's").unwrap();
-    let _lock = store.lock("s").unwrap();
+    let _lock = when_unlocked(|| Ok(store.lock("s")?)).unwrap();
     assert_eq!(state_files(&dir), kept);
     assert!(!dir.join(".after-2-0badf00d.state.123.tmp").exists());
     assert!(dir.join("notes.txt").exists());
@@ -336,9 +360,7 @@ fn a_state_of_the_older_format_is_rebuilt_from_the_transcript_and_says_so() {
     old.extend_from_slice(&payload);
     std::fs::write(dir.join("state.bin"), old).unwrap();
 
-    let err = OpenSession::open(&store, &engine, "s", Rebuild::Ask, &mut |_, _| {})
-        .err()
-        .unwrap();
+    let err = open_with(&store, &engine, "s", Rebuild::Ask).err().unwrap();
     let message = err.to_string();
     assert!(
         matches!(
@@ -353,7 +375,7 @@ fn a_state_of_the_older_format_is_rebuilt_from_the_transcript_and_says_so() {
     assert!(message.contains("saved by an older rwkv-chat"), "{message}");
     assert!(message.contains("rebuilt"), "{message}");
 
-    let session = OpenSession::open(&store, &engine, "s", Rebuild::Allow, &mut |_, _| {}).unwrap();
+    let session = open_with(&store, &engine, "s", Rebuild::Allow).unwrap();
     assert!(session.replayed_tokens > 0);
     assert_eq!(session.conversation.messages()[3].text, replies[1]);
     drop(session);
