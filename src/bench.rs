@@ -272,6 +272,9 @@ pub struct ResumeReport {
     /// Feeding the same history again until the first new token.
     pub refeed_first_token_s: f64,
     pub replayed_tokens: usize,
+    /// Bytes the save after the resumed session's first new turn wrote: `session.json`, the
+    /// `state.bin` index and the one new state file, whatever the history.
+    pub bytes_written_last_turn: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -408,6 +411,9 @@ fn measure_resume(engine: &Engine, history: usize) -> anyhow::Result<ResumeRepor
         .conversation
         .send(engine, " next", one, &never, &mut |_| {})?;
     let resume_first_token_s = t.elapsed().as_secs_f64();
+    // Saved as every turn is, after the timing: a save is not part of the first token.
+    session.save(&store, engine)?;
+    let bytes_written_last_turn = session.last_save.total();
 
     let t = Instant::now();
     let file = store.load("bench")?;
@@ -427,6 +433,7 @@ fn measure_resume(engine: &Engine, history: usize) -> anyhow::Result<ResumeRepor
         resume_first_token_s,
         refeed_first_token_s,
         replayed_tokens,
+        bytes_written_last_turn,
     })
 }
 

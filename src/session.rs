@@ -5,7 +5,11 @@ use anyhow::Context;
 
 use crate::chat::{Conversation, Preset, Reply};
 use crate::engine::Engine;
-use crate::store::{SessionFile, SessionLock, StateError, StateFile, Store, StoreError};
+use crate::model::Fingerprint;
+use crate::store::{
+    Checked, Index, SaveStats, SessionFile, SessionLock, StateError, StatePoint, StateSave, Store,
+    StoreError,
+};
 
 /// What to do when a session's saved state cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,11 @@ pub struct OpenSession {
     pub conversation: Conversation,
     /// History tokens fed through the model to open the session: 0 on a normal resume.
     pub replayed_tokens: usize,
+    /// What the last save wrote.
+    pub last_save: SaveStats,
+    /// The state files on disk, as the last load or save verified them: a save writes only the
+    /// states they do not hold.
+    stored: Option<Index>,
     _lock: SessionLock,
 }
 
@@ -67,6 +76,8 @@ impl OpenSession {
             file,
             conversation,
             replayed_tokens: 0,
+            last_save: SaveStats::default(),
+            stored: None,
             _lock: lock,
         };
         session.save(store, engine)?;
@@ -89,8 +100,19 @@ impl OpenSession {
             Err(StoreError::State { source, .. }) => Err(source),
             Err(e) => return Err(e.into()),
         };
+        let mut stored = None;
         let (conversation, replayed_tokens) = match checked {
-            Ok((saved, covered)) => {
+            Ok(Checked {
+                saved,
+                covered,
+                stored: on_disk,
+                dropped,
+            }) => {
+                for problem in dropped {
+                    // Only that turn's checkpoint is lost: regenerating it replays its text.
+                    tracing::warn!("session {name}: a turn checkpoint was left out: {problem}");
+                }
+                stored = Some(on_disk);
                 let mut transcript = file.transcript.clone();
                 let missing = transcript.messages.split_off(covered);
                 let mut conv = Conversation::restore(
@@ -138,6 +160,8 @@ impl OpenSession {
             file,
             conversation,
             replayed_tokens,
+            last_save: SaveStats::default(),
+            stored,
             _lock: lock,
         };
         if replayed_tokens > 0 {
@@ -154,14 +178,13 @@ impl OpenSession {
         self.file.sampling = conv.sampling.clone();
         self.file.fingerprint = Some(engine.model.fingerprint());
         self.file.updated = crate::store::unix_now();
-        let state = StateFile {
-            fingerprint: engine.model.fingerprint(),
-            transcript_checksum: conv.transcript.checksum(),
-            saved: conv.saved_state(),
-        };
-        store
+        let state = state_save(engine.model.fingerprint(), conv, self.stored.as_ref());
+        let saved = store
             .save(&self.name, &self.file, Some(&state))
-            .with_context(|| format!("cannot save session `{}`", self.name))
+            .with_context(|| format!("cannot save session `{}`", self.name))?;
+        self.last_save = saved.stats;
+        self.stored = saved.stored;
+        Ok(())
     }
 
     /// Runs one turn on the conversation (send, regenerate, edit) and saves the session after
@@ -175,6 +198,32 @@ impl OpenSession {
         let reply = run(&mut self.conversation, engine)?;
         self.save(store, engine)?;
         Ok(reply)
+    }
+}
+
+/// The states a save of `conv` keeps: the state after its transcript and the state before each
+/// kept turn (the rest of a checkpoint is made again when needed, see `TurnCheckpoint::reply`).
+fn state_save<'a>(
+    fingerprint: Fingerprint,
+    conv: &'a Conversation,
+    stored: Option<&'a Index>,
+) -> StateSave<'a> {
+    StateSave {
+        fingerprint,
+        state: StatePoint {
+            messages: conv.transcript.messages.len(),
+            tokens: conv.tokens,
+            state: &conv.state,
+        },
+        checkpoints: conv
+            .checkpoints()
+            .map(|c| StatePoint {
+                messages: c.at,
+                tokens: c.tokens_before_user,
+                state: &c.before_user,
+            })
+            .collect(),
+        stored,
     }
 }
 
@@ -196,21 +245,16 @@ pub fn fork(store: &Store, name: &str, turns: Option<usize>, new: &str) -> anyho
     let _lock = store.lock(new)?;
     let state = store.load_state(name).ok().and_then(|state| {
         let fingerprint = state.fingerprint;
-        let (saved, covered) = state.check(fingerprint, &file.transcript).ok()?;
+        let checked = state.check(fingerprint, &file.transcript).ok()?;
         let mut transcript = file.transcript.clone();
-        transcript.messages.truncate(covered);
+        transcript.messages.truncate(checked.covered);
         let conv = Conversation::restore(
             file.preset.clone(),
             file.sampling.clone(),
             transcript,
-            saved,
+            checked.saved,
         );
-        let forked = conv.fork(turns).ok()?;
-        Some(StateFile {
-            fingerprint,
-            transcript_checksum: forked.transcript.checksum(),
-            saved: forked.saved_state(),
-        })
+        Some((fingerprint, conv.fork(turns).ok()?))
     });
     let mut forked = SessionFile::new(
         file.preset.clone(),
@@ -221,6 +265,9 @@ pub fn fork(store: &Store, name: &str, turns: Option<usize>, new: &str) -> anyho
     forked.model = file.model.clone();
     forked.fingerprint = file.fingerprint;
     forked.title = format!("{} (fork)", file.display_title());
-    store.save(new, &forked, state.as_ref())?;
+    let save = state
+        .as_ref()
+        .map(|(fingerprint, conv)| state_save(*fingerprint, conv, None));
+    store.save(new, &forked, save.as_ref())?;
     Ok(())
 }

@@ -70,7 +70,10 @@ fn damaged_state_files_are_named_and_the_transcript_survives() {
     type Damage = fn(&mut Vec<u8>);
     let cases: [(&str, Damage); 3] = [
         ("truncated", |b| b.truncate(b.len() / 2)),
-        ("corrupt", |b| b[100] ^= 0x55),
+        ("corrupt", |b| {
+            let i = b.len() - 3;
+            b[i] ^= 0x55
+        }),
         ("not an rwkv-chat state file", |b| {
             b.iter_mut().for_each(|x| *x = b'?')
         }),

@@ -199,6 +199,10 @@ fn bench_reports_speed_memory_and_resume() {
     for r in resume {
         assert_eq!(r["replayed_tokens"], 0, "{r}");
         assert!(r["history_tokens"].as_u64().unwrap() >= 20);
+        // At least the one new state (with the index and session.json).
+        let written = r["bytes_written_last_turn"].as_u64().unwrap();
+        let state = report["state_bytes"].as_u64().unwrap();
+        assert!(written > state, "{r}");
     }
     // A usage error: clap's exit status 2, and the reason.
     let out = rwkv_chat(&["bench", "--shape", "13b"]);

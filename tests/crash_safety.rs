@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{assert_user_error, chat_command, feed_lines, stderr, tiny};
-use rwkv_chat::chat::{Message, Preset, Role, SavedState, Transcript};
+use rwkv_chat::chat::{Message, Preset, Role, Transcript};
 use rwkv_chat::model::{Config, Fingerprint, Generation, State};
 use rwkv_chat::sampler::SamplingParams;
-use rwkv_chat::store::{SessionFile, StateFile, Store};
+use rwkv_chat::store::{SessionFile, StatePoint, StateSave, Store};
 
 const WRITER_ENV: &str = "RWKV_CHAT_TEST_WRITER_DIR";
 
@@ -26,10 +26,14 @@ const FINGERPRINT: Fingerprint = Fingerprint {
     weights: 7,
 };
 
+/// Turn checkpoints the writer keeps, as a conversation keeps them.
+const KEPT: usize = 3;
+
 /// The store's side of a chat in a loop, as fast as the disk allows: each turn appends a user
-/// message and a reply, saves transcript and state the way `OpenSession::save` does, and
-/// prints how many messages are saved. Run as a child process by the kill test; does nothing
-/// when run by hand.
+/// message and a reply, saves transcript and states the way `OpenSession::save` does (the new
+/// state after the turn, the state before each of the last turns kept, what is already on disk
+/// not written again, pruned files deleted), and prints how many messages are saved. Run as a
+/// child process by the kill test; does nothing when run by hand.
 #[test]
 #[ignore = "the child process of two_hundred_kills_mid_save_never_lose_a_saved_turn"]
 fn crash_writer_child() {
@@ -48,9 +52,16 @@ fn crash_writer_child() {
             },
         )
     });
-    let mut state = State::new(&Config::new(100, 64, 2));
+    // Picks up where the last writer's index left off, as a resumed session does.
+    let mut stored = store
+        .load_state("k")
+        .ok()
+        .and_then(|s| s.check(FINGERPRINT, &file.transcript).ok())
+        .map(|checked| checked.stored);
+    let state = State::new(&Config::new(100, 64, 2));
     let mut out = std::io::stdout();
     for turn in 0.. {
+        let before = file.transcript.messages.len();
         for (role, text) in [(Role::User, "a question"), (Role::Bot, "an answer")] {
             let text = format!("{text} {turn}");
             file.transcript.messages.push(Message {
@@ -59,17 +70,24 @@ fn crash_writer_child() {
                 text,
             });
         }
-        state.as_rwkv4_mut().unwrap().layers[0].att_x[0] = turn as f32;
-        let saved = StateFile {
-            fingerprint: FINGERPRINT,
-            transcript_checksum: file.transcript.checksum(),
-            saved: SavedState {
-                tokens: turn,
-                state: state.clone(),
-                checkpoints: vec![],
-            },
+        let after = file.transcript.messages.len();
+        let point = |messages| StatePoint {
+            messages,
+            tokens: messages,
+            state: &state,
         };
-        store.save("k", &file, Some(&saved)).unwrap();
+        let save = StateSave {
+            fingerprint: FINGERPRINT,
+            state: point(after),
+            checkpoints: (0..=before)
+                .step_by(2)
+                .skip((before / 2 + 1).saturating_sub(KEPT))
+                .map(point)
+                .collect(),
+            stored: stored.as_ref(),
+        };
+        let saved = store.save("k", &file, Some(&save)).unwrap();
+        stored = saved.stored;
         writeln!(out, "saved {}", file.transcript.messages.len()).unwrap();
         out.flush().unwrap();
     }
@@ -131,17 +149,27 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
         let state = store
             .load_state("k")
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let (_, covered) = state
+        // A checkpoint file is never missing or damaged: the index is written after it.
+        assert_eq!(state.dropped, Vec::<String>::new(), "round {round}");
+        let checked = state
             .check(FINGERPRINT, &file.transcript)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let covered = checked.covered;
         // The state is the transcript's, or one turn behind when killed between the two.
         assert!(
             covered + 2 >= messages,
             "round {round}: {covered} of {messages}"
         );
+        assert_eq!(checked.dropped, Vec::<String>::new(), "round {round}");
+        assert_eq!(
+            checked.saved.checkpoints.len(),
+            (covered / 2).min(KEPT),
+            "round {round}"
+        );
     }
     assert!(acknowledged >= 200, "{acknowledged}");
-    // Temp files of killed writers are cleared by the next one to open the session.
+    // Temp files of killed writers, and state files no index names, are cleared by the next
+    // one to open the session.
     let _lock = store.lock("k").unwrap();
     let leftovers: Vec<_> = std::fs::read_dir(data.path().join("sessions/k"))
         .unwrap()
@@ -150,6 +178,13 @@ fn two_hundred_kills_mid_save_never_lose_a_saved_turn() {
         .filter(|n| n.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let index = store.load_state("k").unwrap();
+    let states = std::fs::read_dir(data.path().join("sessions/k"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".state"))
+        .count();
+    assert_eq!(states, 1 + index.checkpoints.len());
 }
 
 fn chat(data: &Path, session: &str) -> Command {

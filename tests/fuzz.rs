@@ -8,10 +8,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use rwkv_chat::chat::{Message, Preset, Role, SavedState, Transcript};
+use rwkv_chat::chat::{Message, Preset, Role, Transcript};
 use rwkv_chat::model::{Config, Fingerprint, Generation, State};
 use rwkv_chat::sampler::{Sampler, SamplingParams};
-use rwkv_chat::store::state_file::{self, StateFile};
+use rwkv_chat::store::state_file::{self, Index, StateRef};
 use rwkv_chat::store::{SessionFile, Store};
 
 fn config() -> ProptestConfig {
@@ -22,8 +22,15 @@ fn config() -> ProptestConfig {
     }
 }
 
-fn sample_state() -> StateFile {
-    StateFile {
+fn sample_index() -> Index {
+    let at = |messages| StateRef {
+        messages,
+        transcript_checksum: 42,
+        tokens: 12 * messages,
+        len: 300,
+        crc: 0x1234_5678,
+    };
+    Index {
         fingerprint: Fingerprint {
             generation: Generation::Rwkv4,
             layers: 2,
@@ -33,13 +40,13 @@ fn sample_state() -> StateFile {
             vocab: 10,
             weights: 7,
         },
-        transcript_checksum: 42,
-        saved: SavedState {
-            tokens: 12,
-            state: State::new(&Config::new(10, 4, 2)),
-            checkpoints: vec![],
-        },
+        state: at(4),
+        checkpoints: vec![at(0), at(2)],
     }
+}
+
+fn sample_state() -> State {
+    State::new(&Config::new(10, 4, 2))
 }
 
 /// Rewrites the header checksum so that a mutated payload reaches the bincode decoder.
@@ -81,16 +88,26 @@ proptest! {
 
     #[test]
     fn state_files_of_any_bytes_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = state_file::decode(&bytes);
+        let _ = state_file::decode_index(&bytes);
+        let _ = state_file::decode_state(&bytes);
     }
 
     #[test]
     fn mutated_state_files_with_a_valid_checksum_decode_or_are_refused(e in edits()) {
-        let mut bytes = mutate(state_file::encode(&sample_state()).unwrap(), e);
+        let mut bytes = mutate(state_file::encode_index(&sample_index()).unwrap(), e.clone());
         fix_checksum(&mut bytes);
-        if let Ok(file) = state_file::decode(&bytes) {
-            // Whatever decodes is a well-formed value that encodes again.
-            prop_assert!(state_file::encode(&file).is_ok());
+        if let Ok(index) = state_file::decode_index(&bytes) {
+            // Whatever decodes is a well-formed value that encodes again, and names only
+            // state files (no path).
+            prop_assert!(state_file::encode_index(&index).is_ok());
+            for at in index.refs() {
+                prop_assert!(state_file::is_state_file_name(&at.file_name()));
+            }
+        }
+        let mut bytes = mutate(state_file::encode_state(&sample_state()).unwrap(), e);
+        fix_checksum(&mut bytes);
+        if let Ok(state) = state_file::decode_state(&bytes) {
+            prop_assert!(state_file::encode_state(&state).is_ok());
         }
     }
 

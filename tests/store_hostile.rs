@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use rwkv_chat::store::state_file;
 
 fn chat(data: &Path, session: &str) -> Command {
     chat_command(data, &tiny(), session, 4)
@@ -203,26 +204,42 @@ fn peak_rss_kb(cmd: &Command) -> (Output, i64) {
 fn huge_sparse_state_files_are_refused_without_reading_them_into_memory() {
     let data = tempfile::tempdir().unwrap();
     saved_session(data.path(), "s");
-    let state = session_dir(data.path(), "s").join("state.bin");
-    let header: Vec<u8> = std::fs::read(&state).unwrap()[..16].to_vec();
+    let index = session_dir(data.path(), "s").join("state.bin");
+    let saved_index = std::fs::read(&index).unwrap();
+    let sparse = |path: &Path, header: &[u8], size: u64| {
+        let file = std::fs::File::create(path).unwrap();
+        std::io::Write::write_all(&mut &file, header).unwrap();
+        file.set_len(size).unwrap();
+    };
+    let check = |what: &str, size: u64, needle: &str| {
+        let (out, rss_kb) = peak_rss_kb(&chat(data.path(), "s"));
+        assert_user_error(&out, &[needle, "--rebuild"]);
+        eprintln!("{size} byte sparse {what}: peak RSS {rss_kb} kB");
+        assert!(
+            rss_kb < 300 * 1024,
+            "peak RSS {rss_kb} kB for a {size} byte {what}"
+        );
+    };
     for (size, needle) in [
         // Larger than any state: refused by its size.
         (4u64 << 30, "more than a valid one can be"),
-        // Just under the limit, with a wrong checksum: hashed as a stream.
-        ((1u64 << 30) + 16, "checksum mismatch"),
+        // Larger than any index: refused by its size too, before the checksum.
+        ((1u64 << 30) + 16, "more than any"),
     ] {
-        let file = std::fs::File::create(&state).unwrap();
-        std::io::Write::write_all(&mut &file, &header).unwrap();
-        file.set_len(size).unwrap();
-        drop(file);
-        let (out, rss_kb) = peak_rss_kb(&chat(data.path(), "s"));
-        assert_user_error(&out, &[needle, "--rebuild"]);
-        eprintln!("{size} byte sparse state.bin: peak RSS {rss_kb} kB");
-        assert!(
-            rss_kb < 300 * 1024,
-            "peak RSS {rss_kb} kB for a {size} byte file"
-        );
+        sparse(&index, &saved_index[..16], size);
+        check("state.bin", size, needle);
     }
+    std::fs::write(&index, &saved_index).unwrap();
+    // A state file of the largest size, its index entry saying so, its header the real one:
+    // only the checksum of the rest is wrong, found by hashing it as a stream.
+    let size = (1u64 << 30) + 16;
+    let mut entry = state_file::decode_index(&saved_index).unwrap();
+    let main = session_dir(data.path(), "s").join(entry.state.file_name());
+    let header = std::fs::read(&main).unwrap()[..16].to_vec();
+    sparse(&main, &header, size);
+    entry.state.len = size;
+    std::fs::write(&index, state_file::encode_index(&entry).unwrap()).unwrap();
+    check("state file", size, "checksum mismatch");
     // The transcript is intact: a rebuild brings the session back.
     let out = feed_lines(chat(data.path(), "s").arg("--rebuild"), &["Again"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -276,33 +293,54 @@ fn a_setting_that_cannot_be_saved_falls_back_and_the_session_stays_readable() {
     }
 }
 
+/// Replaces the file of the session's state after its transcript by `make(old bytes)`, and the
+/// index entry naming it to match, so only what the new file holds is wrong. Returns the
+/// session's fingerprint.
+fn rewrite_main_state(
+    data: &Path,
+    name: &str,
+    make: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> rwkv_chat::model::Fingerprint {
+    let dir = session_dir(data, name);
+    let mut index =
+        state_file::decode_index(&std::fs::read(dir.join("state.bin")).unwrap()).unwrap();
+    let path = dir.join(index.state.file_name());
+    let bytes = make(std::fs::read(&path).unwrap());
+    std::fs::write(&path, &bytes).unwrap();
+    index.state.len = bytes.len() as u64;
+    index.state.crc = state_file::crc_of(&bytes);
+    std::fs::write(
+        dir.join("state.bin"),
+        state_file::encode_index(&index).unwrap(),
+    )
+    .unwrap();
+    index.fingerprint
+}
+
 #[test]
 fn a_state_of_the_wrong_shape_is_rebuilt_not_trusted() {
-    use rwkv_chat::store::state_file;
+    use rwkv_chat::model::{Config, State};
     let data = tempfile::tempdir().unwrap();
     saved_session(data.path(), "s");
-    let path = session_dir(data.path(), "s").join("state.bin");
-    let mut state = state_file::decode(&std::fs::read(&path).unwrap()).unwrap();
-    state.saved.state.as_rwkv4_mut().unwrap().layers[1]
-        .att_num
-        .pop();
-    // A valid checksum and the right fingerprint: only the shape is wrong.
-    std::fs::write(&path, state_file::encode(&state).unwrap()).unwrap();
+    // A state half the fixture's width, with valid checksums and the right fingerprint: only
+    // the shape is wrong.
+    let fp = rewrite_main_state(data.path(), "s", |_| {
+        state_file::encode_state(&State::new(&Config::new(50277, 8, 2))).unwrap()
+    });
 
     let out = feed_lines(&mut chat(data.path(), "s"), &["Again"]);
     assert_user_error(&out, &["model's sizes", "--rebuild"]);
     // A fork does not copy it.
     let out = sessions(data.path(), &["fork", "s", "t"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let forked = session_dir(data.path(), "t").join("state.bin");
-    if let Ok(bytes) = std::fs::read(&forked) {
-        let fp = state.fingerprint;
-        assert!(state_file::decode(&bytes).unwrap().saved.fits(&fp));
+    let store = rwkv_chat::store::Store::open(data.path()).unwrap();
+    if let Ok(forked) = store.load_state("t") {
+        assert!(forked.state.state.fits(&fp));
+        assert!(forked.checkpoints.iter().all(|c| c.state.fits(&fp)));
     }
     let out = feed_lines(chat(data.path(), "s").arg("--rebuild"), &["Again"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rebuilt = state_file::decode(&std::fs::read(&path).unwrap()).unwrap();
-    assert!(rebuilt.saved.fits(&state.fingerprint));
+    assert!(store.load_state("s").unwrap().state.state.fits(&fp));
     // And the next open resumes from it without a rebuild.
     let out = feed_lines(&mut chat(data.path(), "s"), &["More"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -16,6 +16,7 @@ mod hub_download;
 mod load_errors;
 mod scale;
 mod store_hostile;
+mod store_turns;
 mod tokenizer;
 mod tui;
 mod untrusted_text;

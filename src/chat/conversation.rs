@@ -84,20 +84,41 @@ pub enum Turn {
 }
 
 /// The states around one turn, kept so it can be replayed differently.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TurnCheckpoint {
     /// Index in the transcript of the user message that starts the turn.
     pub at: usize,
     pub tokens_before_user: usize,
+    /// The state after the turn before: what a save writes anyway, so it costs no file of its own.
     pub before_user: State,
-    pub tokens_before_reply: usize,
-    pub before_reply: State,
-    /// The logits the reply's first token is sampled from.
-    pub reply_logits: Vec<f32>,
+    /// Where the reply started. Never saved (it would be a second state per turn on disk): a
+    /// checkpoint read from disk gets it back by feeding the user message again, when a
+    /// regenerate first needs it.
+    pub reply: Option<ReplyStart>,
 }
 
-/// What is saved beside the transcript.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl TurnCheckpoint {
+    /// A checkpoint as a saved session holds it: the state before the user message only.
+    pub fn before_user(at: usize, tokens_before_user: usize, before_user: State) -> Self {
+        Self {
+            at,
+            tokens_before_user,
+            before_user,
+            reply: None,
+        }
+    }
+}
+
+/// The state after a user message and the logits the reply's first token is sampled from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyStart {
+    pub tokens: usize,
+    pub state: State,
+    pub logits: Vec<f32>,
+}
+
+/// What a conversation is restored from.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SavedState {
     pub tokens: usize,
     pub state: State,
@@ -111,8 +132,9 @@ impl SavedState {
         self.state.fits(fingerprint)
             && self.checkpoints.iter().all(|c| {
                 c.before_user.fits(fingerprint)
-                    && c.before_reply.fits(fingerprint)
-                    && c.reply_logits.len() == fingerprint.vocab as usize
+                    && c.reply.as_ref().is_none_or(|r| {
+                        r.state.fits(fingerprint) && r.logits.len() == fingerprint.vocab as usize
+                    })
             })
     }
 }
@@ -242,9 +264,11 @@ impl Conversation {
                     at,
                     tokens_before_user: before.0,
                     before_user: before.1,
-                    tokens_before_reply: self.tokens,
-                    before_reply: self.state.clone(),
-                    reply_logits: logits.unwrap_or_default(),
+                    reply: Some(ReplyStart {
+                        tokens: self.tokens,
+                        state: self.state.clone(),
+                        logits: logits.unwrap_or_default(),
+                    }),
                 });
             }
             self.transcript.messages.push(message);
@@ -279,25 +303,29 @@ impl Conversation {
         }
     }
 
+    /// The kept turn checkpoints, oldest first.
+    pub fn checkpoints(&self) -> impl Iterator<Item = &TurnCheckpoint> {
+        self.checkpoints.iter()
+    }
+
     pub fn messages(&self) -> &[Message] {
         &self.transcript.messages
     }
 
     /// Feeds tokens and returns the logits after the last one (`None` for no tokens).
     fn feed(&mut self, engine: &Engine, ids: &[u32]) -> anyhow::Result<Option<Vec<f32>>> {
-        if ids.is_empty() {
-            return Ok(None);
-        }
-        let logits = engine
-            .model
-            .forward(ids, &mut self.state)?
-            .to_vec1::<f32>()?;
+        let logits = feed_into(engine, ids, &mut self.state)?;
         self.tokens += ids.len();
-        Ok(Some(logits))
+        Ok(logits)
     }
 
     fn push_checkpoint(&mut self, checkpoint: TurnCheckpoint) {
         self.checkpoints.push_back(checkpoint);
+        self.prune();
+    }
+
+    /// The oldest go first: recent turns are the ones regenerated, edited and forked from.
+    fn prune(&mut self) {
         while self.checkpoints.len() > self.kept_turns.max(1) {
             self.checkpoints.pop_front();
         }
@@ -367,11 +395,13 @@ impl Conversation {
             at,
             tokens_before_user,
             before_user,
-            tokens_before_reply: self.tokens,
-            before_reply: self.state.clone(),
-            // A format with no text around messages and an empty message has no logits yet;
-            // the message was refused above, so `ids` is never empty here.
-            reply_logits: logits.context("the message produced no tokens")?,
+            reply: Some(ReplyStart {
+                tokens: self.tokens,
+                state: self.state.clone(),
+                // A format with no text around messages and an empty message has no logits
+                // yet; the message was refused above, so `ids` is never empty here.
+                logits: logits.context("the message produced no tokens")?,
+            }),
         };
         self.push_checkpoint(checkpoint);
         let mut reply = match self.reply(engine, opts, cancel, on_text) {
@@ -403,13 +433,10 @@ impl Conversation {
         if n < 2 || self.transcript.messages[n - 1].role != Role::Bot {
             bail!("there is no reply to regenerate");
         }
-        let checkpoint = self
-            .checkpoint_at(n - 2)
-            .context("the state before the last reply is no longer kept")?
-            .clone();
+        let start = self.reply_start(engine, n - 2)?;
         let old = self.transcript.messages.pop();
-        self.state = checkpoint.before_reply;
-        self.tokens = checkpoint.tokens_before_reply;
+        self.state = start.state;
+        self.tokens = start.tokens;
         let result = self.reply(engine, opts, cancel, on_text);
         if let (Err(_), Some(old)) = (&result, old) {
             // Keep the old reply; the state was rewound to before it, so feed it again.
@@ -438,10 +465,13 @@ impl Conversation {
         if self.preset.normalize(message).is_empty() {
             bail!("the message is empty");
         }
-        let checkpoint = self
-            .checkpoint_at(at)
-            .context("the state before the last message is no longer kept")?
-            .clone();
+        let checkpoint = match self.checkpoint_at(at) {
+            Some(c) => c.clone(),
+            None => {
+                let (tokens, state) = self.replay_to(engine, at)?;
+                TurnCheckpoint::before_user(at, tokens, state)
+            }
+        };
         let removed = self.transcript.messages.split_off(at);
         let (state, tokens) = (
             std::mem::replace(&mut self.state, checkpoint.before_user.clone()),
@@ -507,7 +537,12 @@ impl Conversation {
             .back()
             .filter(|c| c.at + 1 == self.transcript.messages.len())
             .context("no state to reply from")?;
-        let mut logits = checkpoint.reply_logits.clone();
+        let mut logits = checkpoint
+            .reply
+            .as_ref()
+            .context("no state to reply from")?
+            .logits
+            .clone();
         let model = &engine.model;
         let mut sampler = Sampler::new(
             self.sampling.clone(),
@@ -584,11 +619,78 @@ impl Conversation {
     }
 
     fn rewind_to_last_checkpoint(&mut self) {
-        if let Some(c) = self.checkpoints.back() {
-            self.state = c.before_reply.clone();
-            self.tokens = c.tokens_before_reply;
+        if let Some(r) = self.checkpoints.back().and_then(|c| c.reply.as_ref()) {
+            self.state = r.state.clone();
+            self.tokens = r.tokens;
         }
     }
+
+    /// Where the reply to the user message at `at` starts, made whole when only part of it is
+    /// kept: a checkpoint read from disk has the state before the message (the message is fed
+    /// again), and a turn whose checkpoint was lost (a damaged file) is replayed from text.
+    fn reply_start(&mut self, engine: &Engine, at: usize) -> anyhow::Result<ReplyStart> {
+        if let Some(start) = self.checkpoint_at(at).and_then(|c| c.reply.clone()) {
+            return Ok(start);
+        }
+        let (tokens_before_user, before_user) = match self.checkpoint_at(at) {
+            Some(c) => (c.tokens_before_user, c.before_user.clone()),
+            None => self.replay_to(engine, at)?,
+        };
+        let ids = engine.tokenizer.encode(&self.transcript.messages[at].fed)?;
+        let mut state = before_user.clone();
+        let logits =
+            feed_into(engine, &ids, &mut state)?.context("the message produced no tokens")?;
+        let start = ReplyStart {
+            tokens: tokens_before_user + ids.len(),
+            state,
+            logits,
+        };
+        let checkpoint = TurnCheckpoint {
+            at,
+            tokens_before_user,
+            before_user,
+            reply: Some(start.clone()),
+        };
+        self.checkpoints.retain(|c| c.at != at);
+        let later = self.checkpoints.iter().position(|c| c.at > at);
+        self.checkpoints
+            .insert(later.unwrap_or(self.checkpoints.len()), checkpoint);
+        self.prune();
+        Ok(start)
+    }
+
+    /// The state before message `at` and the tokens fed to reach it, from the nearest kept
+    /// checkpoint before it (or the start) by feeding the transcript's texts in between.
+    fn replay_to(&self, engine: &Engine, at: usize) -> anyhow::Result<(usize, State)> {
+        let nearest = self
+            .checkpoints
+            .iter()
+            .filter(|c| c.at <= at)
+            .max_by_key(|c| c.at);
+        let (mut tokens, mut state, from) = match nearest {
+            Some(c) => (c.tokens_before_user, c.before_user.clone(), c.at),
+            None => {
+                let mut state = engine.model.new_state();
+                let intro = engine.tokenizer.encode(&self.transcript.intro)?;
+                feed_into(engine, &intro, &mut state)?;
+                (intro.len(), state, 0)
+            }
+        };
+        for message in &self.transcript.messages[from..at] {
+            let ids = engine.tokenizer.encode(&message.fed)?;
+            feed_into(engine, &ids, &mut state)?;
+            tokens += ids.len();
+        }
+        Ok((tokens, state))
+    }
+}
+
+/// Feeds tokens into `state` and returns the logits after the last one (`None` for no tokens).
+fn feed_into(engine: &Engine, ids: &[u32], state: &mut State) -> anyhow::Result<Option<Vec<f32>>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(engine.model.forward(ids, state)?.to_vec1::<f32>()?))
 }
 
 fn rate(tokens: usize, seconds: f64) -> f64 {

@@ -7,6 +7,7 @@ mod stop;
 pub mod thinking;
 
 pub use conversation::{
-    Conversation, Message, Reply, ReplyOptions, Role, SavedState, StopReason, Transcript, Turn,
+    Conversation, Message, Reply, ReplyOptions, ReplyStart, Role, SavedState, StopReason,
+    Transcript, Turn, TurnCheckpoint,
 };
 pub use preset::Preset;

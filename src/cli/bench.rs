@@ -122,8 +122,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("state        {} bytes", report.state_bytes);
             for r in &report.resume {
                 println!(
-                    "resume       {} tokens of history: first token after {:.3} s from the saved state, {:.3} s feeding it again",
-                    r.history_tokens, r.resume_first_token_s, r.refeed_first_token_s
+                    "resume       {} tokens of history: first token after {:.3} s from the saved state, {:.3} s feeding it again; the save after that turn wrote {} bytes",
+                    r.history_tokens,
+                    r.resume_first_token_s,
+                    r.refeed_first_token_s,
+                    r.bytes_written_last_turn
                 );
             }
         }

@@ -2,13 +2,17 @@
 //!
 //! - `session.json`: metadata (id, title, times, model, preset, sampling) and the transcript,
 //!   human-readable; the source of truth for the conversation;
-//! - `state.bin`: the state after that transcript ([`state_file`]), so a chat resumes with
-//!   nothing fed through the model;
+//! - `after-M-C.state`: one saved state each, the state after the first M messages of the
+//!   transcript (C: their checksum): the state after the whole transcript, so a chat resumes
+//!   with nothing fed through the model, and the state before each kept turn. Each is written
+//!   once; a turn adds one (the state before it is the last turn's state after);
+//! - `state.bin`: a small index of those files with their lengths and checksums ([`state_file`]);
 //! - `lock`: held by the process that has the session open.
 //!
-//! Every write goes to a temp file that is fsynced and renamed over the old one, the
-//! transcript before the state: a crash leaves either the old save or a state that no longer
-//! matches its transcript, which is detected and rebuilt from the transcript.
+//! Every write goes to a temp file that is fsynced and renamed over the old one: the
+//! transcript, then any new state file, then the index, and only then are the state files it
+//! no longer names deleted. A crash leaves either the old save or states that no longer match
+//! the transcript, which is detected and caught up (or rebuilt) from the transcript.
 
 pub mod fs;
 pub mod state_file;
@@ -21,10 +25,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{Preset, Transcript};
-use crate::model::Fingerprint;
+use crate::model::{Fingerprint, State};
 use crate::sampler::SamplingParams;
 use fs::FileError;
-pub use state_file::{StateError, StateFile};
+pub use state_file::{Checked, Index, StateError, StateFile};
+use state_file::{StateRef, StoredState};
 
 pub const SESSION_FORMAT: u32 = 1;
 /// The largest `session.json` read: a transcript of a million tokens is a few MB.
@@ -191,19 +196,117 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     result.map_err(io(path))
 }
 
-/// Temp files of a writer that died mid-save (see [`write_atomic`]). Only the lock holder
-/// writes in a session directory, so once the lock is taken none of them is in use.
-fn remove_stale_temp_files(dir: &Path) {
+/// Temp files of a writer that died mid-save (see [`write_atomic`]), and state files no index
+/// names (written by a save cut short before its index, or left by one cut short before its
+/// clean-up). Only the lock holder writes in a session directory, so once the lock is taken
+/// none of them is in use. State files stay when the index cannot be read: the next save
+/// writes a new one and the clean-up after it goes by that.
+fn remove_stale_files(dir: &Path) {
+    let referenced = match read_index(&dir.join("state.bin")) {
+        Ok(index) => Some(index),
+        Err(StateError::Missing) => None,
+        Err(_) => return remove_matching(dir, is_temp_file),
+    };
+    remove_matching(dir, |name| {
+        is_temp_file(name)
+            || (state_file::is_state_file_name(name)
+                && !referenced
+                    .as_ref()
+                    .is_some_and(|index| index.refs().any(|r| r.file_name() == name)))
+    });
+}
+
+fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Deletes the entries of `dir` whose names `doomed` picks. `remove_file` on a link removes
+/// the link, never its target.
+fn remove_matching(dir: &Path, doomed: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
+        if doomed(&entry.file_name().to_string_lossy()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// `state.bin`, refused as any session file is when it is a link, not a regular file or too
+/// large. Any size up to a state file's is opened so that an older format is named as such.
+fn read_index(path: &Path) -> Result<Index, StateError> {
+    let (mut file, len) = match fs::open_regular(path, state_file::MAX_FILE) {
+        Ok(f) => f,
+        Err(FileError::NotFound) => return Err(StateError::Missing),
+        Err(e) => return Err(StateError::Unreadable(e.to_string())),
+    };
+    state_file::decode_index_from(&mut file, len)
+}
+
+/// One state file, checked against the index entry that names it: its length before anything
+/// is read, the checksum in its header before the rest is hashed.
+fn read_state(dir: &Path, at: &StateRef) -> Result<State, StateError> {
+    let path = dir.join(at.file_name());
+    let (mut file, len) = match fs::open_regular(&path, state_file::MAX_FILE) {
+        Ok(f) => f,
+        Err(FileError::NotFound) => return Err(StateError::Missing),
+        Err(e) => return Err(StateError::Unreadable(e.to_string())),
+    };
+    if len != at.len {
+        return Err(StateError::Corrupt(format!(
+            "{len} bytes, but the index says {}",
+            at.len
+        )));
+    }
+    state_file::decode_state_expecting(&mut file, len, at.crc)
+}
+
+/// One state a save keeps: the state after the first `messages` messages of the transcript.
+#[derive(Debug, Clone, Copy)]
+pub struct StatePoint<'a> {
+    pub messages: usize,
+    /// Tokens fed to reach it.
+    pub tokens: usize,
+    pub state: &'a State,
+}
+
+/// What a save writes beside the transcript.
+#[derive(Debug, Clone)]
+pub struct StateSave<'a> {
+    pub fingerprint: Fingerprint,
+    /// The state after the whole transcript.
+    pub state: StatePoint<'a>,
+    /// The state before each kept turn, oldest first.
+    pub checkpoints: Vec<StatePoint<'a>>,
+    /// The state files the last load or save of this session verified ([`Saved::stored`],
+    /// [`Checked::stored`]): a state one of them holds is not written again.
+    pub stored: Option<&'a Index>,
+}
+
+/// What one save wrote, in bytes handed to the file system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SaveStats {
+    /// `session.json`.
+    pub session_bytes: u64,
+    /// `state.bin`.
+    pub index_bytes: u64,
+    /// New state files, and how many.
+    pub state_bytes: u64,
+    pub state_files: usize,
+}
+
+impl SaveStats {
+    pub fn total(&self) -> u64 {
+        self.session_bytes + self.index_bytes + self.state_bytes
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub stats: SaveStats,
+    /// The index written, when a state was saved: what the next save can count on being there.
+    pub stored: Option<Index>,
 }
 
 /// Held while a session is open; dropping it releases the lock.
@@ -331,13 +434,15 @@ impl Store {
         Ok(file)
     }
 
-    /// Saves the transcript, then the state (when given) that results from it.
+    /// Saves the transcript, then the states (when given) that result from it: only state
+    /// files that `state.stored` does not already hold are written, then the index, then state
+    /// files the index no longer names are deleted.
     pub fn save(
         &self,
         name: &str,
         session: &SessionFile,
-        state: Option<&StateFile>,
-    ) -> Result<(), StoreError> {
+        state: Option<&StateSave>,
+    ) -> Result<Saved, StoreError> {
         let dir = self.dir(name)?;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let json = serde_json::to_vec_pretty(session).map_err(|e| StoreError::BadSession {
@@ -353,30 +458,134 @@ impl Store {
             });
         }
         write_atomic(&dir.join("session.json"), &json)?;
-        if let Some(state) = state {
-            let path = dir.join("state.bin");
-            let bytes = state_file::encode(state).map_err(|source| StoreError::State {
-                path: path.clone(),
-                source,
-            })?;
+        let mut stats = SaveStats {
+            session_bytes: json.len() as u64,
+            ..SaveStats::default()
+        };
+        let Some(state) = state else {
+            return Ok(Saved {
+                stats,
+                stored: None,
+            });
+        };
+        // Another model's files hold other states under the same names.
+        let stored = state
+            .stored
+            .filter(|index| index.fingerprint == state.fingerprint);
+        let transcript = &session.transcript;
+        let mut written: Vec<StateRef> = Vec::new();
+        let mut put = |point: &StatePoint| -> Result<StateRef, StoreError> {
+            if point.messages > transcript.messages.len() {
+                return Err(StoreError::State {
+                    path: dir.join("state.bin"),
+                    source: StateError::Corrupt(format!(
+                        "a state after message {} of a transcript of {}",
+                        point.messages,
+                        transcript.messages.len()
+                    )),
+                });
+            }
+            let (messages, tokens) = (point.messages as u64, point.tokens as u64);
+            let checksum = transcript.prefix_checksum(point.messages);
+            let known = written
+                .iter()
+                .find(|r| r.same_state(messages, checksum, tokens))
+                .copied()
+                .or_else(|| stored.and_then(|index| index.find(messages, checksum, tokens)));
+            if let Some(known) = known.filter(|r| still_there(&dir, r)) {
+                written.push(known);
+                return Ok(known);
+            }
+            let path = dir.join(state_file::state_file_name(messages, checksum));
+            let bytes =
+                state_file::encode_state(point.state).map_err(|source| StoreError::State {
+                    path: path.clone(),
+                    source,
+                })?;
             write_atomic(&path, &bytes)?;
-        }
-        Ok(())
-    }
-
-    /// The saved state, unchecked: the caller decides whether it fits its model.
-    pub fn load_state(&self, name: &str) -> Result<StateFile, StoreError> {
-        let path = self.dir(name)?.join("state.bin");
-        let state_err = |source| StoreError::State {
+            stats.state_bytes += bytes.len() as u64;
+            stats.state_files += 1;
+            let at = StateRef {
+                messages,
+                transcript_checksum: checksum,
+                tokens,
+                len: bytes.len() as u64,
+                crc: state_file::crc_of(&bytes),
+            };
+            written.push(at);
+            Ok(at)
+        };
+        let checkpoints = state
+            .checkpoints
+            .iter()
+            .map(&mut put)
+            .collect::<Result<Vec<_>, _>>()?;
+        let index = Index {
+            fingerprint: state.fingerprint,
+            state: put(&state.state)?,
+            checkpoints,
+        };
+        let path = dir.join("state.bin");
+        let bytes = state_file::encode_index(&index).map_err(|source| StoreError::State {
             path: path.clone(),
             source,
-        };
-        let (mut file, len) = match fs::open_regular(&path, state_file::MAX_FILE) {
-            Ok(f) => f,
-            Err(FileError::NotFound) => return Err(state_err(StateError::Missing)),
-            Err(e) => return Err(state_err(StateError::Unreadable(e.to_string()))),
-        };
-        state_file::decode_from(&mut file, len).map_err(state_err)
+        })?;
+        write_atomic(&path, &bytes)?;
+        stats.index_bytes = bytes.len() as u64;
+        remove_matching(&dir, |name| {
+            state_file::is_state_file_name(name) && !index.refs().any(|r| r.file_name() == name)
+        });
+        Ok(Saved {
+            stats,
+            stored: Some(index),
+        })
+    }
+
+    /// The saved states, unchecked: the caller decides whether they fit its model and
+    /// transcript ([`StateFile::check`]). The state after the transcript must be readable; a
+    /// checkpoint whose file is missing or damaged is left out, with why in `dropped`.
+    pub fn load_state(&self, name: &str) -> Result<StateFile, StoreError> {
+        let dir = self.dir(name)?;
+        let path = dir.join("state.bin");
+        let index = read_index(&path).map_err(|source| StoreError::State {
+            path: path.clone(),
+            source,
+        })?;
+        let main = read_state(&dir, &index.state).map_err(|source| StoreError::State {
+            path: dir.join(index.state.file_name()),
+            source,
+        })?;
+        let mut budget = state_file::MAX_TOTAL.saturating_sub(index.state.len);
+        let mut checkpoints = Vec::new();
+        let mut dropped = Vec::new();
+        // Newest first: within the budget, the turns most likely to be regenerated come first.
+        for at in index.checkpoints.iter().rev() {
+            let read = if at.len > budget {
+                Err(StateError::Corrupt(format!(
+                    "more state files than any session holds ({} bytes in all at most)",
+                    state_file::MAX_TOTAL
+                )))
+            } else {
+                read_state(&dir, at)
+            };
+            match read {
+                Ok(state) => {
+                    budget -= at.len;
+                    checkpoints.push(StoredState { at: *at, state });
+                }
+                Err(e) => dropped.push(format!("{}: {e}", at.file_name())),
+            }
+        }
+        checkpoints.reverse();
+        Ok(StateFile {
+            fingerprint: index.fingerprint,
+            state: StoredState {
+                at: index.state,
+                state: main,
+            },
+            checkpoints,
+            dropped,
+        })
     }
 
     /// Takes the session's lock, refused while another process holds it.
@@ -390,7 +599,7 @@ impl Store {
             .map_err(|e| StoreError::file(&path, e.into()))?;
         match file.try_lock() {
             Ok(()) => {
-                remove_stale_temp_files(&dir);
+                remove_stale_files(&dir);
                 Ok(SessionLock { _file: file })
             }
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(name.to_owned())),
@@ -418,6 +627,13 @@ impl Store {
         let _lock = self.lock(name)?;
         std::fs::remove_dir_all(&dir).map_err(io(&dir))
     }
+}
+
+/// True when the file a previous save wrote is still in place with its length: a save reuses
+/// it without reading it (the load that follows checks its contents).
+fn still_there(dir: &Path, at: &StateRef) -> bool {
+    std::fs::symlink_metadata(dir.join(at.file_name()))
+        .is_ok_and(|m| m.file_type().is_file() && m.len() == at.len)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, without a date crate.
