@@ -857,6 +857,50 @@ fn a_corrupt_file_is_detected_and_never_used() {
     env.assert_golden_offline();
 }
 
+/// huggingface.co is https only, and reqwest speaks TLS only with a TLS feature (hf-hub used
+/// to switch it on): a loopback listener behind an `https://` endpoint records the first bytes
+/// the client sends, which must open a TLS handshake (a record of type 22, version 3.x,
+/// carrying a ClientHello, type 1), not be refused as an unsupported scheme.
+#[test]
+fn an_https_endpoint_is_spoken_to_in_tls() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = format!("https://{addr}");
+    let seen = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = [0u8; 6];
+        let read = stream.read_exact(&mut head).map(|()| head.to_vec());
+        // Hanging up here fails the handshake: the client has nothing to download from.
+        drop(stream);
+        read
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = common::bin()
+        .args(["models", "download", REPO])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &endpoint)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .output()
+        .unwrap();
+    // A client that never connected leaves the listener waiting: this connection ends the
+    // wait (and is read as nothing sent). Once the listener is gone it is refused, harmlessly.
+    let _ = TcpStream::connect(addr);
+    assert_failure(&out, &[&endpoint]);
+    assert!(!stderr(&out).contains("scheme"), "{}", stderr(&out));
+    let head = seen.join().unwrap().expect("the client sent nothing");
+    assert_eq!(
+        (head[0], head[1], head[5]),
+        (22, 3, 1),
+        "not a TLS ClientHello: {head:?}"
+    );
+}
+
 #[test]
 fn a_missing_repo_or_revision_is_a_clear_404() {
     let env = Env::new();

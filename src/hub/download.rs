@@ -3,11 +3,12 @@
 //! The hub is asked what to fetch the way `huggingface_hub` asks it: the commit a revision
 //! points at and the files in it (`GET /api/models/{repo}/revision/{rev}`: `sha`, `siblings`),
 //! then the size and hashes of the files chosen (`POST /api/models/{repo}/paths-info/{commit}`).
-//! Those answers are parsed here, not by hf-hub: hf-hub 1.0's `BlobLfsInfo` expects
-//! `lfs.sha256` and `lfs.pointer_size`, while the hub sends `lfs.oid` and `lfs.pointerSize`
-//! (huggingface_hub's `RepoFile` reads `lfs["oid"]` as the sha256), so through hf-hub the sha256
-//! of every LFS file is lost against the real hub: nothing would be verified and blobs would be
-//! named by the pointer's git id instead of the sha256 huggingface_hub names them by.
+//! Those answers are parsed here; the hf-hub crate is not used: hf-hub 1.0's `BlobLfsInfo`
+//! expects `lfs.sha256` and `lfs.pointer_size`, while the hub sends `lfs.oid` and
+//! `lfs.pointerSize` (huggingface_hub's `RepoFile` reads `lfs["oid"]` as the sha256), so through
+//! hf-hub the sha256 of every LFS file is lost against the real hub: nothing would be verified
+//! and blobs would be named by the pointer's git id instead of the sha256 huggingface_hub names
+//! them by.
 //!
 //! The bytes are moved with reqwest: the transfer resumes from the `.incomplete` file with an HTTP
 //! range request, hashes the bytes as they arrive, gives up on a silent connection after
