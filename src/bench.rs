@@ -335,6 +335,7 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
             depth: crate::ui::theme::ColorDepth::TrueColor,
             models: Vec::new(),
             local: Vec::new(),
+            recent: Vec::new(),
             preset: "raven".into(),
         });
         let feed = |app: &mut App, input: Input| drop(app::update(app, input));

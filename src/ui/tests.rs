@@ -30,6 +30,7 @@ fn setup(keymap: Keymap) -> Setup {
         depth: ColorDepth::TrueColor,
         models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
         local: vec!["models/rwkv-4-169m".into()],
+        recent: vec![],
         preset: "raven".into(),
     }
 }
@@ -321,8 +322,10 @@ fn menus_open_and_do_their_job() {
         }),
     );
     assert_eq!(app.loading.as_ref().unwrap().done, 1);
-    // ... or one from the list: a hub model not on disk is downloaded only once confirmed.
+    // ... or one from the list (under the recent model, then the local one): a hub model not
+    // on disk is downloaded only once confirmed.
     update(&mut app, key(KeyCode::F(3)));
+    update(&mut app, key(KeyCode::Down));
     update(&mut app, key(KeyCode::Down));
     assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
     assert!(matches!(app.overlay, Some(Overlay::ConfirmDownload { .. })));
@@ -732,6 +735,7 @@ fn screens() -> Vec<(&'static str, App)> {
     }
 
     let mut loading = ready(CHAT);
+    app::load_model(&mut loading, "RWKV/rwkv-raven-1b5".into());
     update(&mut loading, key(KeyCode::F(3)));
     ev(
         &mut loading,
