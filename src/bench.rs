@@ -480,6 +480,7 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
             depth: crate::ui::theme::ColorDepth::TrueColor,
             models: Vec::new(),
             local: Vec::new(),
+            recent: Vec::new(),
             preset: None,
         });
         let feed = |app: &mut App, input: Input| drop(app::update(app, input));

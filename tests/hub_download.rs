@@ -31,6 +31,8 @@ struct Behaviour {
     cut: Option<(usize, usize)>,
     /// Serve `WEIGHTS` with one byte changed (same size).
     corrupt: bool,
+    /// Serve this file kept in git (not LFS) with one byte changed (same size).
+    corrupt_small: Option<&'static str>,
     /// Answer every request with this status.
     status: Option<u16>,
     /// Read requests and never answer.
@@ -377,6 +379,11 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
         }
         // A file in git: served by the hub itself, its `ETag` the git blob id.
         let etag = format!("\"{}\"", git_oid(bytes));
+        let mut bytes = bytes.clone();
+        if b.corrupt_small.is_some_and(|f| f == percent_decode(name)) {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+        }
         let headers = [
             ("etag", etag.as_str()),
             ("x-repo-commit", COMMIT),
@@ -385,7 +392,7 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
         if method == "HEAD" {
             write_head(&mut stream, 200, &headers, bytes.len());
         } else {
-            respond(&mut stream, 200, &headers, bytes);
+            respond(&mut stream, 200, &headers, &bytes);
         }
     } else {
         respond(&mut stream, 404, &[], b"{}");
@@ -855,6 +862,92 @@ fn a_corrupt_file_is_detected_and_never_used() {
     env.hub.set(|b| b.corrupt = false);
     assert!(env.download().status.success());
     env.assert_golden_offline();
+}
+
+/// A small file is not in LFS (here `config.json`; the mock keeps files over 1 MiB in LFS,
+/// `tokenizer.json` among them): the hub lists it by its git blob id only (`oid`), and a
+/// transfer of the right size with a changed byte must be refused as one of the weights is.
+#[test]
+fn a_corrupt_small_file_is_detected_by_its_git_blob_id() {
+    const FILE: &str = "config.json";
+    let env = Env::new();
+    env.hub.set(|b| b.corrupt_small = Some(FILE));
+    let out = env.download();
+    assert_failure(
+        &out,
+        &[
+            FILE,
+            REPO,
+            "is corrupt",
+            "git blob id",
+            "the download was deleted",
+        ],
+    );
+    let good = std::fs::read(tiny().join(FILE)).unwrap();
+    assert!(!is_lfs(&good));
+    let blob = env.repo_dir().join("blobs").join(git_oid(&good));
+    assert!(!blob.exists(), "the corrupt blob was kept");
+    assert!(
+        !Path::new(&format!("{}.incomplete", blob.display())).exists(),
+        "the corrupt partial file was kept"
+    );
+    assert!(
+        !env.repo_dir()
+            .join("snapshots")
+            .join(COMMIT)
+            .join(FILE)
+            .exists(),
+        "the corrupt file was linked"
+    );
+    env.assert_not_loadable();
+    // A good server then gives a good model.
+    env.hub.set(|b| b.corrupt_small = None);
+    assert!(env.download().status.success());
+    env.assert_golden_offline();
+}
+
+/// huggingface.co is https only, and reqwest speaks TLS only with a TLS feature (hf-hub used
+/// to switch it on): a loopback listener behind an `https://` endpoint records the first bytes
+/// the client sends, which must open a TLS handshake (a record of type 22, version 3.x,
+/// carrying a ClientHello, type 1), not be refused as an unsupported scheme.
+#[test]
+fn an_https_endpoint_is_spoken_to_in_tls() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = format!("https://{addr}");
+    let seen = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = [0u8; 6];
+        let read = stream.read_exact(&mut head).map(|()| head.to_vec());
+        // Hanging up here fails the handshake: the client has nothing to download from.
+        drop(stream);
+        read
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = common::bin()
+        .args(["models", "download", REPO])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &endpoint)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .output()
+        .unwrap();
+    // A client that never connected leaves the listener waiting: this connection ends the
+    // wait (and is read as nothing sent). Once the listener is gone it is refused, harmlessly.
+    let _ = TcpStream::connect(addr);
+    assert_failure(&out, &[&endpoint]);
+    assert!(!stderr(&out).contains("scheme"), "{}", stderr(&out));
+    let head = seen.join().unwrap().expect("the client sent nothing");
+    assert_eq!(
+        (head[0], head[1], head[5]),
+        (22, 3, 1),
+        "not a TLS ClientHello: {head:?}"
+    );
 }
 
 #[test]

@@ -614,6 +614,8 @@ fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
 /// `X-Linked-Etag` with the sha256 of an LFS file, `X-Linked-Size`, `ETag`).
 struct SlowHub {
     endpoint: String,
+    /// Set when the client hung up in the middle of sending `model.safetensors`.
+    hung_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 const SLOW_REPO: &str = "test/slow-tiny";
@@ -634,9 +636,12 @@ impl SlowHub {
             })
             .collect();
         let files = std::sync::Arc::new(files);
+        let hung_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hang_ups = std::sync::Arc::clone(&hung_up);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let files = std::sync::Arc::clone(&files);
+                let hung_up = std::sync::Arc::clone(&hang_ups);
                 std::thread::spawn(move || {
                     let mut stream = stream;
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -727,6 +732,9 @@ impl SlowHub {
                     let chunk = if slow { 32 << 10 } else { bytes.len().max(1) };
                     for piece in bytes.chunks(chunk) {
                         if stream.write_all(piece).is_err() {
+                            if slow {
+                                hung_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
                             return;
                         }
                         if slow {
@@ -736,7 +744,11 @@ impl SlowHub {
                 });
             }
         });
-        Self { endpoint }
+        Self { endpoint, hung_up }
+    }
+
+    fn hung_up(&self) -> bool {
+        self.hung_up.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -876,4 +888,94 @@ fn a_tmux_paste_keeps_its_lines_and_a_broken_preset_is_shown_in_tmux() {
     assert!(rows[first + 1].contains("│second line"), "{screen}");
     tmux.keys(&["C-c"]);
     tmux.wait_for("EXIT=0");
+}
+
+/// Esc in the model picker stops the download it shows running: the client hangs up on the
+/// hub (left alone, the transfer runs some 20 s to its end), the status bar says the load was
+/// cancelled, the partial file stays for the next run to resume, and the app goes on.
+#[test]
+fn esc_in_the_picker_stops_a_slow_download_and_keeps_the_partial_file() {
+    let Some((hub, dir, app)) = app_on_hub(false) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("downloading model.safetensors");
+    let partial = incomplete_files(&dir.path().join("hf"));
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    app.tmux.keys(&["F3"]);
+    app.tmux
+        .wait_for("Loading (Esc stops it): downloading model.safetensors");
+    app.tmux.keys(&["Escape"]);
+    let screen = app
+        .tmux
+        .wait_for("model load cancelled (F3: choose a model)");
+    assert!(screen.contains("Load stopped"), "{screen}");
+    wait_until(
+        "the download is stopped: the hub sees the client hang up",
+        || hub.hung_up(),
+    );
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(kept > 0 && kept < 6_467_984, "{kept} bytes kept");
+    // The picker stays open to choose another model; Esc now closes it.
+    app.tmux.keys(&["Escape"]);
+    let screen = app.tmux.wait_for("Message (F1 help)");
+    assert!(!screen.contains("Filter, path or hub id:"), "{screen}");
+    let status = screen.lines().last().unwrap_or_default();
+    assert!(status.contains("model load cancelled"), "{screen}");
+    assert!(!status.contains("loading"), "{screen}");
+    assert!(app.alive());
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+}
+
+/// A model loaded once heads the picker that opens on the next start without `--model`,
+/// marked recent and selected, so Enter loads it again. It was given as a path relative to
+/// the first run's directory; the second run starts elsewhere and still finds it.
+#[test]
+fn the_model_used_last_heads_the_picker_of_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(tiny_model().join(f), model.join(f)).unwrap();
+    }
+    let env = format!(
+        "HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
+        quoted(&dir.path().join("hf")),
+        quoted(&dir.path().join("config"))
+    );
+    let in_dir = format!("cd {} && {env}", quoted(dir.path()));
+    let Some(app) = App::start(dir.path(), &in_dir, "--model m", "") else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    app.tmux.wait_for("✓ saved");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+    app.wait_gone();
+    drop(app);
+
+    // The next start writes its own pid.
+    std::fs::remove_file(dir.path().join("pid")).unwrap();
+    let app = App::start(dir.path(), &env, "", "").unwrap();
+    let screen = app.tmux.wait_for("Filter, path or hub id:");
+    let rows: Vec<&str> = screen.lines().collect();
+    let filter = rows
+        .iter()
+        .position(|r| r.contains("Filter, path or hub id:"))
+        .unwrap();
+    let first = rows[filter + 2];
+    assert!(
+        first.contains(&format!("> {} ", model.display())) && first.contains("recent"),
+        "{screen}"
+    );
+    // The catalogue follows, unmarked.
+    assert!(rows[filter + 3].contains("fla-hub/"), "{screen}");
+    assert!(!rows[filter + 3].contains("recent"), "{screen}");
+    app.tmux.keys(&["Enter"]);
+    app.tmux.wait_for("✓ saved");
+    let screen = app.tmux.wait_for("Loaded");
+    assert!(!screen.contains("Filter, path or hub id:"), "{screen}");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
 }

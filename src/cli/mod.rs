@@ -168,11 +168,10 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Command-line runs log warnings to stderr (`RUST_LOG` selects more). hf-hub's own logs are
-/// off by default: every failure it logs is also returned and reported as one message.
+/// Command-line runs log warnings to stderr (`RUST_LOG` selects more).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

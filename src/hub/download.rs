@@ -3,18 +3,20 @@
 //! The hub is asked what to fetch the way `huggingface_hub` asks it: the commit a revision
 //! points at and the files in it (`GET /api/models/{repo}/revision/{rev}`: `sha`, `siblings`),
 //! then the size and hashes of the files chosen (`POST /api/models/{repo}/paths-info/{commit}`).
-//! Those answers are parsed here, not by hf-hub: hf-hub 1.0's `BlobLfsInfo` expects
-//! `lfs.sha256` and `lfs.pointer_size`, while the hub sends `lfs.oid` and `lfs.pointerSize`
-//! (huggingface_hub's `RepoFile` reads `lfs["oid"]` as the sha256), so through hf-hub the sha256
-//! of every LFS file is lost against the real hub: nothing would be verified and blobs would be
-//! named by the pointer's git id instead of the sha256 huggingface_hub names them by.
+//! Those answers are parsed here; the hf-hub crate is not used: hf-hub 1.0's `BlobLfsInfo`
+//! expects `lfs.sha256` and `lfs.pointer_size`, while the hub sends `lfs.oid` and
+//! `lfs.pointerSize` (huggingface_hub's `RepoFile` reads `lfs["oid"]` as the sha256), so through
+//! hf-hub the sha256 of every LFS file is lost against the real hub: nothing would be verified
+//! and blobs would be named by the pointer's git id instead of the sha256 huggingface_hub names
+//! them by.
 //!
 //! The bytes are moved with reqwest: the transfer resumes from the `.incomplete` file with an HTTP
 //! range request, hashes the bytes as they arrive, gives up on a silent connection after
 //! `HF_HUB_DOWNLOAD_TIMEOUT` seconds, and renames the file into place only when its size and
-//! sha256 match the hub's. Redirects are followed here, one hop at a time, so that the token goes
-//! only to the endpoint's origin (the hub sends LFS files through a CDN with a 302; reqwest's own
-//! redirect handling rebuilds each hop from the first request's headers).
+//! hash match the hub's: the sha256 for LFS files, the git blob id for the small files kept in
+//! git (`config.json`, `tokenizer.json`). Redirects are followed here, one hop at a time, so that
+//! the token goes only to the endpoint's origin (the hub sends LFS files through a CDN with a
+//! 302; reqwest's own redirect handling rebuilds each hop from the first request's headers).
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::cache::RepoCache;
@@ -64,8 +67,8 @@ enum BoundedError {
 struct RemoteFile {
     path: String,
     size: u64,
-    /// The LFS sha256, for the large files; small files are checked by size only (their git
-    /// blob id is a sha1 over a header and the bytes, which nothing else here needs).
+    /// The LFS sha256, for the large files; a small file is checked against its git blob id,
+    /// `hash`.
     sha256: Option<String>,
     /// The blob name in the cache: the sha256 for LFS files, the git blob id otherwise, as
     /// huggingface_hub names them (its `X-Linked-Etag`, else `ETag`).
@@ -470,8 +473,8 @@ impl Hub {
             out.set_len(0).map_err(io(&partial))?;
             offset = 0;
         }
-        let mut hasher = Sha256::new();
-        if offset > 0 && file.sha256.is_some() {
+        let mut hasher = FileHasher::new(file);
+        if offset > 0 {
             hash_prefix(&partial, &mut hasher).map_err(io(&partial))?;
         }
         progress.done = offset;
@@ -521,7 +524,7 @@ impl Hub {
                 StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
                     // The server ignored the range (or answered another): start over.
                     out.set_len(0).map_err(io(&partial))?;
-                    hasher = Sha256::new();
+                    hasher = FileHasher::new(file);
                     offset = 0;
                     progress.resumed = 0;
                 }
@@ -582,18 +585,21 @@ impl Hub {
         }
         out.sync_all().map_err(io(&partial))?;
         drop(out);
-        if let Some(expected) = &file.sha256 {
-            let actual = hex(&hasher.finalize());
-            if !actual.eq_ignore_ascii_case(expected) {
-                // Resuming garbage cannot fix it: the next run starts from zero.
-                let _ = std::fs::remove_file(&partial);
-                return Err(HubError::Corrupt {
-                    repo: cache.repo.clone(),
-                    file: file.path.clone(),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
+        let (kind, expected) = match &file.sha256 {
+            Some(sha256) => ("sha256", sha256),
+            None => ("git blob id", &file.hash),
+        };
+        let actual = hasher.finish();
+        if !actual.eq_ignore_ascii_case(expected) {
+            // Resuming garbage cannot fix it: the next run starts from zero.
+            let _ = std::fs::remove_file(&partial);
+            return Err(HubError::Corrupt {
+                repo: cache.repo.clone(),
+                file: file.path.clone(),
+                kind,
+                expected: expected.clone(),
+                actual,
+            });
         }
         std::fs::rename(&partial, &blob).map_err(io(&blob))
     }
@@ -758,14 +764,15 @@ fn remote_file(
             }
         }
         None => {
-            if !is_safe_blob_name(&entry.oid) {
+            // A sha1: the file is checked against it, so it must be one.
+            if entry.oid.len() != 40 || !is_safe_blob_name(&entry.oid) {
                 return Err(refuse(format!("`{}` is not a git blob id", entry.oid)));
             }
             RemoteFile {
                 path: path.to_owned(),
                 size: entry.size,
                 sha256: None,
-                hash: entry.oid.clone(),
+                hash: entry.oid.to_ascii_lowercase(),
             }
         }
     };
@@ -812,7 +819,42 @@ fn range_start(header: Option<&reqwest::header::HeaderValue>) -> Option<u64> {
         .ok()
 }
 
-fn hash_prefix(path: &Path, hasher: &mut Sha256) -> std::io::Result<()> {
+/// The hash a file is checked against, fed as its bytes arrive: the sha256 of an LFS file's
+/// content, or the git blob id of a file kept in git, which is the sha1 of `blob <size>\0`
+/// followed by the content (what `git hash-object` computes and the hub lists as `oid`).
+enum FileHasher {
+    Lfs(Sha256),
+    Git(Sha1),
+}
+
+impl FileHasher {
+    fn new(file: &RemoteFile) -> Self {
+        if file.sha256.is_some() {
+            Self::Lfs(Sha256::new())
+        } else {
+            // The header holds the size the hub lists; only content of that size is taken.
+            let mut sha1 = Sha1::new();
+            sha1.update(format!("blob {}\0", file.size).as_bytes());
+            Self::Git(sha1)
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Lfs(h) => h.update(bytes),
+            Self::Git(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> String {
+        match self {
+            Self::Lfs(h) => hex(&h.finalize()),
+            Self::Git(h) => hex(&h.finalize()),
+        }
+    }
+}
+
+fn hash_prefix(path: &Path, hasher: &mut FileHasher) -> std::io::Result<()> {
     let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -938,6 +980,7 @@ mod tests {
         let url = Url::parse("http://127.0.0.1/api").unwrap();
         let entries = paths_info(
             r#"[{"type":"file","oid":"../../x","size":1,"path":"a"},
+                {"type":"file","oid":"0123","size":1,"path":"c"},
                 {"type":"file","oid":"00","size":1,"path":"b","lfs":{"oid":"abc","size":1}}]"#,
         );
         let err = remote_file("r", "a", &entries, &url).unwrap_err();
@@ -946,10 +989,36 @@ mod tests {
                 .contains("a: `../../x` is not a git blob id"),
             "{err}"
         );
+        // Hex, but too short for the sha1 the file is checked against.
+        let err = remote_file("r", "c", &entries, &url).unwrap_err();
+        assert!(
+            err.to_string().contains("c: `0123` is not a git blob id"),
+            "{err}"
+        );
         let err = remote_file("r", "b", &entries, &url).unwrap_err();
         assert!(
             err.to_string().contains("b: `abc` is not a sha256"),
             "{err}"
+        );
+    }
+
+    /// Against what git itself gives (`printf 'hello\n' | git hash-object --stdin`), fed in
+    /// two pieces as a resumed transfer feeds it.
+    #[test]
+    fn a_small_file_is_checked_by_its_git_blob_id() {
+        let file = |size| RemoteFile {
+            path: "config.json".into(),
+            size,
+            sha256: None,
+            hash: String::new(),
+        };
+        let mut hasher = FileHasher::new(&file(6));
+        hasher.update(b"hel");
+        hasher.update(b"lo\n");
+        assert_eq!(hasher.finish(), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            FileHasher::new(&file(0)).finish(),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
         );
     }
 

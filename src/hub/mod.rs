@@ -118,12 +118,14 @@ pub enum HubError {
     },
 
     #[error(
-        "{file} from {repo} is corrupt: its sha256 is {actual} but the hub lists {expected}; the \
-         download was deleted, run the command again to fetch it anew"
+        "{file} from {repo} is corrupt: its {kind} is {actual} but the hub lists {expected}; \
+         the download was deleted, run the command again to fetch it anew"
     )]
     Corrupt {
         repo: String,
         file: String,
+        /// `sha256` (an LFS file) or `git blob id` (a file kept in git).
+        kind: &'static str,
         expected: String,
         actual: String,
     },

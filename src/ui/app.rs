@@ -41,6 +41,9 @@ pub enum Effect {
     Copy(String),
     /// Write this theme into the config file, so it is the theme of the next start too.
     SaveTheme(String),
+    /// Write the recently used models (most recent first), for the model picker of the next
+    /// start.
+    SaveRecent(Vec<String>),
     /// Save (shutdown the worker) and leave.
     Quit,
 }
@@ -211,6 +214,8 @@ pub struct Setup {
     pub models: Vec<String>,
     /// The models among `models` already on disk (loading them downloads nothing).
     pub local: Vec<String>,
+    /// The models loaded lately, most recent first (see [`super::recent`]).
+    pub recent: Vec<String>,
     /// The configured preset of new sessions; `None` follows the model.
     pub preset: Option<String>,
 }
@@ -222,8 +227,13 @@ pub struct App {
     pub themes: Themes,
     pub theme: usize,
     pub depth: ColorDepth,
+    /// What the model picker lists: the recent models, then the others of `Setup::models`.
     pub models: Vec<String>,
+    /// The models offered besides the recent ones.
+    offered: Vec<String>,
     pub local: Vec<String>,
+    /// The models loaded lately, most recent first; marked in the picker.
+    pub recent: Vec<String>,
     pub default_preset: Option<String>,
 
     pub messages: Vec<Message>,
@@ -254,8 +264,15 @@ pub struct App {
     pub loading: Option<LoadProgress>,
     /// The model load the UI waits for; its progress and its failure are the status bar's.
     pub loading_request: Option<u64>,
+    /// What that load was asked for.
+    loading_spec: String,
+    /// The last load the UI gave up on: its end (an error saying it was cancelled) is news to
+    /// no one.
+    cancelled_load: Option<u64>,
     /// Why the last model load failed, until another one starts or succeeds.
     pub load_failed: Option<String>,
+    /// The user stopped the last model load, until another one starts or succeeds.
+    pub load_cancelled: bool,
     pub presets: Vec<PresetInfo>,
     pub last_stats: Option<ReplyStats>,
     pub saved: bool,
@@ -276,8 +293,10 @@ impl App {
             themes: setup.themes,
             theme,
             depth: setup.depth,
-            models: setup.models,
+            models: picker_models(&setup.recent, &setup.models),
+            offered: setup.models,
             local: setup.local,
+            recent: setup.recent,
             default_preset: setup.preset,
             messages: Vec::new(),
             pending: None,
@@ -299,7 +318,10 @@ impl App {
             model: None,
             loading: None,
             loading_request: None,
+            loading_spec: String::new(),
+            cancelled_load: None,
             load_failed: None,
+            load_cancelled: false,
             presets: Vec::new(),
             last_stats: None,
             saved: false,
@@ -386,6 +408,23 @@ impl App {
     pub fn defaults(&self) -> SamplingParams {
         self.preset_defaults().cloned().unwrap_or_default()
     }
+
+    /// Puts `spec` first among the recent models (and so first in the picker).
+    fn remember_model(&mut self, spec: &str) {
+        self.recent = super::recent::remember(&self.recent, spec);
+        self.models = picker_models(&self.recent, &self.offered);
+    }
+}
+
+/// The picker's list: the recent models first, then the others offered, each once.
+fn picker_models(recent: &[String], offered: &[String]) -> Vec<String> {
+    let mut models = recent.to_vec();
+    for m in offered {
+        if !models.contains(m) {
+            models.push(m.clone());
+        }
+    }
+    models
 }
 
 /// Starts loading `spec`, giving up on a load still running (a download stops between
@@ -395,7 +434,9 @@ pub fn load_model(app: &mut App, spec: String) -> Vec<Effect> {
     cancel_load(app, &mut fx);
     let request_id = app.request_id();
     app.loading_request = Some(request_id);
+    app.loading_spec.clone_from(&spec);
     app.load_failed = None;
+    app.load_cancelled = false;
     app.loading = Some(LoadProgress {
         stage: format!("starting {spec}"),
         done: 0,
@@ -405,11 +446,29 @@ pub fn load_model(app: &mut App, spec: String) -> Vec<Effect> {
     fx
 }
 
-fn cancel_load(app: &mut App, fx: &mut Vec<Effect>) {
-    if let Some(request_id) = app.loading_request.take() {
-        app.loading = None;
-        fx.push(Effect::Command(Command::Cancel { request_id }));
+/// Gives up on the model load in flight, if any; true when there was one.
+fn cancel_load(app: &mut App, fx: &mut Vec<Effect>) -> bool {
+    let Some(request_id) = app.loading_request.take() else {
+        return false;
+    };
+    app.loading = None;
+    app.cancelled_load = Some(request_id);
+    fx.push(Effect::Command(Command::Cancel { request_id }));
+    true
+}
+
+/// The user stops the model load (Esc, or the palette): a download stops between chunks and
+/// keeps its partial file, which the next load of the model resumes. False when none runs.
+fn stop_load(app: &mut App, fx: &mut Vec<Effect>) -> bool {
+    if !cancel_load(app, fx) {
+        return false;
     }
+    app.load_cancelled = true;
+    let spec = sanitize(&app.loading_spec).into_owned();
+    app.notify(format!(
+        "Stopped loading {spec}; a download goes on from where it stopped next time"
+    ));
+    true
 }
 
 /// What to stop before leaving: the reply being written (kept as far as it got) and the
@@ -458,12 +517,17 @@ pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
 
 fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
     match event {
-        Event::ModelLoading(p) => app.loading = Some(p),
+        // Progress of a load given up on (still queued when it was stopped) is not shown.
+        Event::ModelLoading(p) if app.loading_request.is_some() => app.loading = Some(p),
+        Event::ModelLoading(_) => {}
         Event::ModelLoaded(info) => {
             app.loading = None;
             app.loading_request = None;
             app.load_failed = None;
+            app.load_cancelled = false;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
+            app.remember_model(&info.name);
+            fx.push(Effect::SaveRecent(app.recent.clone()));
             app.model = Some(info);
             if app.started {
                 // After the first session decision, the newest session is resumed as at a
@@ -545,6 +609,13 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             if app.session.as_ref().is_some_and(|s| s.name == name) {
                 app.saved = true;
             }
+        }
+        // A load that was given up on ends with an error saying so; the user knows already.
+        Event::Error {
+            request_id,
+            message,
+        } if request_id.is_some() && request_id == app.cancelled_load => {
+            tracing::info!("a model load given up on ended: {message}");
         }
         Event::Error {
             request_id,
@@ -790,17 +861,18 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
     start_turn(app, turn, fx);
 }
 
-/// Asks the worker to stop the reply being written; false when there is none.
+/// Asks the worker to stop the reply being written; false when there is none, or it was
+/// asked already (a second Esc goes on to stop a model load).
 fn cancel_pending(app: &mut App, fx: &mut Vec<Effect>) -> bool {
     match &mut app.pending {
-        Some(p) => {
+        Some(p) if !p.cancelled => {
             p.cancelled = true;
             fx.push(Effect::Command(Command::Cancel {
                 request_id: p.request_id,
             }));
             true
         }
-        None => false,
+        _ => false,
     }
 }
 
@@ -816,12 +888,14 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
         Action::Quit => fx.push(Effect::Quit),
         Action::Send => send(app, fx),
         Action::Newline => app.input.insert('\n'),
+        // What runs is stopped, the reply first; with nothing running Esc leaves edit mode
+        // or the sidebar.
         Action::Stop => {
             if !cancel_pending(app, fx) {
                 if app.editing {
                     app.editing = false;
                     app.input.take();
-                } else {
+                } else if !stop_load(app, fx) {
                     app.focus = Focus::Input;
                 }
             }
@@ -991,6 +1065,12 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
         return;
     };
     if key.code == KeyCode::Esc {
+        // In the model picker Esc first stops the load it shows running; the picker stays,
+        // to choose another model.
+        if matches!(overlay, Overlay::Models { .. }) && stop_load(app, fx) {
+            app.overlay = Some(overlay);
+            return;
+        }
         if let Overlay::Themes { previous, .. } = overlay {
             app.theme = previous;
         }

@@ -20,6 +20,7 @@ fn app_with(keymap: Keymap) -> App {
         depth: ColorDepth::TrueColor,
         models: vec!["RWKV/rwkv-raven-1b5".into()],
         local: vec![],
+        recent: vec![],
         preset: None,
     });
     update(&mut app, Input::Resize(80, 24));
@@ -251,5 +252,157 @@ fn leaving_stops_the_reply_and_the_load_in_flight() {
     assert!(
         commands(app::leave(&mut app)).len() <= 1,
         "the load is not cancelled twice"
+    );
+}
+
+/// The picker, drawn: its line about the model in use, and its list.
+fn picker(app: &App) -> (String, Vec<String>) {
+    let mut rows = screen(app, 100)
+        .into_iter()
+        .skip_while(|r| !r.contains("Filter, path or hub id:"))
+        .skip(1)
+        .map(|r| r.trim_end().to_owned());
+    let status = rows.next().unwrap_or_default();
+    (status, rows.collect())
+}
+
+#[test]
+fn a_loaded_model_is_first_in_the_picker_marked_recent_and_saved() {
+    let mut app = app_with(Keymap::default());
+    let fx = update(
+        &mut app,
+        Input::Worker(Event::ModelLoaded(crate::worker::ModelInfo {
+            name: "/models/tiny".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        })),
+    );
+    assert!(
+        fx.contains(&Effect::SaveRecent(vec!["/models/tiny".into()])),
+        "{fx:?}"
+    );
+    update(&mut app, key(KeyCode::F(3)));
+    let (_, rows) = picker(&app);
+    assert!(
+        rows[0].contains("> /models/tiny") && rows[0].contains("recent"),
+        "{rows:#?}"
+    );
+    assert!(rows[1].contains("RWKV/rwkv-raven-1b5"), "{rows:#?}");
+    assert!(!rows[1].contains("recent"), "{rows:#?}");
+    // Another model loaded goes on top; the list holds each model once.
+    update(&mut app, key(KeyCode::Esc));
+    let fx = update(
+        &mut app,
+        Input::Worker(Event::ModelLoaded(crate::worker::ModelInfo {
+            name: "RWKV/rwkv-raven-1b5".into(),
+            dtype: "f16".into(),
+            device: "cpu".into(),
+        })),
+    );
+    let both = vec!["RWKV/rwkv-raven-1b5".to_owned(), "/models/tiny".to_owned()];
+    assert!(fx.contains(&Effect::SaveRecent(both.clone())), "{fx:?}");
+    assert_eq!(app.models, both);
+}
+
+/// A slow download the user gives up on, with `stop` (Esc in the picker, on the main screen,
+/// or the palette's entry): the load is cancelled by its id, the status bar says so, and the
+/// worker's answer (an error saying it was cancelled) and late progress change nothing.
+fn stopping_a_download(stop: impl Fn(&mut App) -> Vec<Effect>) -> App {
+    let mut app = app_with(Keymap::default());
+    update(&mut app, Input::Tick(1000));
+    app::load_model(&mut app, "RWKV/rwkv-raven-7b".into());
+    let progress = crate::worker::LoadProgress {
+        stage: "downloading model.safetensors (3/3)".into(),
+        done: 100,
+        total: 1000,
+    };
+    update(
+        &mut app,
+        Input::Worker(Event::ModelLoading(progress.clone())),
+    );
+    assert_eq!(
+        commands(stop(&mut app)),
+        [Command::Cancel { request_id: 1 }]
+    );
+    assert!(app.loading.is_none() && app.loading_request.is_none());
+    update(&mut app, Input::Worker(Event::ModelLoading(progress)));
+    update(
+        &mut app,
+        Input::Worker(Event::Error {
+            request_id: Some(1),
+            message: "download of RWKV/rwkv-raven-7b cancelled after 200 of 1000 bytes".into(),
+        }),
+    );
+    assert!(app.loading.is_none(), "{:?}", app.loading);
+    assert!(app.load_failed.is_none());
+    let status = screen(&app, 100).pop().unwrap();
+    assert!(
+        status.contains("model load cancelled (F3: choose a model)"),
+        "{status}"
+    );
+    assert!(!status.contains("loading"), "{status}");
+    let notice = app.notice.as_ref().map(|n| (n.text.clone(), n.error));
+    assert!(
+        notice
+            .as_ref()
+            .is_some_and(|(t, error)| t.contains("Stopped loading RWKV/rwkv-raven-7b") && !error),
+        "{notice:?}"
+    );
+    app
+}
+
+#[test]
+fn esc_in_the_model_picker_stops_the_download_and_keeps_the_picker() {
+    let app = stopping_a_download(|app| {
+        update(app, key(KeyCode::F(3)));
+        let (status, _) = picker(app);
+        assert!(status.contains("downloading model.safetensors"), "{status}");
+        assert!(status.contains("Esc stops it"), "{status}");
+        update(app, key(KeyCode::Esc))
+    });
+    assert!(matches!(app.overlay, Some(Overlay::Models { .. })));
+    let mut app = app;
+    let (status, _) = picker(&app);
+    assert!(status.contains("Load stopped"), "{status}");
+    // Nothing runs now: Esc closes the picker, and stops nothing.
+    assert!(update(&mut app, key(KeyCode::Esc)).is_empty());
+    assert!(app.overlay.is_none());
+}
+
+#[test]
+fn esc_on_the_chat_stops_the_download() {
+    let mut app = stopping_a_download(|app| update(app, key(KeyCode::Esc)));
+    // A new load clears the state.
+    app::load_model(&mut app, "tiny".into());
+    assert!(!app.load_cancelled);
+}
+
+#[test]
+fn the_palette_stops_the_download() {
+    stopping_a_download(|app| {
+        update(app, ctrl('p'));
+        for c in "download".chars() {
+            update(app, key(KeyCode::Char(c)));
+        }
+        update(app, key(KeyCode::Enter))
+    });
+}
+
+#[test]
+fn esc_stops_a_reply_before_a_load() {
+    let mut app = app_with(Keymap::default());
+    for c in "hi".chars() {
+        update(&mut app, key(KeyCode::Char(c)));
+    }
+    update(&mut app, key(KeyCode::Enter));
+    app::load_model(&mut app, "tiny".into());
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Esc))),
+        [Command::Cancel { request_id: 1 }]
+    );
+    assert_eq!(app.loading_request, Some(2));
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Esc))),
+        [Command::Cancel { request_id: 2 }]
     );
 }

@@ -52,7 +52,7 @@ actions! {
     Quit = "quit", Global, ["ctrl+c", "ctrl+q"], "Save and quit";
     Send = "send", Global, ["enter"], "Send the message";
     Newline = "newline", Global, ["alt+enter", "ctrl+j"], "New line in the message";
-    Stop = "stop", Global, ["esc"], "Stop the reply";
+    Stop = "stop", Global, ["esc"], "Stop the reply or model download";
     Regenerate = "regenerate", Global, ["ctrl+r"], "Regenerate the last reply";
     EditLast = "edit_last", Global, ["alt+e", "f8"], "Edit the last message";
     CopyLast = "copy_last", Global, ["alt+c", "f9"], "Copy the last reply (OSC 52)";

@@ -16,6 +16,7 @@
 pub mod app;
 pub mod input;
 pub mod keymap;
+pub mod recent;
 pub mod render;
 pub mod theme;
 
@@ -78,11 +79,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Some(dir) => Config::load(dir)?,
         None => Config::default(),
     };
-    let log = init_logging(options.data_dir.as_deref())?;
+    let data_dir = crate::paths::data_dir(options.data_dir.clone())?;
+    let log = init_logging(&data_dir)?;
     tracing::info!(log = %log.display(), "rwkv-chat starting");
 
     let (themes, problems) = Themes::load(config_dir.as_ref().map(|d| d.join("themes")).as_deref());
     let (models, local, recommended) = model_choices(&config);
+    let recent = recent::load(&data_dir);
     let keymap = Keymap::with_overrides(&config.keys).map_err(|e| match &config_dir {
         Some(dir) => anyhow::anyhow!("{}: {e}", dir.join("config.toml").display()),
         None => anyhow::anyhow!("{e}"),
@@ -94,6 +97,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         depth: ColorDepth::detect(),
         models,
         local,
+        recent,
         preset: config.preset.clone(),
     });
     // The clock first, so the notices below do not expire at the first tick.
@@ -121,11 +125,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     match options.model.or(config.model) {
         Some(spec) => startup.extend(app::load_model(&mut app, spec)),
         None => {
-            // First run: the model menu opens on the model that fits this machine, with its
-            // size; Enter asks before downloading it, typing filters the list.
+            // No model named: the model menu opens on the model used last, else (the first
+            // run) on the one that fits this machine, with its size; Enter asks before
+            // downloading it, typing filters the list.
+            let selected = if app.recent.is_empty() {
+                app.models
+                    .iter()
+                    .position(|m| *m == recommended)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             app.overlay = Some(Overlay::Models {
                 input: input::TextInput::default(),
-                selected: recommended,
+                selected,
             });
         }
     }
@@ -137,6 +150,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let world = World {
         worker: worker.as_ref().map_err(String::as_str),
         config_dir: config_dir.as_deref(),
+        data_dir: Some(&data_dir),
     };
     let result = event_loop(&mut tui, &mut app, world, startup, &stop);
     drop(tui);
@@ -152,10 +166,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     result
 }
 
-/// What the model menu offers: the config's models, the models already on disk, then the
-/// catalogue (the one recommended for this machine's memory first). Also returns the ones on
-/// disk and the index of the recommended one.
-fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, usize) {
+/// What the model menu offers besides the recent models: the config's models, the models
+/// already on disk, then the catalogue (the one recommended for this machine's memory first).
+/// Also returns the ones on disk and the recommended one.
+fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, &'static str) {
     let mut models = config.models.clone();
     let add = |m: String, models: &mut Vec<String>| {
         if !models.contains(&m) {
@@ -178,14 +192,14 @@ fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, usize) {
     for entry in crate::hub::catalogue::CATALOGUE {
         add(entry.repo.to_owned(), &mut models);
     }
-    let index = models.iter().position(|m| m == recommended).unwrap_or(0);
-    (models, local, index)
+    (models, local, recommended)
 }
 
 fn world_of(worker: &Worker) -> World<'_> {
     World {
         worker: Ok(worker),
         config_dir: None,
+        data_dir: None,
     }
 }
 
@@ -197,6 +211,7 @@ type WorkerRef<'a> = Result<&'a Worker, &'a str>;
 struct World<'a> {
     worker: WorkerRef<'a>,
     config_dir: Option<&'a Path>,
+    data_dir: Option<&'a Path>,
 }
 
 /// Carries out effects; returns true to quit.
@@ -204,9 +219,17 @@ fn apply(app: &mut App, world: World, effects: Vec<Effect>) -> anyhow::Result<bo
     for effect in effects {
         match effect {
             Effect::Command(c) => match world.worker {
-                Ok(w) => w.send(c),
+                Ok(w) => w.send(absolute_model_path(c)),
                 Err(why) => app.error(why),
             },
+            Effect::SaveRecent(models) => {
+                if let Some(dir) = world.data_dir
+                    && let Err(e) = recent::save(dir, &models)
+                {
+                    // Only the next start's picker misses them; not worth a notice.
+                    tracing::warn!("cannot save the recent models: {e:#}");
+                }
+            }
             Effect::Copy(text) => copy(&text)?,
             Effect::SaveTheme(name) => {
                 let saved = match world.config_dir {
@@ -222,6 +245,22 @@ fn apply(app: &mut App, world: World, effects: Vec<Effect>) -> anyhow::Result<bo
         }
     }
     Ok(false)
+}
+
+/// A model given as a relative path is loaded, and so remembered among the recent models and
+/// in the session, by its absolute path: the next start may run in another directory. A path
+/// that exists wins over a hub id, so this changes what is loaded for neither.
+fn absolute_model_path(command: crate::worker::Command) -> crate::worker::Command {
+    match command {
+        crate::worker::Command::LoadModel { request_id, spec }
+            if Path::new(&spec).is_relative() && Path::new(&spec).exists() =>
+        {
+            let spec =
+                std::path::absolute(&spec).map_or(spec, |p| p.to_string_lossy().into_owned());
+            crate::worker::Command::LoadModel { request_id, spec }
+        }
+        other => other,
+    }
 }
 
 /// OSC 52 asks the terminal itself to set the clipboard, which also works over SSH and in
@@ -467,9 +506,8 @@ fn restore() {
 
 /// Logs go to `rwkv-chat.log` in the state dir (or `--data-dir`): the terminal is the
 /// screen while the app runs.
-fn init_logging(data_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let dir = crate::paths::data_dir(data_dir.map(Path::to_owned))?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+fn init_logging(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("rwkv-chat.log");
     let file = std::fs::OpenOptions::new()
         .create(true)

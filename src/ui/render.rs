@@ -587,21 +587,26 @@ fn status_parts(app: &App, room: usize) -> Vec<String> {
             .map_or_else(String::new, |pct| format!(" {pct}%"));
         parts.push((format!("loading {}{pct}", sanitize(&p.stage)), 0));
     }
-    if app.load_failed.is_some() {
-        parts.push((
-            format!(
-                "model load failed ({}: choose a model)",
-                app.keymap.describe(Action::ModelPicker)
-            ),
-            0,
-        ));
+    for (happened, what) in [
+        (app.load_failed.is_some(), "failed"),
+        (app.load_cancelled, "cancelled"),
+    ] {
+        if happened {
+            parts.push((
+                format!(
+                    "model load {what} ({}: choose a model)",
+                    app.keymap.describe(Action::ModelPicker)
+                ),
+                0,
+            ));
+        }
     }
     let model = |name: &str, m: &crate::worker::ModelInfo| {
         format!("{} {}/{}", sanitize(name), m.dtype, m.device)
     };
     match &app.model {
         Some(m) => parts.push((model(&m.name, m), 0)),
-        None if app.loading.is_none() && app.load_failed.is_none() => {
+        None if app.loading.is_none() && app.load_failed.is_none() && !app.load_cancelled => {
             parts.push(("no model".into(), 0));
         }
         None => {}
@@ -824,7 +829,11 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
             field(frame, theme, top, "Filter, path or hub id: ", input);
             let (status, rest) = head(rest);
             let current = match (&app.loading, &app.model) {
-                (Some(p), _) => format!("Loading: {}", sanitize(&p.stage)),
+                // The hint first: a download's stage fills the line.
+                (Some(p), _) => format!("Loading (Esc stops it): {}", sanitize(&p.stage)),
+                (None, _) if app.load_cancelled => {
+                    "Load stopped; a download goes on from where it stopped next time".into()
+                }
                 (None, Some(m)) => format!("Loaded: {}", sanitize(&m.name)),
                 (None, None) => "No model loaded".into(),
             };
@@ -837,6 +846,12 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                         "on disk".to_owned()
                     } else {
                         crate::hub::catalogue::find(m).map_or_else(String::new, model_sizes)
+                    };
+                    // The recent ones are listed first; the mark says why.
+                    let detail = match (app.recent.contains(m), detail.is_empty()) {
+                        (true, true) => "recent".to_owned(),
+                        (true, false) => format!("recent · {detail}"),
+                        (false, _) => detail,
                     };
                     Line::from(vec![
                         Span::styled(format!("{:<28} ", sanitize(m)), text),

@@ -1,6 +1,8 @@
 //! `update()` flows without a terminal, and screens drawn into ratatui's `TestBackend`,
-//! compared with the text snapshots in `src/ui/snapshots/` (`UPDATE_SNAPSHOTS=1 cargo test`
-//! rewrites them; review the diff).
+//! compared with the insta snapshots in `src/ui/snapshots/`. A screen that differs fails the
+//! test (in CI too, where insta writes nothing) and, outside CI, leaves `NAME.snap.new` beside
+//! the snapshot: review it with `cargo insta review`, or rewrite all with
+//! `INSTA_UPDATE=always cargo test --lib ui::` and review the diff.
 
 use std::path::Path;
 
@@ -28,6 +30,7 @@ fn setup(keymap: Keymap) -> Setup {
         depth: ColorDepth::TrueColor,
         models: vec!["models/rwkv-4-169m".into(), "RWKV/rwkv-raven-1b5".into()],
         local: vec!["models/rwkv-4-169m".into()],
+        recent: vec![],
         preset: None,
     }
 }
@@ -319,8 +322,10 @@ fn menus_open_and_do_their_job() {
         }),
     );
     assert_eq!(app.loading.as_ref().unwrap().done, 1);
-    // ... or one from the list: a hub model not on disk is downloaded only once confirmed.
+    // ... or one from the list (under the recent model, then the local one): a hub model not
+    // on disk is downloaded only once confirmed.
     update(&mut app, key(KeyCode::F(3)));
+    update(&mut app, key(KeyCode::Down));
     update(&mut app, key(KeyCode::Down));
     assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
     assert!(matches!(app.overlay, Some(Overlay::ConfirmDownload { .. })));
@@ -672,19 +677,13 @@ fn screen(app: &App, w: u16, h: u16) -> String {
     out
 }
 
-/// Compares with (or, with `UPDATE_SNAPSHOTS=1`, writes) `snapshots/<name>.txt`.
+/// Compares with `snapshots/<name>.snap`: the file is named by the screen alone, and holds the
+/// screen alone (no expression line), so a diff of it reads as the screen does.
 fn snapshot(name: &str, text: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/ui/snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("no snapshot {path:?}; run with UPDATE_SNAPSHOTS=1"));
-    assert_eq!(text, want, "screen {name} differs from {path:?}:\n{text}");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!(name, text));
 }
 
 fn finished_app() -> App {
@@ -732,6 +731,7 @@ fn screens() -> Vec<(&'static str, App)> {
     }
 
     let mut loading = ready(CHAT);
+    app::load_model(&mut loading, "RWKV/rwkv-raven-1b5".into());
     update(&mut loading, key(KeyCode::F(3)));
     ev(
         &mut loading,
