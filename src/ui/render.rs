@@ -863,6 +863,13 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
         }
         Overlay::Presets { selected } => {
             let current = app.session.as_ref().map(|s| s.preset.as_str());
+            let names = app
+                .presets
+                .iter()
+                .map(|p| width(&sanitize(&p.name)))
+                .max()
+                .unwrap_or(0)
+                .min(24);
             let items = app
                 .presets
                 .iter()
@@ -872,8 +879,10 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
                     } else {
                         " "
                     };
+                    // A column as wide as the longest name (up to 24), and a space after it.
+                    let name = sanitize(&p.name);
                     Line::from(vec![
-                        Span::styled(format!("{mark} {:<14}", sanitize(&p.name)), text),
+                        Span::styled(format!("{mark} {name:<names$} "), text),
                         Span::styled(sanitize(&p.description).into_owned(), muted),
                     ])
                 })

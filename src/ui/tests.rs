@@ -1400,3 +1400,21 @@ fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
     assert!(unfolded.contains("┆ I should greet back."), "{unfolded}");
     assert!(unfolded.contains("Hello! How can I help?"), "{unfolded}");
 }
+
+/// The preset picker's name column is as wide as the longest name, so a long name never runs
+/// into its description.
+#[test]
+fn a_long_preset_name_keeps_a_space_before_its_description() {
+    let mut app = ready(CHAT);
+    let mut presets = FakeBackend::default().presets();
+    presets.push(PresetInfo {
+        name: "user-assistant".into(),
+        description: "User and Assistant".into(),
+        sampling: SamplingParams::default(),
+        think: false,
+    });
+    ev(&mut app, Event::Presets(presets));
+    update(&mut app, key(KeyCode::F(4)));
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("user-assistant User and Assistant"), "{s}");
+}
