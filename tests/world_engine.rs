@@ -246,3 +246,36 @@ fn world_checkpoints_convert_to_safetensors_that_meet_the_goldens() {
         check_steps(name, &model, 1e-3);
     }
 }
+
+/// A `config.json` beside World weights that disagrees with them is refused, naming the field
+/// and both values; one naming another generation is refused by generation.
+#[test]
+fn a_world_config_for_another_model_is_refused() {
+    let src = dir("tiny-v7-fla");
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let layers = json["num_hidden_layers"].as_u64().unwrap();
+    for (field, value, message) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(layers + 1),
+            "num_hidden_layers",
+        ),
+        ("model_type", serde_json::json!("rwkv6"), "RWKV-6"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            src.join("model.safetensors"),
+            tmp.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let mut bad = json.clone();
+        bad[field] = value;
+        std::fs::write(tmp.path().join("config.json"), bad.to_string()).unwrap();
+        let e = Rwkv::load(tmp.path(), LoadOptions::default())
+            .err()
+            .expect("a config for another model")
+            .to_string();
+        assert!(e.contains("config.json") && e.contains(message), "{e}");
+    }
+}

@@ -51,6 +51,48 @@ struct V6Mixing {
     decay_w2: Linear,
 }
 
+impl V6Mixing {
+    /// The mixed inputs `[k, v, r, g]` (each mix corrected by the LoRA of
+    /// `x + (prev - x) * maa_x`) and the per-token decay `exp(-exp(decay + lora(xw)))`.
+    fn inputs(&self, x: &[f32], prev: &[f32]) -> candle_core::Result<([Vec<f32>; 4], Vec<f32>)> {
+        let c = self.maa_x.len();
+        let hidden: Vec<f32> = project(&self.maa_w1, &mix(x, prev, &self.maa_x))?
+            .into_iter()
+            .map(f32::tanh)
+            .collect();
+        let d = self.maa_w2[0].cols;
+        let mut mixed = Vec::with_capacity(5);
+        for (i, (m, w2)) in self.maa.iter().zip(&self.maa_w2).enumerate() {
+            let correction = project(w2, &columns(&hidden, 5 * d, i * d..(i + 1) * d))?;
+            let rows: Vec<f32> = x
+                .chunks_exact(c)
+                .zip(prev.chunks_exact(c))
+                .zip(correction.chunks_exact(c))
+                .flat_map(|((x, p), corr)| {
+                    (0..c).map(move |j| x[j] + (p[j] - x[j]) * (m[j] + corr[j]))
+                })
+                .collect();
+            mixed.push(rows);
+        }
+        let [xw, xk, xv, xr, xg]: [Vec<f32>; 5] = mixed
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("five mixes".into()))?;
+        let tanh: Vec<f32> = project(&self.decay_w1, &xw)?
+            .into_iter()
+            .map(f32::tanh)
+            .collect();
+        let w = project(&self.decay_w2, &tanh)?
+            .chunks_exact(c)
+            .flat_map(|l| {
+                l.iter()
+                    .zip(&self.decay)
+                    .map(|(l, d)| (-(d + l).exp()).exp())
+            })
+            .collect();
+        Ok(([xk, xv, xr, xg], w))
+    }
+}
+
 struct V7Mixing {
     mix: [Vec<f32>; 6],
     w0: Vec<f32>,
@@ -266,6 +308,7 @@ impl World {
                         decay_w2,
                     }))
                 }
+                // RWKV-4 checkpoints never reach here (see `super::Rwkv::new`).
                 Generation::V7 | Generation::Rwkv4 => {
                     let mix = |leaf: &str| l.flat(&att(&format!("x_{leaf}")), c);
                     let (w1, w2) = l.lora_pair(&att("w1"), &att("w2"), c)?;
@@ -609,99 +652,61 @@ impl Layer {
         v_first: &mut Vec<f32>,
         n: usize,
     ) -> candle_core::Result<Vec<f32>> {
-        let c = self.ln1.weight.len();
-        let t = x.len() / c;
         let out = match &self.mixing {
-            Mixing::V5 { .. } | Mixing::V6(_) => {
-                let (xk, xv, xr, xg, w) = match &self.mixing {
-                    Mixing::V5 { mix: m, decay } => (
-                        mix(x, prev, &m[0]),
-                        mix(x, prev, &m[1]),
-                        mix(x, prev, &m[2]),
-                        mix(x, prev, &m[3]),
-                        decay.repeat(t),
-                    ),
-                    Mixing::V6(m6) => {
-                        let V6Mixing {
-                            maa_x,
-                            maa,
-                            maa_w1,
-                            maa_w2,
-                            decay,
-                            decay_w1,
-                            decay_w2,
-                        } = &**m6;
-                        let hidden: Vec<f32> = project(maa_w1, &mix(x, prev, maa_x))?
-                            .into_iter()
-                            .map(f32::tanh)
-                            .collect();
-                        let d = maa_w2[0].cols;
-                        let mut mixed = Vec::with_capacity(5);
-                        for (i, (m, w2)) in maa.iter().zip(maa_w2).enumerate() {
-                            let correction =
-                                project(w2, &columns(&hidden, 5 * d, i * d..(i + 1) * d))?;
-                            let rows: Vec<f32> = x
-                                .chunks_exact(c)
-                                .zip(prev.chunks_exact(c))
-                                .zip(correction.chunks_exact(c))
-                                .flat_map(|((x, p), corr)| {
-                                    (0..c).map(move |j| x[j] + (p[j] - x[j]) * (m[j] + corr[j]))
-                                })
-                                .collect();
-                            mixed.push(rows);
-                        }
-                        let [xw, xk, xv, xr, xg]: [Vec<f32>; 5] = mixed
-                            .try_into()
-                            .map_err(|_| candle_core::Error::Msg("five mixes".into()))?;
-                        let lora = project(
-                            decay_w2,
-                            &project(decay_w1, &xw)?
-                                .into_iter()
-                                .map(f32::tanh)
-                                .collect::<Vec<_>>(),
-                        )?;
-                        let w = lora
-                            .chunks_exact(c)
-                            .flat_map(|l| l.iter().zip(decay).map(|(l, d)| (-(d + l).exp()).exp()))
-                            .collect();
-                        (xk, xv, xr, xg, w)
-                    }
-                    Mixing::V7(_) => unreachable!("handled below"),
-                };
-                let gate = self
-                    .gate
-                    .as_ref()
-                    .ok_or_else(|| candle_core::Error::Msg("v5/v6 layer without a gate".into()))?;
-                let r = project(&self.receptance, &xr)?;
-                let k = project(&self.key, &xk)?;
-                let v = project(&self.value, &xv)?;
-                let g: Vec<f32> = project(gate, &xg)?
-                    .into_iter()
-                    .map(|g| g * sigmoid(g))
-                    .collect();
-                let mut out = vec![0.0f32; t * c];
-                for tok in 0..t {
-                    let span = tok * c..(tok + 1) * c;
-                    finch_wkv(
-                        &r[span.clone()],
-                        &k[span.clone()],
-                        &v[span.clone()],
-                        &w[span.clone()],
-                        &self.u,
-                        kv,
-                        n,
-                        &mut out[span.clone()],
-                    );
-                    let normed = self.group_norm(&out[span.clone()], n);
-                    for ((o, nv), g) in out[span.clone()].iter_mut().zip(normed).zip(&g[span]) {
-                        *o = nv * g;
-                    }
-                }
-                out
+            Mixing::V5 { mix: m, decay } => {
+                let inputs = [0, 1, 2, 3].map(|i| mix(x, prev, &m[i]));
+                let w = decay.repeat(x.len() / decay.len());
+                self.finch_time_mix(inputs, &w, kv, n)?
+            }
+            Mixing::V6(m) => {
+                let (inputs, w) = m.inputs(x, prev)?;
+                self.finch_time_mix(inputs, &w, kv, n)?
             }
             Mixing::V7(m) => self.v7_time_mix(m, x, prev, kv, v_first, n)?,
         };
         project(&self.output, &out)
+    }
+
+    /// v5/v6's WKV, gated by `silu(gate)`, over the mixed inputs `[k, v, r, g]` and the
+    /// per-token decay `w`; before the output projection.
+    fn finch_time_mix(
+        &self,
+        [xk, xv, xr, xg]: [Vec<f32>; 4],
+        w: &[f32],
+        kv: &mut [f32],
+        n: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        let c = self.ln1.weight.len();
+        let gate = self
+            .gate
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("v5/v6 layer without a gate".into()))?;
+        let r = project(&self.receptance, &xr)?;
+        let k = project(&self.key, &xk)?;
+        let v = project(&self.value, &xv)?;
+        let g: Vec<f32> = project(gate, &xg)?
+            .into_iter()
+            .map(|g| g * sigmoid(g))
+            .collect();
+        let mut out = vec![0.0f32; xk.len()];
+        for tok in 0..xk.len() / c {
+            let span = tok * c..(tok + 1) * c;
+            finch_wkv(
+                &r[span.clone()],
+                &k[span.clone()],
+                &v[span.clone()],
+                &w[span.clone()],
+                &self.u,
+                kv,
+                n,
+                &mut out[span.clone()],
+            );
+            let normed = self.group_norm(&out[span.clone()], n);
+            for ((o, nv), g) in out[span.clone()].iter_mut().zip(normed).zip(&g[span]) {
+                *o = nv * g;
+            }
+        }
+        Ok(out)
     }
 
     fn v7_time_mix(
