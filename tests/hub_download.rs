@@ -21,6 +21,10 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const WEIGHTS: &str = "model.safetensors";
 /// A raw repo (BlinkDL's layout): only `.pth` files, named per test.
 const RAW_REPO: &str = "test/raw-rwkv4";
+/// An RWKV-7 World model in flash-linear-attention's layout, with the files of
+/// `fla-hub/rwkv7-1.5B-world` (its tree on the hub: config, safetensors, the World vocab, the
+/// remote-code tokenizer and its configs).
+const FLA_REPO: &str = "test/rwkv7-fla-world";
 /// Files above this size are served as LFS files, with a sha256, as the hub does.
 const LFS_THRESHOLD: usize = 1 << 20;
 
@@ -160,7 +164,53 @@ fn repos() -> BTreeMap<&'static str, Files> {
         (REPO, read(&all)),
         (BIN_REPO, read(&shards)),
         (RAW_REPO, Files::new()),
+        (FLA_REPO, fla_files()),
     ])
+}
+
+fn fla_files() -> Files {
+    let fixture = common::fixture("world/tiny-v7-fla");
+    let mut files = Files::new();
+    for name in ["config.json", WEIGHTS] {
+        files.insert(name.into(), std::fs::read(fixture.join(name)).unwrap());
+    }
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/assets/rwkv_vocab_v20230424.txt");
+    files.insert(
+        "rwkv_vocab_v20230424.txt".into(),
+        std::fs::read(vocab).unwrap(),
+    );
+    for (name, text) in [
+        (
+            ".gitattributes",
+            "*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+        ),
+        (
+            "README.md",
+            "---\nlicense: apache-2.0\n---\n# rwkv7 world for tests\n",
+        ),
+        ("__init__.py", ""),
+        (
+            "added_tokens.json",
+            "{\"<|rwkv_tokenizer_end_of_text|>\": 0}",
+        ),
+        (
+            "generation_config.json",
+            "{\"bos_token_id\": 0, \"eos_token_id\": 0}",
+        ),
+        ("hf_rwkv_tokenizer.py", "class RwkvTokenizer: pass\n"),
+        (
+            "modeling_rwkv7.py",
+            "from fla.models.rwkv7 import RWKV7ForCausalLM\n",
+        ),
+        ("special_tokens_map.json", "{}"),
+        (
+            "tokenizer_config.json",
+            "{\"tokenizer_class\": \"RwkvTokenizer\"}",
+        ),
+    ] {
+        files.insert(name.into(), text.as_bytes().to_vec());
+    }
+    files
 }
 
 /// Whether the mock stores a file in LFS. On the hub `.gitattributes` decides (binary weights
@@ -665,6 +715,16 @@ impl Env {
         let mut p = self.weights_blob().into_os_string();
         p.push(".incomplete");
         PathBuf::from(p)
+    }
+
+    fn assert_nothing_downloaded(&self) {
+        assert!(
+            self.hub
+                .requests()
+                .iter()
+                .all(|r| !r.path.contains("/resolve/")),
+            "something was downloaded"
+        );
     }
 
     /// The partial file is never taken for a model: offline loading refuses the repo.
@@ -1334,13 +1394,7 @@ fn a_raw_repo_whose_only_pth_is_in_a_subfolder_is_refused_before_downloading() {
     );
     let raw_dir = env.cache().join("models--test--raw-rwkv4");
     assert!(!raw_dir.join("blobs").exists());
-    assert!(
-        env.hub
-            .requests()
-            .iter()
-            .all(|r| !r.path.contains("/resolve/")),
-        "something was downloaded"
-    );
+    env.assert_nothing_downloaded();
 
     // Named as the message says, it downloads and loads offline.
     let named = format!("{RAW_REPO}/{nested}");
@@ -1526,4 +1580,70 @@ fn answers_unlike_the_hubs_are_refused() {
         assert_failure(&env.download(), needles);
         assert!(!env.snapshot_weights().exists());
     }
+}
+
+/// An fla-hub World repo downloads its config and weights (not the remote-code files; the
+/// World vocab is built in) and the cached snapshot loads as the reference's v7.
+#[test]
+fn an_fla_hub_world_repo_downloads_and_matches_the_reference() {
+    let env = Env::new();
+    let out = env.run(&["models", "download", FLA_REPO], false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snapshot = PathBuf::from(stdout(&out).trim());
+    let mut fetched: Vec<String> = std::fs::read_dir(&snapshot)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fetched.sort();
+    assert_eq!(fetched, ["config.json", WEIGHTS]);
+    let model = crate::world_engine::load(&snapshot, rwkv_chat::model::WeightDtype::F32);
+    assert_eq!(model.generation(), rwkv_chat::model::Generation::V7);
+    crate::world_engine::check_steps("tiny-v7-fla", &model, 1e-3);
+
+    // Offline, the repo id finds the snapshot (the chat's `--model REPO`).
+    let (_, listed) = env.listed(&[]);
+    assert!(listed.contains(FLA_REPO), "{listed}");
+    let out = env.run(&["models", "download", FLA_REPO], true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(PathBuf::from(stdout(&out).trim()), snapshot);
+}
+
+/// BlinkDL's World repos hold one `.pth` per size and version: without a file name nothing is
+/// fetched and every file is named; with one, that file alone downloads and loads.
+#[test]
+fn a_raw_world_repo_lists_its_models_and_downloads_the_one_named() {
+    let env = Env::new();
+    let v7 = "RWKV-x070-World-tiny-20250101-ctx4096.pth";
+    let v6 = "RWKV-x060-World-tiny-20240101-ctx4096.pth";
+    let read = |name: &str| std::fs::read(common::fixture(name).join("model.pth")).unwrap();
+    env.hub.set(|b| {
+        b.extra_files = vec![
+            (v6.into(), read("world/tiny-v6")),
+            (v7.into(), read("world/tiny-v7")),
+        ]
+    });
+    let out = env.run(&["models", "download", RAW_REPO], false);
+    assert_failure(
+        &out,
+        &[
+            "holds several models; name one file",
+            &format!("{RAW_REPO}/{v6}"),
+            v7,
+        ],
+    );
+    env.assert_nothing_downloaded();
+
+    let named = format!("{RAW_REPO}/{v7}");
+    let out = env.run(&["models", "download", &named], false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snapshot = env
+        .cache()
+        .join("models--test--raw-rwkv4/snapshots")
+        .join(COMMIT);
+    assert!(snapshot.join(v7).exists());
+    assert!(!snapshot.join(v6).exists());
+    // What it prints is what loads: the safetensors copy made once from the `.pth`.
+    let loads = PathBuf::from(stdout(&out).trim());
+    let model = crate::world_engine::load(&loads, rwkv_chat::model::WeightDtype::F32);
+    crate::world_engine::check_steps("tiny-v7", &model, 1e-3);
 }

@@ -29,7 +29,7 @@ fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir(name).join("golden.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn load(path: &Path, dtype: WeightDtype) -> Rwkv {
+pub(crate) fn load(path: &Path, dtype: WeightDtype) -> Rwkv {
     Rwkv::load(
         path,
         LoadOptions {
@@ -46,7 +46,7 @@ fn world(state: &State) -> &WorldState {
 
 /// Token by token from the zero state: logits at every position within `tolerance`, the same
 /// argmax, the state after the prompt within 1e-4 and the greedy ids exact.
-fn check_steps(name: &str, model: &Rwkv, tolerance: f32) {
+pub(crate) fn check_steps(name: &str, model: &Rwkv, tolerance: f32) {
     let g = golden(name);
     let vocab = model.vocab_size();
     let want = f32s(&g["logits"]);

@@ -61,8 +61,20 @@ pub struct CatalogueEntry {
     pub hidden: u64,
     /// Tokens the model was trained to attend over; an RNN runs past it, with fading quality.
     pub context_length: u64,
+    /// Bytes per weight in the repo's files (`Layout` decides, but an fla-hub upload may be
+    /// f32 or bf16).
+    pub file_bytes_per_weight: u64,
     pub licence: &'static str,
     pub summary: &'static str,
+}
+
+/// Bytes per weight in a layout's files: f32 for the RWKV-4 transformers and (mostly) the fla
+/// repos, bf16 for the BlinkDL `.pth` files and the v5/v6 remote-code repos.
+const fn file_bytes(layout: Layout) -> u64 {
+    match layout {
+        Layout::HuggingFace | Layout::Fla => 4,
+        Layout::RawPth | Layout::HuggingFaceWorld => 2,
+    }
 }
 
 impl CatalogueEntry {
@@ -76,14 +88,9 @@ impl CatalogueEntry {
         2 * vocab * h + self.layers * (per_block * h * h + 11 * h) + 4 * h
     }
 
-    /// Bytes the weights take in the hub repo: f32 for the RWKV-4 transformers and the fla
-    /// repos, bf16 for the BlinkDL `.pth` files and the v5/v6 remote-code repos.
+    /// Bytes the weights take in the hub repo.
     pub fn download_bytes(&self) -> u64 {
-        let per_weight = match self.layout {
-            Layout::HuggingFace | Layout::Fla => 4,
-            Layout::RawPth | Layout::HuggingFaceWorld => 2,
-        };
-        self.parameters() * per_weight
+        self.parameters() * self.file_bytes_per_weight
     }
 
     /// True when the repo is one model the app can download without a file name.
@@ -107,6 +114,7 @@ const fn raven(repo: &'static str, size: &'static str, layers: u64, hidden: u64)
         layers,
         hidden,
         context_length: if hidden >= 4096 { 8192 } else { 4096 },
+        file_bytes_per_weight: file_bytes(Layout::HuggingFace),
         licence: "Apache-2.0",
         summary: "Raven chat/instruction model",
     }
@@ -122,6 +130,7 @@ const fn pile(repo: &'static str, size: &'static str, layers: u64, hidden: u64) 
         layers,
         hidden,
         context_length: 1024,
+        file_bytes_per_weight: file_bytes(Layout::HuggingFace),
         licence: "Apache-2.0",
         summary: "Pile base model (continues text, not tuned for chat)",
     }
@@ -146,6 +155,7 @@ const fn blinkdl(
             Family::Pile => 1024,
             _ => 8192,
         },
+        file_bytes_per_weight: file_bytes(Layout::RawPth),
         licence: "Apache-2.0",
         summary: match family {
             Family::Raven => {
@@ -175,6 +185,7 @@ const fn world(
         layers,
         hidden,
         context_length: 4096,
+        file_bytes_per_weight: file_bytes(layout),
         licence: "Apache-2.0",
         summary,
     }
@@ -186,8 +197,10 @@ use Layout::{Fla, HuggingFaceWorld, RawPth};
 
 /// Every model the menu offers, smallest first within each family; the World models first.
 pub const CATALOGUE: &[CatalogueEntry] = &[
+    // The names and file formats of fla-hub's uploads: 191M, 1.5B and 2.9B are f32 (2.9B in
+    // three shards), 0.4B is bf16.
     world(
-        "fla-hub/rwkv7-0.1B-world",
+        "fla-hub/rwkv7-191M-world",
         V7,
         World,
         Fla,
@@ -195,15 +208,18 @@ pub const CATALOGUE: &[CatalogueEntry] = &[
         (12, 768),
         "RWKV-7 World chat model",
     ),
-    world(
-        "fla-hub/rwkv7-0.4B-world",
-        V7,
-        World,
-        Fla,
-        "0.4b",
-        (24, 1024),
-        "RWKV-7 World chat model",
-    ),
+    CatalogueEntry {
+        file_bytes_per_weight: 2,
+        ..world(
+            "fla-hub/rwkv7-0.4B-world",
+            V7,
+            World,
+            Fla,
+            "0.4b",
+            (24, 1024),
+            "RWKV-7 World chat model",
+        )
+    },
     world(
         "fla-hub/rwkv7-1.5B-world",
         V7,
@@ -407,6 +423,20 @@ mod tests {
         }
     }
 
+    /// The sizes of fla-hub's files as its trees list them (1.5B: one 6.11 GB f32 file;
+    /// 0.4B: 902 MB, bf16; 2.9B: shards of 4.97 + 4.96 + 1.53 GB, f32).
+    #[test]
+    fn fla_hub_downloads_are_the_size_of_their_files() {
+        for (repo, gb_tenths) in [
+            ("fla-hub/rwkv7-0.4B-world", 9),
+            ("fla-hub/rwkv7-1.5B-world", 61),
+            ("fla-hub/rwkv7-2.9B-world", 115),
+        ] {
+            let got = find(repo).unwrap().download_bytes() / (GB / 10);
+            assert!(got.abs_diff(gb_tenths) <= 2, "{repo}: {got} tenths of a GB");
+        }
+    }
+
     #[test]
     fn the_1b5_download_is_about_six_gigabytes() {
         let e = find("rwkv/RWKV-raven-1b5").unwrap();
@@ -417,7 +447,7 @@ mod tests {
     #[test]
     fn world_parameter_counts_match_the_model_names() {
         let expect = [
-            ("fla-hub/rwkv7-0.1B-world", 191),
+            ("fla-hub/rwkv7-191M-world", 191),
             ("fla-hub/rwkv7-0.4B-world", 450),
             ("fla-hub/rwkv7-1.5B-world", 1527),
             ("fla-hub/rwkv7-2.9B-world", 2947),
@@ -439,7 +469,7 @@ mod tests {
     #[test]
     fn the_recommendation_is_a_world_chat_model_that_grows_with_memory() {
         let pick = |gb: u64| recommend_chat_model(gb * GB, WeightDtype::F16).repo;
-        assert_eq!(pick(1), "fla-hub/rwkv7-0.1B-world");
+        assert_eq!(pick(1), "fla-hub/rwkv7-191M-world");
         assert_eq!(pick(4), "fla-hub/rwkv7-0.4B-world");
         assert_eq!(pick(8), "fla-hub/rwkv7-1.5B-world");
         assert_eq!(pick(24), "fla-hub/rwkv7-2.9B-world");
