@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::model::{Checkpoint, Generation, LoadError, LoadOptions, ModelFiles, Rwkv};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, WORLD_VOCAB_SIZE};
 
 pub struct Engine {
     pub model: Rwkv,
@@ -28,9 +28,13 @@ impl Engine {
             _ => ckpt.vocab_size(),
         };
         // A World model's repo may hold a tokenizer.json for other tools; its own tokenizer is
-        // the World vocab beside it, else the built-in copy.
+        // the World vocab beside it, else the built-in copy. A v7 trained on the Pile
+        // (`fla-hub/rwkv7-168M-pile`) has too few embedding rows for the World vocab and ships
+        // the GPT-NeoX tokenizer.json it was trained with.
+        let pile_trained = files.world_vocab.is_none() && vocab < WORLD_VOCAB_SIZE;
         let beside = match generation {
             Generation::Rwkv4 => files.tokenizer.clone(),
+            _ if pile_trained => files.tokenizer.clone(),
             _ => files.world_vocab.clone(),
         };
         let tokenizer_path = tokenizer.map(Path::to_owned).or(beside);

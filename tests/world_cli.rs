@@ -10,6 +10,23 @@ fn e2e() -> (std::path::PathBuf, serde_json::Value) {
     (dir.join("model.pth"), golden)
 }
 
+/// `generate --format jsonl` of `max_tokens` greedy tokens.
+fn greedy(model: &std::path::Path, prompt: &str, max_tokens: usize) -> std::process::Output {
+    rwkv_chat(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--format",
+        "jsonl",
+        "--max-tokens",
+        &max_tokens.to_string(),
+    ])
+}
+
 #[test]
 fn generate_prints_the_reference_greedy_ids_and_text() {
     let (model, golden) = e2e();
@@ -19,19 +36,7 @@ fn generate_prints_the_reference_greedy_ids_and_text() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect();
-    let out = rwkv_chat(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        golden["prompt"].as_str().unwrap(),
-        "--temperature",
-        "0",
-        "--format",
-        "jsonl",
-        "--max-tokens",
-        &want.len().to_string(),
-    ]);
+    let out = greedy(&model, golden["prompt"].as_str().unwrap(), want.len());
     assert!(out.status.success(), "{}", common::stderr(&out));
     let lines: Vec<serde_json::Value> = stdout(&out)
         .lines()
@@ -177,4 +182,83 @@ fn exports_leave_the_reasoning_out_unless_asked() {
     assert!(!json.contains("Two and two"), "{json}");
     let with = export(&["--with-thinking"]);
     assert!(with.contains("Two and two make four."), "{with}");
+}
+
+/// A byte-level BPE `tokenizer.json` (the format of GPT-NeoX's) of `size` ids: the 256 bytes
+/// in GPT-2's printable mapping, then filler pieces no merge reaches.
+fn byte_level_tokenizer(size: usize) -> serde_json::Value {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut vocab = serde_json::Map::new();
+    let mut shifted = 0;
+    for b in 0..256u32 {
+        let c = if printable(b) {
+            char::from_u32(b).unwrap()
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap()
+        };
+        vocab.insert(c.to_string(), b.into());
+    }
+    for id in 256..size {
+        vocab.insert(format!("filler{id}"), id.into());
+    }
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "vocab": vocab, "merges": []}
+    })
+}
+
+/// fla-hub's v7 Pile models (`rwkv7-168M-pile`) have fewer embedding rows than the World vocab
+/// and ship the tokenizer.json they were trained with: that one is used (without one, the
+/// World vocab is refused with the reason). A World-sized model's tokenizer.json is not.
+#[test]
+fn a_v7_trained_on_another_vocab_uses_the_tokenizer_json_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::fixture("world/tiny-v7-fla");
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(name), dir.path().join(name)).unwrap();
+    }
+    let run = || greedy(dir.path(), "hi there", 4);
+    common::assert_user_error(
+        &run(),
+        &["the tokenizer has 65530 tokens but the model's vocabulary has only 1024"],
+    );
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        byte_level_tokenizer(1024).to_string(),
+    )
+    .unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    // No merges: one token per byte.
+    assert_eq!(summary["prompt_tokens"], "hi there".len());
+}
+
+#[test]
+fn a_world_model_keeps_the_world_tokenizer_beside_a_tokenizer_json() {
+    let (model, golden) = e2e();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("model.pth");
+    std::fs::copy(model, &copy).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        byte_level_tokenizer(1024).to_string(),
+    )
+    .unwrap();
+    let out = greedy(&copy, golden["prompt"].as_str().unwrap(), 1);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        summary["prompt_tokens"],
+        golden["input_ids"].as_array().unwrap().len()
+    );
 }

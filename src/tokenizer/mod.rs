@@ -14,6 +14,10 @@ use crate::model::{Generation, LoadError};
 pub(crate) const NEOX_20B: &[u8] = include_bytes!("../assets/20B_tokenizer.json");
 /// The World vocab of every v5, v6 and v7 World model, as the rwkv 0.8.32 wheel ships it.
 pub const WORLD_VOCAB: &str = include_str!("../assets/rwkv_vocab_v20230424.txt");
+
+/// Ids of the World tokenizer (the highest is 65529); a model needs at least this many
+/// embedding rows to take it.
+pub const WORLD_VOCAB_SIZE: usize = 65530;
 /// A vocab file is refused above this size (the World vocab is 1.2 MB).
 const MAX_VOCAB_FILE: u64 = 64 << 20;
 
@@ -286,7 +290,7 @@ mod tests {
     #[test]
     fn the_embedded_world_vocab_parses() {
         let tok = Tokenizer::world();
-        assert_eq!(tok.vocab_size(), 65530);
+        assert_eq!(tok.vocab_size(), WORLD_VOCAB_SIZE);
         assert_eq!(tok.piece(0), b"");
         assert_eq!(tok.piece(65529), [b' '; 128]);
         // Every byte is a token, so any input encodes.
