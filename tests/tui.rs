@@ -623,9 +623,6 @@ const SLOW_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
 impl SlowHub {
     fn start(fail: bool) -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let files: Vec<(String, Vec<u8>)> = ["config.json", "tokenizer.json", "model.safetensors"]
             .iter()
             .map(|f| {
@@ -635,6 +632,19 @@ impl SlowHub {
                 )
             })
             .collect();
+        Self::serve(SLOW_REPO, files, Some("model.safetensors"), fail)
+    }
+
+    /// `repo` with `files`, the one named `slow` sent slowly.
+    fn serve(
+        repo: &'static str,
+        files: Vec<(String, Vec<u8>)>,
+        slow: Option<&'static str>,
+        fail: bool,
+    ) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let files = std::sync::Arc::new(files);
         let hung_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hang_ups = std::sync::Arc::clone(&hung_up);
@@ -679,7 +689,7 @@ impl SlowHub {
                         let _ = stream.write_all(body);
                         return;
                     }
-                    let api = format!("/api/models/{SLOW_REPO}");
+                    let api = format!("/api/models/{repo}");
                     let path = path.split('?').next().unwrap_or_default();
                     let (status, headers, bytes, slow): (u16, Vec<(&str, String)>, Vec<u8>, bool) =
                         if path == api || path.starts_with(&format!("{api}/revision/")) {
@@ -688,7 +698,7 @@ impl SlowHub {
                                 .map(|(f, _)| serde_json::json!({ "rfilename": f }))
                                 .collect();
                             let info = serde_json::json!({
-                                "id": SLOW_REPO, "sha": SLOW_COMMIT, "siblings": siblings,
+                                "id": repo, "sha": SLOW_COMMIT, "siblings": siblings,
                             });
                             (200, vec![], info.to_string().into_bytes(), false)
                         } else if path.starts_with(&format!("{api}/paths-info/")) {
@@ -703,8 +713,8 @@ impl SlowHub {
                                 false,
                             )
                         } else if let Some((f, b)) = files.iter().find(|(f, _)| {
-                            path == format!("/{SLOW_REPO}/resolve/{SLOW_COMMIT}/{f}")
-                                || path == format!("/{SLOW_REPO}/resolve/main/{f}")
+                            path == format!("/{repo}/resolve/{SLOW_COMMIT}/{f}")
+                                || path == format!("/{repo}/resolve/main/{f}")
                         }) {
                             // As the hub: an LFS file's `X-Linked-Etag` is its sha256,
                             // a small file's `ETag` its git blob id.
@@ -720,7 +730,7 @@ impl SlowHub {
                                 ("x-repo-commit", SLOW_COMMIT.to_owned()),
                                 ("accept-ranges", "bytes".to_owned()),
                             ];
-                            (200, headers, b.clone(), f == "model.safetensors")
+                            (200, headers, b.clone(), slow == Some(f.as_str()))
                         } else {
                             (404, vec![], b"{}".to_vec(), false)
                         };
@@ -754,7 +764,11 @@ impl SlowHub {
 
 /// The app in tmux, asked for the slow hub's repo on its first start.
 fn app_on_hub(fail: bool) -> Option<(SlowHub, tempfile::TempDir, App)> {
-    let hub = SlowHub::start(fail);
+    app_on(SlowHub::start(fail), SLOW_REPO)
+}
+
+/// The app in tmux, asked for `repo` of `hub` on its first start.
+fn app_on(hub: SlowHub, repo: &str) -> Option<(SlowHub, tempfile::TempDir, App)> {
     let dir = tempfile::tempdir().unwrap();
     let env = format!(
         "HF_ENDPOINT={} HF_HOME={} RWKV_CHAT_CONFIG_DIR={}",
@@ -762,7 +776,7 @@ fn app_on_hub(fail: bool) -> Option<(SlowHub, tempfile::TempDir, App)> {
         quoted(&dir.path().join("hf")),
         quoted(&dir.path().join("config"))
     );
-    let app = App::start(dir.path(), &env, &format!("--model {SLOW_REPO}"), "")?;
+    let app = App::start(dir.path(), &env, &format!("--model {repo}"), "")?;
     Some((hub, dir, app))
 }
 
@@ -976,6 +990,52 @@ fn the_model_used_last_heads_the_picker_of_the_next_start() {
     app.tmux.wait_for("✓ saved");
     let screen = app.tmux.wait_for("Loaded");
     assert!(!screen.contains("Filter, path or hub id:"), "{screen}");
+    app.tmux.keys(&["C-c"]);
+    app.tmux.wait_for("EXIT=0");
+}
+
+/// A hub repo of several models (BlinkDL's layout) named with `--model`: the picker opens
+/// listing its files, nothing downloaded yet; the one picked downloads and loads, a World
+/// model with the World preset.
+#[test]
+fn a_repo_of_several_models_offers_its_files_in_the_picker() {
+    const RAW: &str = "test/raw-models";
+    let rwkv4 = "RWKV-4-tiny-20230101-ctx1024.pth";
+    let v7 = "RWKV-x070-World-e2e-20250101-ctx4096.pth";
+    let files = vec![
+        (
+            rwkv4.to_owned(),
+            std::fs::read(tiny_model().join("rwkv4-raw.pth")).unwrap(),
+        ),
+        (
+            v7.to_owned(),
+            std::fs::read(common::fixture("world/e2e-v7").join("model.pth")).unwrap(),
+        ),
+    ];
+    let Some((_hub, dir, app)) = app_on(SlowHub::serve(RAW, files, None, false), RAW) else {
+        eprintln!("tmux is not installed: skipping the terminal test");
+        return;
+    };
+    let screen = app.tmux.wait_for("holds 2 models; pick one");
+    assert!(screen.contains("Filter, path or hub id:"), "{screen}");
+    let listed = |name: &str| screen.lines().any(|l| l.contains(&format!("{RAW}/{name}")));
+    assert!(listed(rwkv4) && listed(v7), "{screen}");
+    assert!(incomplete_files(&dir.path().join("hf")).is_empty());
+    assert!(
+        !dir.path()
+            .join("hf/hub/models--test--raw-models/blobs")
+            .exists()
+    );
+    app.tmux.keys(&["Down"]);
+    app.tmux.keys(&["Enter"]);
+    app.tmux.wait_for("✓ saved");
+    let screen = app.tmux.wait_for("Loaded");
+    let status = screen.lines().last().unwrap_or_default();
+    assert!(status.contains("world"), "{screen}");
+    let snapshot = dir.path().join(format!(
+        "hf/hub/models--test--raw-models/snapshots/{SLOW_COMMIT}"
+    ));
+    assert!(snapshot.join(v7).exists() && !snapshot.join(rwkv4).exists());
     app.tmux.keys(&["C-c"]);
     app.tmux.wait_for("EXIT=0");
 }

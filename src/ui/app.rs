@@ -409,6 +409,14 @@ impl App {
         self.preset_defaults().cloned().unwrap_or_default()
     }
 
+    /// Lists `repo`'s files in the picker, as `{repo}/{file}`, before the other models
+    /// offered.
+    fn offer_files(&mut self, repo: &str, files: &[String]) {
+        let named: Vec<String> = files.iter().map(|f| format!("{repo}/{f}")).collect();
+        self.offered = picker_models(&named, &self.offered);
+        self.models = picker_models(&self.recent, &self.offered);
+    }
+
     /// Puts `spec` first among the recent models (and so first in the picker).
     fn remember_model(&mut self, spec: &str) {
         self.recent = super::recent::remember(&self.recent, spec);
@@ -639,6 +647,27 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.error(&message);
         }
         Event::Presets(list) => app.presets = list,
+        Event::ChooseFile {
+            request_id,
+            repo,
+            files,
+        } if app.loading_request == Some(request_id) => {
+            app.loading_request = None;
+            app.loading = None;
+            app.offer_files(&repo, &files);
+            app.notify(format!(
+                "{} holds {} models; pick one",
+                sanitize(&repo),
+                files.len()
+            ));
+            // The picker again, showing just that repo's files.
+            app.overlay = Some(Overlay::Models {
+                input: TextInput::with_text(&format!("{repo}/")),
+                selected: 0,
+            });
+        }
+        // The answer to a load given up on, or replaced by another.
+        Event::ChooseFile { .. } => {}
     }
 }
 
@@ -1042,6 +1071,18 @@ pub fn palette_actions(filter: &str) -> Vec<Action> {
         .collect()
 }
 
+/// Whether loading `spec` downloads a model of the catalogue (so it is asked first, with its
+/// size): a repo of one model, or one file of a raw repo. Naming a raw repo itself fetches
+/// nothing; its files are listed to pick from.
+fn downloads(spec: &str) -> bool {
+    use crate::hub::{ModelSpec, catalogue};
+    match catalogue::find(spec) {
+        Some(entry) => entry.is_single_model(),
+        None => ModelSpec::parse(spec)
+            .is_some_and(|s| s.file.is_some() && catalogue::find(&s.repo).is_some()),
+    }
+}
+
 /// Indexes of the models whose name contains `filter` (any case); all of them when empty.
 pub fn model_matches(models: &[String], filter: &str) -> Vec<usize> {
     let filter = filter.to_lowercase();
@@ -1108,8 +1149,8 @@ fn overlay_key(app: &mut App, key: &KeyEvent, fx: &mut Vec<Effect>) {
                 if spec.is_empty() {
                     return;
                 }
-                let remote = crate::hub::catalogue::find(&spec)
-                    .is_some_and(|_| !app.local.iter().any(|l| l.eq_ignore_ascii_case(&spec)));
+                let remote =
+                    downloads(&spec) && !app.local.iter().any(|l| l.eq_ignore_ascii_case(&spec));
                 if remote {
                     app.overlay = Some(Overlay::ConfirmDownload { spec });
                 } else {

@@ -922,10 +922,14 @@ fn render_overlay(frame: &mut Frame, app: &App, theme: &Theme, overlay: &Overlay
             frame.render_widget(Paragraph::new(line), inside);
         }
         Overlay::ConfirmDownload { spec } => {
-            let sizes = crate::hub::catalogue::find(spec).map_or_else(String::new, model_sizes);
+            // One file of a raw repo has no size here: the catalogue knows the repo only.
+            let sizes = crate::hub::catalogue::find(spec).map_or_else(
+                || "(y/n)".to_owned(),
+                |e| format!("{} (y/n)", model_sizes(e)),
+            );
             let lines = vec![
                 Line::styled(format!("Download {}?", sanitize(spec)), text),
-                Line::styled(format!("{sizes} (y/n)"), muted),
+                Line::styled(sizes, muted),
             ];
             frame.render_widget(Paragraph::new(lines), inside);
         }

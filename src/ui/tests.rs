@@ -369,6 +369,74 @@ fn menus_open_and_do_their_job() {
     assert_eq!(update(&mut app, key(KeyCode::Enter)), []);
 }
 
+/// A raw repo (BlinkDL's, one `.pth` per size) is loaded without asking, since naming it
+/// fetches nothing; its files come back to pick from, and the picked one is asked about as a
+/// download. An answer for a load given up on changes nothing.
+#[test]
+fn a_repo_of_several_models_lists_its_files_in_the_picker() {
+    let mut app = new_app();
+    let raw = "BlinkDL/rwkv-7-world";
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, raw);
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            request_id: 1,
+            spec: raw.into()
+        }]
+    );
+    let files = vec![
+        "RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth".to_owned(),
+        "RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth".to_owned(),
+    ];
+    let stale = Event::ChooseFile {
+        request_id: 7,
+        repo: raw.into(),
+        files: files.clone(),
+    };
+    assert!(ev(&mut app, stale).is_empty());
+    assert!(app.loading.is_some());
+    ev(
+        &mut app,
+        Event::ChooseFile {
+            request_id: 1,
+            repo: raw.into(),
+            files: files.clone(),
+        },
+    );
+    assert!(app.loading.is_none() && app.loading_request.is_none());
+    assert!(
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.contains("holds 2 models")),
+        "{:?}",
+        app.notice
+    );
+    let Some(Overlay::Models { input, .. }) = &app.overlay else {
+        panic!("{:?}", app.overlay)
+    };
+    let shown = app::model_matches(&app.models, &input.text());
+    let listed: Vec<&str> = shown.iter().map(|&i| app.models[i].as_str()).collect();
+    assert_eq!(
+        listed,
+        [format!("{raw}/{}", files[0]), format!("{raw}/{}", files[1])]
+    );
+    update(&mut app, key(KeyCode::Down));
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    let spec = format!("{raw}/{}", files[1]);
+    assert_eq!(
+        app.overlay,
+        Some(Overlay::ConfirmDownload { spec: spec.clone() })
+    );
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Char('y')))),
+        [Command::LoadModel {
+            request_id: 2,
+            spec
+        }]
+    );
+}
+
 #[test]
 fn the_sampling_panel_adjusts_with_arrows_and_applies_on_enter() {
     let mut app = ready(CHAT);

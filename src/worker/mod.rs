@@ -18,6 +18,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::hub::HubError;
 use crate::sampler::SamplingParams;
 
 pub use crate::chat::{Role, Turn};
@@ -174,6 +175,13 @@ pub enum Event {
     /// The open session was written to disk.
     Saved {
         name: String,
+    },
+    /// The model load `request_id` named a hub repo of several models (BlinkDL's raw repos):
+    /// nothing was fetched, and `files` are what can be loaded as `{repo}/{file}`.
+    ChooseFile {
+        request_id: u64,
+        repo: String,
+        files: Vec<String>,
     },
     /// A command failed; `request_id` is set when it was a generating one or a model load,
     /// so the UI can stop waiting for it.
@@ -503,6 +511,14 @@ fn error(request_id: Option<u64>, e: &anyhow::Error) -> Event {
     }
 }
 
+/// The repo and its files when a load failed only for naming a repo of several models.
+fn several_models(e: &anyhow::Error) -> Option<(String, Vec<String>)> {
+    e.chain().find_map(|cause| match cause.downcast_ref() {
+        Some(HubError::ChooseFile { repo, files }) => Some((repo.clone(), files.clone())),
+        _ => None,
+    })
+}
+
 fn sessions(backend: &mut dyn Backend, emit: &dyn Fn(Event)) {
     match backend.list_sessions() {
         Ok(list) => emit(Event::Sessions(list)),
@@ -526,7 +542,14 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
             cancel.end();
             match result {
                 Ok(info) => emit(Event::ModelLoaded(info)),
-                Err(e) => emit(error(Some(request_id), &e)),
+                Err(e) => emit(match several_models(&e) {
+                    Some((repo, files)) => Event::ChooseFile {
+                        request_id,
+                        repo,
+                        files,
+                    },
+                    None => error(Some(request_id), &e),
+                }),
             }
         }
         Command::ListSessions => sessions(backend, emit),
