@@ -506,6 +506,7 @@ pub fn ui(history: &[usize]) -> anyhow::Result<Vec<UiReport>> {
                             Role::Bot
                         },
                         text: message.clone(),
+                        reasons: false,
                     })
                     .collect(),
                 preset: "raven".into(),

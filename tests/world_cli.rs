@@ -182,6 +182,18 @@ fn exports_leave_the_reasoning_out_unless_asked() {
     assert!(!json.contains("Two and two"), "{json}");
     let with = export(&["--with-thinking"]);
     assert!(with.contains("Two and two make four."), "{with}");
+
+    // A reply that followed no `<think` (written with another preset, before the session
+    // switched to this one) is not reasoning: it is exported whole.
+    let user = &mut session["transcript"]["messages"][0]["fed"];
+    assert!(
+        user.as_str().unwrap().ends_with("Assistant: <think"),
+        "{user}"
+    );
+    *user = user.as_str().unwrap().trim_end_matches(" <think").into();
+    std::fs::write(&path, serde_json::to_vec(&session).unwrap()).unwrap();
+    let plain = export(&[]);
+    assert!(plain.contains("Two and two make four."), "{plain}");
 }
 
 /// A byte-level BPE `tokenizer.json` (the format of GPT-NeoX's) of `size` ids: the 256 bytes

@@ -70,6 +70,15 @@ impl Transcript {
     pub fn turns(&self) -> usize {
         self.messages.len().div_ceil(2)
     }
+
+    /// Whether message `i` is a reply that starts with reasoning: the message fed before it
+    /// ended inside a `<think` tag. A session's preset may change between replies, so this is
+    /// asked per reply.
+    pub fn reasons(&self, i: usize) -> bool {
+        let before = i.checked_sub(1).and_then(|b| self.messages.get(b));
+        self.messages.get(i).is_some_and(|m| m.role == Role::Bot)
+            && before.is_some_and(|b| super::thinking::opens(&b.fed))
+    }
 }
 
 /// What a turn does to a conversation; every path that runs turns carries one of these.

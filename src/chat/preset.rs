@@ -100,7 +100,7 @@ impl Preset {
         if preset.name.trim().is_empty() {
             return Err(invalid("`name` is empty".into()));
         }
-        if preset.think && !preset.bot_prefix.ends_with("<think") {
+        if preset.think && !super::thinking::opens(&preset.bot_prefix) {
             return Err(invalid(
                 "`think = true` needs a `bot_prefix` that ends with `<think`".into(),
             ));

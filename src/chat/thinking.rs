@@ -16,7 +16,14 @@ pub struct Parts<'a> {
     pub done_thinking: bool,
 }
 
+/// What a thinking preset's `bot_prefix` ends with: the model goes on inside the tag.
+pub const OPEN: &str = "<think";
 const CLOSE: &str = "</think>";
+
+/// Whether a reply that follows `fed` (the text fed before it) starts inside a `<think` tag.
+pub fn opens(fed: &str) -> bool {
+    fed.ends_with(OPEN)
+}
 
 /// Splits a reply that starts inside a `<think` tag (the `>` closing it comes first).
 pub fn split(reply: &str) -> Parts<'_> {

@@ -129,7 +129,7 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
             with_thinking,
         } => {
             let mut s = store.load(&name)?;
-            if s.preset.think && !with_thinking {
+            if !with_thinking {
                 drop_reasoning(&mut s);
             }
             match format {
@@ -154,12 +154,16 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
 }
 
 /// Replaces each reply of a thinking preset by its answer, in what is shown and what was fed.
+/// Leaves only the answer of each reply that started with reasoning (a session may have
+/// changed presets between replies).
 fn drop_reasoning(s: &mut SessionFile) {
-    for m in &mut s.transcript.messages {
-        if m.role == Role::Bot {
-            m.text = crate::chat::thinking::split(&m.text).answer.to_owned();
-            m.fed = s.preset.bot_turn(&m.text);
-        }
+    let reasoning: Vec<usize> = (0..s.transcript.messages.len())
+        .filter(|&i| s.transcript.reasons(i))
+        .collect();
+    for i in reasoning {
+        let m = &mut s.transcript.messages[i];
+        m.text = crate::chat::thinking::split(&m.text).answer.to_owned();
+        m.fed = s.preset.bot_turn(&m.text);
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Message {
     /// Already sanitized: safe to draw.
     pub text: String,
     pub status: Status,
+    /// A reply that starts with the model's reasoning, shown folded (see `chat::thinking`).
+    pub reasons: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +341,7 @@ impl App {
             role,
             text,
             status,
+            reasons: false,
         }
     }
 
@@ -699,9 +702,16 @@ fn open_session(app: &mut App, view: SessionView) {
     } = view;
     app.messages = messages
         .into_iter()
-        .map(|ChatMessage { role, text }| {
-            app.message(role, sanitize(&text).into_owned(), Status::Done)
-        })
+        .map(
+            |ChatMessage {
+                 role,
+                 text,
+                 reasons,
+             }| Message {
+                reasons,
+                ..app.message(role, sanitize(&text).into_owned(), Status::Done)
+            },
+        )
         .collect();
     if let Some(i) = app.sessions.iter().position(|s| s.name == name) {
         app.selected = i;
@@ -847,7 +857,10 @@ fn busy(app: &mut App) -> bool {
 
 /// Adds the reply being written and asks the worker for it.
 fn start_turn(app: &mut App, turn: Turn, fx: &mut Vec<Effect>) {
-    let reply = app.message(Role::Bot, String::new(), Status::Streaming);
+    let reply = Message {
+        reasons: app.thinking().is_some(),
+        ..app.message(Role::Bot, String::new(), Status::Streaming)
+    };
     app.messages.push(reply);
     let request_id = app.request_id();
     app.pending = Some(Pending {

@@ -144,8 +144,8 @@ fn word_wrap(line: &str, max: usize) -> Vec<String> {
 pub struct ChatCache {
     width: u16,
     theme: Option<Theme>,
-    /// The open session's [`App::thinking`]: folding changes every reply's lines.
-    thinking: Option<bool>,
+    /// [`App::show_thinking`]: unfolding changes every reasoning reply's lines.
+    show_thinking: bool,
     /// One per message wrapped, in order.
     entries: Vec<Entry>,
     lines: Vec<Line<'static>>,
@@ -167,12 +167,12 @@ impl ChatCache {
     /// Brings the lines up to date with `app`'s messages at `width`.
     fn refresh(&mut self, app: &App, width: u16) {
         let theme = app.theme();
-        let thinking = app.thinking();
-        if self.width != width || self.theme != Some(theme) || self.thinking != thinking {
+        let show_thinking = app.show_thinking;
+        if self.width != width || self.theme != Some(theme) || self.show_thinking != show_thinking {
             *self = Self {
                 width,
                 theme: Some(theme),
-                thinking,
+                show_thinking,
                 wrapped: self.wrapped,
                 ..Self::default()
             };
@@ -192,7 +192,7 @@ impl ChatCache {
             let look = Look {
                 theme: &theme,
                 width: usize::from(width),
-                thinking,
+                show_thinking,
                 unfold_key: app.keymap.describe(Action::ToggleThinking),
             };
             message_lines(&mut self.lines, m, i > 0, &look);
@@ -254,12 +254,11 @@ pub fn chat_window(app: &App, width: u16, top: usize, count: usize) -> Vec<Line<
     cache.lines.iter().skip(top).take(count).cloned().collect()
 }
 
-/// How messages are drawn: the theme, the width, and whether replies hold reasoning
-/// (`Some(unfolded)`).
+/// How messages are drawn: the theme, the width, and whether reasoning is shown unfolded.
 struct Look<'a> {
     theme: &'a Theme,
     width: usize,
-    thinking: Option<bool>,
+    show_thinking: bool,
     unfold_key: String,
 }
 
@@ -281,9 +280,9 @@ fn message_lines(lines: &mut Vec<Line<'static>>, m: &super::app::Message, gap: b
         Style::new().fg(color).add_modifier(Modifier::BOLD),
     ));
     let mut body = m.text.as_str();
-    if let (Role::Bot, Some(unfolded)) = (m.role, look.thinking) {
+    if m.reasons {
         let parts = crate::chat::thinking::split(&m.text);
-        reasoning_lines(lines, &parts, unfolded, look);
+        reasoning_lines(lines, &parts, look.show_thinking, look);
         body = parts.answer;
     }
     let mut in_code = false;

@@ -92,6 +92,7 @@ fn view(messages: &[(Role, &str)]) -> SessionView {
             .map(|(role, text)| ChatMessage {
                 role: *role,
                 text: (*text).into(),
+                reasons: false,
             })
             .collect(),
         preset: "raven".into(),
@@ -1437,7 +1438,9 @@ fn the_model_picker_shows_sizes_filters_as_typed_and_asks_before_a_download() {
 }
 
 /// A thinking preset's reply shows its reasoning folded into one dimmed line until the unfold
-/// key; the answer is shown as any reply. Other presets' replies are shown as written.
+/// key; the answer is shown as any reply. Replies written with another preset are shown as
+/// written, also in a session switched to a thinking preset since; so is a reply of a thinking
+/// preset in a session switched away from it: the worker marks each reply.
 #[test]
 fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
     let reply = ">\nThe user greets me.\nI should greet back.\n</think>\nHello! How can I help?";
@@ -1452,10 +1455,19 @@ fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
     ev(&mut app, Event::Presets(presets));
     let as_raven = screen(&app, 80, 24);
     assert!(as_raven.contains("</think>"), "{as_raven}");
-    let mut view = view(&[(Role::User, "Hi"), (Role::Bot, reply)]);
+    let earlier = "Plain words from the world preset.";
+    let mut view = view(&[
+        (Role::User, "Hello"),
+        (Role::Bot, earlier),
+        (Role::User, "Hi"),
+        (Role::Bot, reply),
+    ]);
     view.preset = "g1-think".into();
+    view.messages[3].reasons = true;
     ev(&mut app, Event::SessionOpened(view));
     let folded = screen(&app, 80, 24);
+    assert!(folded.contains(earlier), "{folded}");
+    assert_eq!(folded.matches("┆").count(), 1, "{folded}");
     assert!(
         folded.contains("  ┆ thought (2 lines; Alt+T / F10 unfolds)"),
         "{folded}"
@@ -1467,6 +1479,9 @@ fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
     let unfolded = screen(&app, 80, 24);
     assert!(unfolded.contains("┆ I should greet back."), "{unfolded}");
     assert!(unfolded.contains("Hello! How can I help?"), "{unfolded}");
+    // A reply written now, with the thinking preset, is one with reasoning.
+    send(&mut app, "And you?");
+    assert!(app.messages.last().is_some_and(|m| m.reasons));
 }
 
 /// The preset picker's name column is as wide as the longest name, so a long name never runs

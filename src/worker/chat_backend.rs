@@ -113,9 +113,11 @@ impl ChatBackend {
             messages: conv
                 .messages()
                 .iter()
-                .map(|m| ChatMessage {
+                .enumerate()
+                .map(|(i, m)| ChatMessage {
                     role: m.role,
                     text: m.text.trim().to_owned(),
+                    reasons: conv.transcript.reasons(i),
                 })
                 .collect(),
             preset: conv.preset.name.clone(),

@@ -65,6 +65,7 @@ impl FakeBackend {
                     self.current()?.messages.push(ChatMessage {
                         role: Role::Bot,
                         text,
+                        reasons: false,
                     });
                     return Ok(stats(StopReason::Cancelled, n));
                 }
@@ -82,6 +83,7 @@ impl FakeBackend {
         self.current()?.messages.push(ChatMessage {
             role: Role::Bot,
             text,
+            reasons: false,
         });
         Ok(stats(StopReason::EndOfTurn, n))
     }
@@ -203,6 +205,7 @@ impl Backend for FakeBackend {
         session.messages.push(ChatMessage {
             role: Role::User,
             text: text.clone(),
+            reasons: false,
         });
         self.stream(cancel, on_token)
     }

@@ -28,6 +28,8 @@ pub use crate::chat::{Role, Turn};
 pub struct ChatMessage {
     pub role: Role,
     pub text: String,
+    /// A reply that starts with the model's reasoning (see `chat::thinking`).
+    pub reasons: bool,
 }
 
 /// A prompt format with its default sampling, as offered in the preset picker.
