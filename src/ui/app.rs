@@ -529,8 +529,12 @@ pub fn update(app: &mut App, input: Input) -> Vec<Effect> {
 fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
     match event {
         // Progress of a load given up on (still queued when it was stopped) is not shown.
-        Event::ModelLoading(p) if app.loading_request.is_some() => app.loading = Some(p),
-        Event::ModelLoading(_) => {}
+        Event::ModelLoading {
+            request_id,
+            progress,
+        } if app.loading_request == Some(request_id) => app.loading = Some(progress),
+        // Progress of a load given up on, or replaced by another.
+        Event::ModelLoading { .. } => {}
         Event::ModelLoaded(info) => {
             app.loading = None;
             app.loading_request = None;

@@ -161,11 +161,14 @@ fn a_failed_load_says_so_in_the_status_bar_and_its_reason_is_shown_whole() {
     );
     update(
         &mut app,
-        Input::Worker(Event::ModelLoading(crate::worker::LoadProgress {
-            stage: "looking for RWKV/rwkv-raven-1b5".into(),
-            done: 0,
-            total: 0,
-        })),
+        Input::Worker(Event::ModelLoading {
+            request_id: 1,
+            progress: crate::worker::LoadProgress {
+                stage: "looking for RWKV/rwkv-raven-1b5".into(),
+                done: 0,
+                total: 0,
+            },
+        }),
     );
     let why = "cannot download RWKV/rwkv-raven-1b5: the hub at http://127.0.0.1:1 answered 500 \
                Internal Server Error for config.json; check the network or HF_ENDPOINT and try \
@@ -316,16 +319,19 @@ fn stopping_a_download(stop: impl Fn(&mut App) -> Vec<Effect>) -> App {
         done: 100,
         total: 1000,
     };
-    update(
-        &mut app,
-        Input::Worker(Event::ModelLoading(progress.clone())),
-    );
+    let loading = |progress| {
+        Input::Worker(Event::ModelLoading {
+            request_id: 1,
+            progress,
+        })
+    };
+    update(&mut app, loading(progress.clone()));
     assert_eq!(
         commands(stop(&mut app)),
         [Command::Cancel { request_id: 1 }]
     );
     assert!(app.loading.is_none() && app.loading_request.is_none());
-    update(&mut app, Input::Worker(Event::ModelLoading(progress)));
+    update(&mut app, loading(progress));
     update(
         &mut app,
         Input::Worker(Event::Error {
@@ -375,6 +381,26 @@ fn esc_on_the_chat_stops_the_download() {
     // A new load clears the state.
     app::load_model(&mut app, "tiny".into());
     assert!(!app.load_cancelled);
+    // The stopped download's last progress, still on its way, is not the new load's.
+    let stale = crate::worker::LoadProgress {
+        stage: "downloading model.safetensors (3/3)".into(),
+        done: 300,
+        total: 1000,
+    };
+    update(
+        &mut app,
+        Input::Worker(Event::ModelLoading {
+            request_id: 1,
+            progress: stale,
+        }),
+    );
+    assert!(
+        app.loading
+            .as_ref()
+            .is_some_and(|p| p.stage == "starting tiny"),
+        "{:?}",
+        app.loading
+    );
 }
 
 #[test]

@@ -316,11 +316,14 @@ fn menus_open_and_do_their_job() {
     assert!(app.loading.is_some());
     ev(
         &mut app,
-        Event::ModelLoading(LoadProgress {
-            stage: "weights".into(),
-            done: 1,
-            total: 4,
-        }),
+        Event::ModelLoading {
+            request_id: 1,
+            progress: LoadProgress {
+                stage: "weights".into(),
+                done: 1,
+                total: 4,
+            },
+        },
     );
     assert_eq!(app.loading.as_ref().unwrap().done, 1);
     // ... or one from the list (under the recent model, then the local one): a hub model not
@@ -804,11 +807,14 @@ fn screens() -> Vec<(&'static str, App)> {
     update(&mut loading, key(KeyCode::F(3)));
     ev(
         &mut loading,
-        Event::ModelLoading(LoadProgress {
-            stage: "weights".into(),
-            done: 3,
-            total: 4,
-        }),
+        Event::ModelLoading {
+            request_id: 1,
+            progress: LoadProgress {
+                stage: "weights".into(),
+                done: 3,
+                total: 4,
+            },
+        },
     );
     out.push(("model_picker_loading", loading));
 

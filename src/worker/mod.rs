@@ -162,7 +162,11 @@ pub enum Command {
 /// Worker to UI.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    ModelLoading(LoadProgress),
+    /// How far the model load `request_id` has come.
+    ModelLoading {
+        request_id: u64,
+        progress: LoadProgress,
+    },
     ModelLoaded(ModelInfo),
     Sessions(Vec<SessionInfo>),
     SessionOpened(SessionView),
@@ -539,7 +543,12 @@ fn handle(backend: &mut dyn Backend, command: Command, emit: &dyn Fn(Event), can
     match command {
         Command::LoadModel { request_id, spec } => {
             cancel.start(request_id);
-            let mut progress = |p: LoadProgress| emit(Event::ModelLoading(p));
+            let mut progress = |progress: LoadProgress| {
+                emit(Event::ModelLoading {
+                    request_id,
+                    progress,
+                });
+            };
             let result = backend.load_model(&spec, &cancel.flag, &mut progress);
             cancel.end();
             match result {

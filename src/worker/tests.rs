@@ -36,7 +36,9 @@ fn commands_in_events_out() {
     });
     let events = until(&worker, |e| matches!(e, Event::ModelLoaded(_)));
     assert_eq!(events.len(), 3, "{events:?}");
-    assert!(matches!(&events[0], Event::ModelLoading(p) if p.done == 1 && p.total == 2));
+    assert!(
+        matches!(&events[0], Event::ModelLoading { progress: p, .. } if p.done == 1 && p.total == 2)
+    );
 
     worker.send(Command::NewSession {
         preset: Some("raven".into()),
