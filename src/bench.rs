@@ -283,7 +283,7 @@ pub struct BenchReport {
     pub dtype: String,
     pub threads: usize,
     pub load_s: f64,
-    /// The q8/q4 weights came from the weight cache (`--cache-weights`).
+    /// The quantized weights came from the weight cache (`--cache-weights`).
     pub weights_from_cache: bool,
     pub prefill_tokens: usize,
     pub prefill_tok_s: f64,

@@ -233,7 +233,7 @@ fn perplexity_compares_a_quantized_model_with_f32() {
             "--compare-f32".into(),
         ]
     };
-    for dtype in ["f32", "q8"] {
+    for dtype in ["f32", "q8", "q5"] {
         let owned = args(dtype);
         let out = rwkv_chat(&owned.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "{}", common::stderr(&out));

@@ -387,9 +387,10 @@ fn rescaling_is_invisible_in_f32() {
     assert!(diff < 1e-5, "{diff}");
 }
 
-/// The 8- and 4-bit block formats against f32 on the fixture prompt: the measured largest
+/// The 8-, 5- and 4-bit block formats against f32 on the fixture prompt: the measured largest
 /// logit difference with the tolerance each is held to, and top-1 agreement with the
 /// reference at every prompt position (teacher-forced, so one miss does not derail the rest).
+/// Fewer bits must cost more: q5 exists to lose less than q4.
 /// The fixture's rows are 16 wide, so every row is one padded partial block and the scales
 /// cover half as many weights as in a real model: harsher than real use.
 #[test]
@@ -398,11 +399,15 @@ fn quantized_weights_stay_close_to_f32() {
     let reference = golden.f32s("logits_last");
     let reference_top1 = golden.i64s("logits_argmax");
     // Measured on this machine, with the activations rounded to 8 bits as the integer kernels
-    // do: q8 1.5e-1 with 9 of 12 positions agreeing; q4 2.01 with 5 of 12. (Weights alone rounded,
-    // before the integer kernels: q8 1.1e-1 and 10 of 12, q4 1.95 and 5 of 12.) The random
-    // fixture's top logits are close together, so top-1 flips easily.
-    for (dtype, tolerance, min_agree) in [(WeightDtype::Q8, 0.25, 0.7), (WeightDtype::Q4, 3.0, 0.4)]
-    {
+    // do: q8 1.5e-1 with 9 of 12 positions agreeing; q5 0.93 with 10 of 12; q4 2.01 with 5 of
+    // 12. (Weights alone rounded, before the integer kernels: q8 1.1e-1 and 10 of 12, q4 1.95
+    // and 5 of 12.) The random fixture's top logits are close together, so top-1 flips easily.
+    let mut diffs = vec![];
+    for (dtype, tolerance, min_agree) in [
+        (WeightDtype::Q8, 0.25, 0.7),
+        (WeightDtype::Q5, 1.5, 0.6),
+        (WeightDtype::Q4, 3.0, 0.4),
+    ] {
         let model = load(&tiny(), dtype);
         let mut state = model.new_state();
         let all = model
@@ -423,7 +428,9 @@ fn quantized_weights_stay_close_to_f32() {
         );
         assert!(diff < tolerance, "{dtype}: {diff}");
         assert!(agree >= min_agree, "{dtype}: top-1 agreement {agree}");
+        diffs.push(diff);
     }
+    assert!(diffs.is_sorted(), "q8, q5, q4 differences {diffs:?}");
 }
 
 /// Each output of the token-step product is computed by one thread in a fixed order, and the

@@ -1,4 +1,4 @@
-//! q8/q4 weights kept on disk between loads (`--cache-weights`): a second load reads them and
+//! q8/q5/q4 weights kept on disk between loads (`--cache-weights`): a second load reads them and
 //! gives the same model; a damaged or stale file is never trusted.
 
 use crate::common;
@@ -42,7 +42,7 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_second_load_reads_the_cache_and_gives_the_same_model() {
-    for dtype in [WeightDtype::Q8, WeightDtype::Q4] {
+    for dtype in [WeightDtype::Q8, WeightDtype::Q5, WeightDtype::Q4] {
         let cache = tempfile::tempdir().unwrap();
         let first = load(&tiny(), dtype, cache.path());
         assert!(!first.weights_from_cache(), "{dtype}: nothing cached yet");
@@ -106,7 +106,7 @@ fn a_damaged_cache_is_ignored_and_replaced() {
 }
 
 /// The file is named by the checkpoint's files, sizes and times: a changed checkpoint and the
-/// other format each get their own.
+/// other formats each get their own.
 #[test]
 fn another_checkpoint_or_format_gets_its_own_file() {
     let cache = tempfile::tempdir().unwrap();
@@ -114,9 +114,10 @@ fn another_checkpoint_or_format_gets_its_own_file() {
     for name in ["config.json", "model.safetensors"] {
         std::fs::copy(tiny().join(name), dir.path().join(name)).unwrap();
     }
-    load(dir.path(), WeightDtype::Q8, cache.path());
-    load(dir.path(), WeightDtype::Q4, cache.path());
-    assert_eq!(cache_files(cache.path()).len(), 2);
+    for dtype in [WeightDtype::Q8, WeightDtype::Q5, WeightDtype::Q4] {
+        load(dir.path(), dtype, cache.path());
+    }
+    assert_eq!(cache_files(cache.path()).len(), 3);
 
     // The same bytes written again: a new modification time, so a new file.
     let weights = dir.path().join("model.safetensors");
@@ -124,7 +125,39 @@ fn another_checkpoint_or_format_gets_its_own_file() {
     std::fs::write(&weights, std::fs::read(&weights).unwrap()).unwrap();
     let model = load(dir.path(), WeightDtype::Q8, cache.path());
     assert!(!model.weights_from_cache());
-    assert_eq!(cache_files(cache.path()).len(), 3);
+    assert_eq!(cache_files(cache.path()).len(), 4);
+}
+
+/// A sound file of one format under another's name (q5 and q4 share the nibbles) is refused
+/// and replaced.
+#[test]
+fn a_file_of_another_format_is_not_read_as_this_one() {
+    let cache = tempfile::tempdir().unwrap();
+    for (written, asked) in [
+        (WeightDtype::Q5, WeightDtype::Q4),
+        (WeightDtype::Q4, WeightDtype::Q5),
+    ] {
+        load(&tiny(), written, cache.path());
+        let fresh = logits(&load(&tiny(), asked, cache.path()));
+        let file = |dtype: WeightDtype| {
+            let name = format!(".{dtype}");
+            let files = cache_files(cache.path());
+            files
+                .into_iter()
+                .find(|f| f.to_string_lossy().ends_with(&name))
+                .unwrap()
+        };
+        let good = std::fs::read(file(asked)).unwrap();
+        std::fs::copy(file(written), file(asked)).unwrap();
+        let model = load(&tiny(), asked, cache.path());
+        assert!(!model.weights_from_cache(), "{written} read as {asked}");
+        assert_eq!(logits(&model), fresh, "{asked}: quantized afresh");
+        assert_eq!(
+            std::fs::read(file(asked)).unwrap(),
+            good,
+            "{asked}: replaced"
+        );
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// beside feeding that history again.
     #[arg(long, value_delimiter = ',')]
     pub resume: Vec<usize>,
-    /// Keep q8/q4 weights under the data directory between loads, as the other commands do
+    /// Keep q8/q5/q4 weights under the data directory between loads, as the other commands do
     /// with this flag: a second run times a load from the cache.
     #[arg(long)]
     pub cache_weights: bool,

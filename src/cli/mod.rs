@@ -40,13 +40,13 @@ pub struct Cli {
     /// platform's config dir).
     #[arg(long)]
     pub config_dir: Option<PathBuf>,
-    /// Chat app: weight format in memory (f32, f16, bf16, or q8/q4 quantized at load time).
+    /// Chat app: weight format in memory (f32, f16, bf16, or q8/q5/q4 quantized at load time).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// Chat app: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Chat app: keep q8/q4 weights under the data directory between loads.
+    /// Chat app: keep q8/q5/q4 weights under the data directory between loads.
     #[arg(long)]
     pub cache_weights: bool,
 }
@@ -76,8 +76,8 @@ pub struct ModelArgs {
     /// hub repo id such as RWKV/rwkv-raven-1b5[@revision], downloaded on first use.
     #[arg(long, short = 'm')]
     pub model: String,
-    /// Weight format in memory: f32, f16, bf16, or q8/q4 (blocks of 32 with a scale, quantized
-    /// at load time; CPU only).
+    /// Weight format in memory: f32, f16, bf16, or q8/q5/q4 (blocks of 32 with a scale, and q5
+    /// a minimum, quantized at load time; CPU only).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDtype,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
@@ -92,7 +92,7 @@ pub struct ModelArgs {
     /// Load a hub model's PyTorch files as they are, without making a safetensors copy once.
     #[arg(long)]
     pub no_convert: bool,
-    /// Keep q8/q4 weights under the data directory (`quantized/`), so that later loads read
+    /// Keep q8/q5/q4 weights under the data directory (`quantized/`), so that later loads read
     /// them instead of reading and quantizing the f32 checkpoint.
     #[arg(long)]
     pub cache_weights: bool,

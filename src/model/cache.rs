@@ -1,4 +1,4 @@
-//! Quantized weights kept on disk, so that a q8 or q4 model loads without reading and
+//! Quantized weights kept on disk, so that a q8, q5 or q4 model loads without reading and
 //! quantizing its f32 checkpoint again (at 1b5: 0.8 GB read instead of 6 GB, and no
 //! quantization).
 //!
@@ -8,8 +8,11 @@
 //! files are written to a temporary name, fsynced and renamed into place.
 //!
 //! Layout: `RWKVQNT1`, a little-endian u64 length and a JSON [`Header`], then each matrix's
-//! quants and its f16 scales (little-endian) in header order, then a CRC32 of everything
-//! before it.
+//! quants and its f16 values (little-endian) in header order, then a CRC32 of everything
+//! before it. The quants are q8's bytes, q4's packed nibbles, or q5's [`Q5Block`]s (bits 4 as
+//! a little-endian u32, then the nibbles); the f16 values are the scales, for q5 followed by
+//! the minima. The header's dtype must be the one asked for, so a file of one format is
+//! never read as another.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::WeightDtype;
-use super::gemv::{BLOCK, Q4, Q8};
+use super::gemv::{BLOCK, Q4, Q5, Q5Block, Q8};
 use super::linear::Weight;
 
 const MAGIC: &[u8; 8] = b"RWKVQNT1";
@@ -41,14 +44,16 @@ struct Entry {
 }
 
 impl Entry {
-    /// Bytes of quants and of scales; `None` for sizes no real matrix has (a damaged header).
+    /// Bytes of quants and of f16 values; `None` for sizes no real matrix has (a damaged
+    /// header).
     fn sizes(&self, dtype: WeightDtype) -> Option<(usize, usize)> {
         let blocks = self.rows.checked_mul(self.cols.div_ceil(BLOCK))?;
-        let quants = blocks.checked_mul(match dtype {
-            WeightDtype::Q4 => BLOCK / 2,
-            _ => BLOCK,
-        })?;
-        Some((quants, blocks.checked_mul(2)?))
+        let (quants, halves) = match dtype {
+            WeightDtype::Q4 => (BLOCK / 2, 1),
+            WeightDtype::Q5 => (Q5Block::BYTES, 2),
+            _ => (BLOCK, 1),
+        };
+        Some((blocks.checked_mul(quants)?, blocks.checked_mul(2 * halves)?))
     }
 }
 
@@ -188,13 +193,22 @@ fn read(path: &Path, dtype: WeightDtype) -> anyhow::Result<Found> {
     let mut found = HashMap::new();
     for (e, (nq, ns)) in header.matrices.into_iter().zip(sizes) {
         let quants = r.bytes(nq)?;
-        let scales = r
+        let mut scales: Vec<f16> = r
             .bytes(ns)?
             .chunks_exact(2)
             .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])))
             .collect();
         let q = match dtype {
             WeightDtype::Q4 => Weight::Q4(Q4 { quants, scales }),
+            WeightDtype::Q5 => {
+                let mins = scales.split_off(scales.len() / 2);
+                let blocks = quants.as_chunks::<{ Q5Block::BYTES }>().0;
+                Weight::Q5(Q5 {
+                    blocks: blocks.iter().map(Q5Block::from_bytes).collect(),
+                    scales,
+                    mins,
+                })
+            }
             _ => Weight::Q8(Q8 {
                 quants: quants.into_iter().map(|b| b as i8).collect(),
                 scales,
@@ -215,11 +229,12 @@ fn write<'a>(
     matrices: impl Iterator<Item = (&'a str, usize, usize, &'a Weight)>,
 ) -> anyhow::Result<()> {
     let mut entries = Vec::new();
-    let mut data: Vec<(&[u8], &[f16])> = Vec::new();
+    let mut data: Vec<(&[u8], Vec<&[f16]>)> = Vec::new();
     for (name, rows, cols, w) in matrices {
         data.push(match w {
-            Weight::Q8(q) => (as_bytes(&q.quants), &q.scales),
-            Weight::Q4(q) => (&q.quants, &q.scales),
+            Weight::Q8(q) => (as_bytes(&q.quants), vec![&q.scales]),
+            Weight::Q5(q) => (blocks_as_bytes(&q.blocks), vec![&q.scales, &q.mins]),
+            Weight::Q4(q) => (&q.quants, vec![&q.scales]),
             Weight::Dense(_) => anyhow::bail!("{name} is not quantized"),
         });
         entries.push(Entry {
@@ -246,13 +261,15 @@ fn write<'a>(
         put(MAGIC)?;
         put(&(header.len() as u64).to_le_bytes())?;
         put(&header)?;
-        for (quants, scales) in data {
+        for (quants, halves) in data {
             put(quants)?;
-            let scales: Vec<u8> = scales
-                .iter()
-                .flat_map(|s| s.to_bits().to_le_bytes())
-                .collect();
-            put(&scales)?;
+            for values in halves {
+                let bytes: Vec<u8> = values
+                    .iter()
+                    .flat_map(|s| s.to_bits().to_le_bytes())
+                    .collect();
+                put(&bytes)?;
+            }
         }
         out.write_all(&crc.finalize().to_le_bytes())?;
         out.flush()?;
@@ -272,4 +289,11 @@ fn as_bytes(q: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid for
     // both; the slice covers exactly the same memory.
     unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
+}
+
+/// q5 blocks as the bytes they are, which is their layout in the file.
+fn blocks_as_bytes(q: &[Q5Block]) -> &[u8] {
+    // SAFETY: `Q5Block` is `repr(C)` of byte arrays only: alignment 1, no padding, so the
+    // blocks are exactly `size_of_val(q)` initialised bytes.
+    unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), size_of_val(q)) }
 }

@@ -5,19 +5,20 @@
 //! that bandwidth (and has no fast bf16 or 8-bit path on the CPU), so the few-row products run
 //! here ([`gemv`]): output rows are split across rayon's threads, each row is one contiguous
 //! read of the weights dotted with the input in SIMD registers. 16-bit weights are widened to
-//! f32 on the fly; for the 8- and 4-bit formats the input is quantized to 8 bits per block too
+//! f32 on the fly; for the 8-, 5- and 4-bit formats the input is quantized to 8 bits per block too
 //! (as ggml does), so a block of 32 products is a handful of integer instructions and the
 //! kernels keep up with memory. Every output element is computed by one thread in one fixed
 //! order, so the result does not depend on the thread count.
 //!
 //! Prompt chunks (many rows of input) are compute-bound: [`matmul`] hands them to the `gemm`
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
-//! panel to f32 in a per-thread buffer rather than the whole matrix. For the 8- and 4-bit
+//! panel to f32 in a per-thread buffer rather than the whole matrix. For the quantized
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
 //! text is split into chunks.
 //!
-//! The 8- and 4-bit formats are blocks of [`BLOCK`] weights sharing one f16 scale (ggml's
-//! q8_0 and q4_0), made at load time from f32 weights.
+//! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
+//! 8 and 4 bits sharing one f16 scale (ggml's q8_0 and q4_0), or 5 bits with an f16 scale and
+//! minimum (ggml's q5_1), which rwkv.cpp recommends for RWKV as q4_0 costs real quality.
 
 use std::cell::RefCell;
 
@@ -57,6 +58,49 @@ pub struct Q4 {
     pub scales: Vec<f16>,
 }
 
+/// 5-bit weights: per row `ceil(cols / 32)` blocks, each with a scale and a minimum,
+/// `w = q * scale + min` for `q` in `0..32`.
+#[derive(Debug, Clone)]
+pub struct Q5 {
+    pub blocks: Vec<Q5Block>,
+    pub scales: Vec<f16>,
+    pub mins: Vec<f16>,
+}
+
+/// The 32 levels of one [`Q5`] block. Byte `j` of `low` holds bits 0..4 of element `j` in its
+/// low nibble and of element `j + 16` in its high nibble; bit `j` of `high` (a little-endian
+/// u32) is bit 4 of element `j`. Bytes only, so the blocks are their own file layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Q5Block {
+    pub high: [u8; 4],
+    pub low: [u8; BLOCK / 2],
+}
+
+impl Q5Block {
+    /// Bytes of a block, in memory and in the weight cache.
+    pub const BYTES: usize = 4 + BLOCK / 2;
+
+    /// A block from its bytes in memory order: `high`, then `low`.
+    pub fn from_bytes(b: &[u8; Q5Block::BYTES]) -> Self {
+        Self {
+            high: [b[0], b[1], b[2], b[3]],
+            low: std::array::from_fn(|i| b[4 + i]),
+        }
+    }
+
+    /// Level `i` (0..32).
+    fn level(&self, i: usize) -> u8 {
+        let byte = self.low[i % (BLOCK / 2)];
+        let nibble = if i < BLOCK / 2 { byte & 0xf } else { byte >> 4 };
+        let high = (u32::from_le_bytes(self.high) >> i) & 1;
+        nibble | ((high as u8) << 4)
+    }
+}
+
+// The blocks are cast to bytes and back by that size (the weight cache).
+const _: () = assert!(size_of::<Q5Block>() == Q5Block::BYTES);
+
 /// A row-major `[rows, cols]` matrix in one of the host formats, borrowed.
 #[derive(Clone, Copy)]
 pub enum Rows<'a> {
@@ -64,6 +108,7 @@ pub enum Rows<'a> {
     F16(&'a [f16]),
     Bf16(&'a [bf16]),
     Q8(&'a Q8),
+    Q5(&'a Q5),
     Q4(&'a Q4),
 }
 
@@ -151,6 +196,66 @@ impl Q4 {
     }
 }
 
+impl Q5 {
+    /// Quantizes a row-major `[rows, cols]` matrix: each block's 32 levels span its smallest to
+    /// its largest weight. The levels are rounded against the scale and minimum as stored in
+    /// f16, so each weight gets the nearest of the levels it is read back as.
+    pub fn quantize(w: &[f32], cols: usize) -> Self {
+        let nb = blocks(cols);
+        let rows = w.len() / cols;
+        let empty = Q5Block {
+            high: [0; 4],
+            low: [0; BLOCK / 2],
+        };
+        let mut quants = vec![empty; rows * nb];
+        let mut scales = vec![f16::ZERO; rows * nb];
+        let mut mins = vec![f16::ZERO; rows * nb];
+        quants
+            .par_chunks_mut(nb)
+            .zip(scales.par_chunks_mut(nb).zip(mins.par_chunks_mut(nb)))
+            .zip(w.par_chunks(cols))
+            .for_each(|((q, (s, m)), row)| {
+                let blocks = q.iter_mut().zip(s.iter_mut().zip(m));
+                for ((q, (s, m)), block) in blocks.zip(row.chunks(BLOCK)) {
+                    let (lo, hi) = block
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                    let (scale, inv) = rounded_scale(hi - lo, 31.0);
+                    *s = scale;
+                    *m = f16::from_f32(lo);
+                    let min = m.to_f32();
+                    // Padding gets level 0; the input is zero there, so its value never counts.
+                    let level = |i: usize| match block.get(i) {
+                        Some(&x) => ((x - min) * inv).round().clamp(0.0, 31.0) as u8,
+                        None => 0,
+                    };
+                    let mut high = 0u32;
+                    for (j, byte) in q.low.iter_mut().enumerate() {
+                        let (a, b) = (level(j), level(j + BLOCK / 2));
+                        *byte = (a & 0xf) | (b << 4);
+                        high |= u32::from(a >> 4) << j | u32::from(b >> 4) << (j + BLOCK / 2);
+                    }
+                    q.high = high.to_le_bytes();
+                }
+            });
+        Self {
+            blocks: quants,
+            scales,
+            mins,
+        }
+    }
+
+    fn row(&self, r: usize, cols: usize) -> (&[Q5Block], &[f16], &[f16]) {
+        let nb = blocks(cols);
+        let span = r * nb..(r + 1) * nb;
+        (
+            &self.blocks[span.clone()],
+            &self.scales[span.clone()],
+            &self.mins[span],
+        )
+    }
+}
+
 /// Input rows quantized to 8 bits in blocks of [`BLOCK`], each row padded with zeros to whole
 /// blocks: the other operand of the integer kernels.
 #[derive(Default)]
@@ -158,7 +263,8 @@ struct Int8Rows {
     quants: Vec<i8>,
     scales: Vec<f32>,
     /// Each block's sum, `scale * sum(quants)`: what lets the 4-bit kernel multiply its
-    /// levels unsigned and take the offset of 8 off afterwards.
+    /// levels unsigned and take the offset of 8 off afterwards, and the 5-bit one add its
+    /// blocks' minima.
     sums: Vec<f32>,
     blocks: usize,
 }
@@ -248,7 +354,7 @@ enum Input<'a> {
 
 impl Rows<'_> {
     fn is_quantized(&self) -> bool {
-        matches!(self, Rows::Q8(_) | Rows::Q4(_))
+        matches!(self, Rows::Q8(_) | Rows::Q5(_) | Rows::Q4(_))
     }
 
     /// Writes row `r` as f32 into `out` (`cols` long).
@@ -264,6 +370,15 @@ impl Rows<'_> {
                     let s = s.to_f32();
                     for (o, &q) in out.iter_mut().zip(q) {
                         *o = f32::from(q) * s;
+                    }
+                }
+            }
+            Rows::Q5(w) => {
+                let (q, s, m) = w.row(r, cols);
+                for ((out, q), (s, m)) in out.chunks_mut(BLOCK).zip(q).zip(s.iter().zip(m)) {
+                    let (s, m) = (s.to_f32(), m.to_f32());
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = f32::from(q.level(i)) * s + m;
                     }
                 }
             }
@@ -300,6 +415,10 @@ impl Rows<'_> {
             (Rows::Q8(m), Input::Int8(x)) => {
                 let (q, s) = m.row(r, cols);
                 kernels::dot_q8(q, s, x)
+            }
+            (Rows::Q5(w), Input::Int8(x)) => {
+                let (q, s, m) = w.row(r, cols);
+                kernels::dot_q5(q, s, m, x)
             }
             (Rows::Q4(m), Input::Int8(x)) => {
                 let (q, s) = m.row(r, cols);
@@ -401,8 +520,8 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     let t = x.len() / cols;
     assert_eq!(out.len(), t * rows, "matmul output size");
-    // The token step multiplies 8- and 4-bit weights with the input rounded to 8 bits; so
-    // must prompt chunks, or the chunk size would change the results.
+    // The token step multiplies quantized weights with the input rounded to 8 bits; so must
+    // prompt chunks, or the chunk size would change the results.
     let rounded;
     let x = if w.is_quantized() {
         rounded = Int8Rows::quantize(x, cols).dequantize(cols);
@@ -509,7 +628,7 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
 
 /// Dot products per format, dispatched on the CPU's features.
 mod kernels {
-    use super::{Int8Row, bf16, f16};
+    use super::{Int8Row, Q5Block, bf16, f16};
 
     #[cfg(target_arch = "x86_64")]
     fn avx2() -> bool {
@@ -543,6 +662,10 @@ mod kernels {
     pub fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         dispatch!(super::x86::dot_q8, portable::dot_q8, q, s, x)
     }
+    /// Whole blocks of 5-bit weights against whole blocks of the 8-bit input.
+    pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
+        dispatch!(super::x86::dot_q5, portable::dot_q5, q, s, m, x)
+    }
     /// Whole blocks of 4-bit weights against whole blocks of the 8-bit input.
     pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
         dispatch!(super::x86::dot_q4, portable::dot_q4, q, s, x)
@@ -553,7 +676,7 @@ mod kernels {
     /// as the SIMD kernels do.
     pub mod portable {
         use super::super::BLOCK;
-        use super::{Int8Row, bf16, f16};
+        use super::{Int8Row, Q5Block, bf16, f16};
 
         pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
             w.iter().zip(x).map(|(w, x)| w * x).sum()
@@ -575,6 +698,22 @@ mod kernels {
                         .map(|(&q, &x)| i32::from(q) * i32::from(x))
                         .sum();
                     sum as f32 * (s.to_f32() * xs)
+                })
+                .sum()
+        }
+        /// `sum(q * x) * s * xs + m * sum(x)` per block, the input's sum being its `sums`.
+        pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
+            q.iter()
+                .zip(x.quants.chunks_exact(BLOCK))
+                .zip(s.iter().zip(m))
+                .zip(x.scales.iter().zip(x.sums))
+                .map(|(((q, x), (s, m)), (xs, sum))| {
+                    let dot: i32 = x
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &x)| i32::from(q.level(i)) * i32::from(x))
+                        .sum();
+                    dot as f32 * (s.to_f32() * xs) + m.to_f32() * sum
                 })
                 .sum()
         }
@@ -606,7 +745,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::kernels::portable;
-    use super::{BLOCK, Int8Row, bf16, f16};
+    use super::{BLOCK, Int8Row, Q5Block, bf16, f16};
 
     #[target_feature(enable = "avx2,fma")]
     fn hsum(v: __m256) -> f32 {
@@ -726,28 +865,46 @@ mod x86 {
         }
     }
 
-    /// Sums `(block(q[b], x[b]) - offset * sum(x[b])) * s[b] * xs[b]` over the blocks: the
-    /// offset lets 4-bit levels be multiplied unsigned (saving the sign moves of `products`).
-    /// Eight blocks' scales are widened and multiplied in one vector, each then one permute
-    /// away, and the blocks alternate between two accumulators so the FMAs do not wait on
-    /// each other's latency.
+    /// What a format adds to each block's scaled products: `k * sum(x[b])` for some `k[b]`,
+    /// which lets the levels be multiplied unsigned (saving the sign moves of `products`).
+    #[derive(Clone, Copy)]
+    enum Minima<'a> {
+        /// `k[b] = offset * s[b]`: levels stored `-offset` away from the weights' (q4's 8).
+        Offset(f32),
+        /// `k[b] = m[b]`, each block's own minimum (q5).
+        PerBlock(&'a [f16]),
+    }
+
+    /// Sums `block(q[b], x[b]) * s[b] * xs[b] + k[b] * sum(x[b])` over the blocks, `k` given by
+    /// `minima`. Eight blocks' scales are widened and multiplied in one vector, each then one
+    /// permute away, and the blocks alternate between two accumulators so the FMAs do not
+    /// wait on each other's latency.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn scaled_blocks<Q>(
         q: &[Q],
         s: &[f16],
         x: Int8Row<'_>,
-        offset: f32,
+        minima: Minima<'_>,
         block: impl Fn(&Q, &[i8; BLOCK]) -> __m256,
     ) -> f32 {
         let (xq, xs, sums) = (x.quants.as_chunks::<BLOCK>().0, x.scales, x.sums);
-        let n = q
+        let mut n = q
             .len()
             .min(s.len())
             .min(xq.len())
             .min(xs.len())
             .min(sums.len());
+        // q4's minima are its scales times a constant, applied once at the end; q5's are
+        // widened beside the scales.
+        let (m, factor) = match minima {
+            Minima::Offset(offset) => (s, -offset),
+            Minima::PerBlock(m) => {
+                n = n.min(m.len());
+                (m, 1.0)
+            }
+        };
         let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut offsets = _mm256_setzero_ps();
+        let mut minimum = _mm256_setzero_ps();
         let groups = n / 8;
         for g in 0..groups {
             let r = g * 8..g * 8 + 8;
@@ -758,25 +915,47 @@ mod x86 {
             }
             let weight_scales = _mm256_cvtph_ps(bytes16(s, g * 8));
             let scales = _mm256_mul_ps(weight_scales, load(xs, g * 8));
-            offsets = _mm256_fmadd_ps(weight_scales, load(sums, g * 8), offsets);
+            let k = match minima {
+                Minima::Offset(_) => weight_scales,
+                Minima::PerBlock(_) => _mm256_cvtph_ps(bytes16(m, g * 8)),
+            };
+            minimum = _mm256_fmadd_ps(k, load(sums, g * 8), minimum);
             let lane = |i: i32| _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(i));
             for i in (0..8).step_by(2) {
                 even = _mm256_fmadd_ps(block(&q[i], &x[i]), lane(i as i32), even);
                 odd = _mm256_fmadd_ps(block(&q[i + 1], &x[i + 1]), lane(i as i32 + 1), odd);
             }
         }
-        let mut tail_offsets = 0.0;
+        let mut tail_minimum = 0.0;
         for b in groups * 8..n {
             even = _mm256_fmadd_ps(block(&q[b], &xq[b]), scale(s[b], xs[b]), even);
-            tail_offsets += s[b].to_f32() * sums[b];
+            tail_minimum += m[b].to_f32() * sums[b];
         }
-        hsum(_mm256_add_ps(even, odd)) - offset * (hsum(offsets) + tail_offsets)
+        hsum(_mm256_add_ps(even, odd)) + factor * (hsum(minimum) + tail_minimum)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         let q = q.as_chunks::<BLOCK>().0;
-        scaled_blocks(q, s, x, 0.0, |q, x| products(load_array(q), load_array(x)))
+        let block = |q: &[i8; BLOCK], x: &[i8; BLOCK]| products(load_array(q), load_array(x));
+        scaled_blocks(q, s, x, Minima::Offset(0.0), block)
+    }
+
+    /// The 32 levels of 16 packed bytes, one per byte lane: the low nibbles are elements
+    /// 0..16, the high nibbles 16..32.
+    #[target_feature(enable = "avx2,fma")]
+    fn nibbles(q: &[u8; BLOCK / 2]) -> __m256i {
+        let packed = load_half(q);
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+        _mm256_and_si256(both, _mm256_set1_epi8(0xf))
+    }
+
+    /// The 8 partial sums (as f32) of 32 products of unsigned levels (below 64, so pairs fit in
+    /// an i16) by the signed input.
+    #[target_feature(enable = "avx2,fma")]
+    fn unsigned_products(levels: __m256i, x: &[i8; BLOCK]) -> __m256 {
+        let pairs = _mm256_maddubs_epi16(levels, load_array(x));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
     /// The levels stay unsigned (0..16), so `maddubs` takes them as they are; the offset of
@@ -784,15 +963,30 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
         let q = q.as_chunks::<{ BLOCK / 2 }>().0;
-        let low = _mm256_set1_epi8(0xf);
-        let ones = _mm256_set1_epi16(1);
-        scaled_blocks(q, s, x, 8.0, |q, x| {
-            // Low nibbles are elements 0..16, high nibbles 16..32.
-            let packed = load_half(q);
-            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
-            let levels = _mm256_and_si256(both, low);
-            let pairs = _mm256_maddubs_epi16(levels, load_array(x));
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones))
+        scaled_blocks(q, s, x, Minima::Offset(8.0), |q, x| {
+            unsigned_products(nibbles(q), x)
+        })
+    }
+
+    /// q4's nibbles with bit 4 of each level ORed in from `high` (ggml's `bytes_from_bits_32`):
+    /// byte lane `i` takes byte `i / 8` of it and keeps bit `i % 8`. The levels (0..32) are
+    /// unsigned; each block's minimum is added through the input's block sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
+        let spread = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bit = _mm256_set1_epi64x(i64::from_le_bytes([1, 2, 4, 8, 16, 32, 64, 128]));
+        let fifth = _mm256_set1_epi8(0x10);
+        scaled_blocks(q, s, x, Minima::PerBlock(m), |q, x| {
+            let high = _mm256_set1_epi32(i32::from_le_bytes(q.high));
+            let spread = _mm256_shuffle_epi8(high, spread);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+            let levels = _mm256_or_si256(nibbles(&q.low), _mm256_and_si256(set, fifth));
+            unsigned_products(levels, x)
         })
     }
 }
@@ -893,6 +1087,14 @@ mod tests {
     }
 
     #[test]
+    fn q5_matmul_matches_reference() {
+        check(|w, cols| {
+            let q = Q5::quantize(w, cols);
+            Box::new(move |f| f(Rows::Q5(&q)))
+        });
+    }
+
+    #[test]
     fn q4_matmul_matches_reference() {
         check(|w, cols| {
             let q = Q4::quantize(w, cols);
@@ -902,7 +1104,8 @@ mod tests {
 
     /// Quantization error is at most half a step of each block's scale (the scale itself
     /// rounded to f16, hence the 1e-3), except in q4 for a weight of the opposite sign to the
-    /// block's largest, which may be clamped a full step.
+    /// block's largest, which may be clamped a full step. q5's step is `(max - min) / 31`, and
+    /// its ends may move by the f16 rounding of the scale (31 times) and of the minimum.
     #[test]
     fn quantization_rounds_to_the_nearest_level() {
         let mut rng = StdRng::seed_from_u64(3);
@@ -910,20 +1113,52 @@ mod tests {
         let w = random(rows * cols, &mut rng);
         let q8 = Q8::quantize(&w, cols);
         let q4 = Q4::quantize(&w, cols);
-        for (rows_view, bound) in [(Rows::Q8(&q8), 0.5 / 127.0), (Rows::Q4(&q4), 1.0 / 8.0)] {
+        let q5 = Q5::quantize(&w, cols);
+        // The largest error each format may make in block `b`.
+        let bound = |format: &Rows<'_>, b: &[f32]| {
+            let largest = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let (lo, hi) = b
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let allowed = match format {
+                Rows::Q8(_) => largest * 0.5 / 127.0,
+                Rows::Q4(_) => largest / 8.0,
+                // f16 keeps 11 significant bits of the scale and the minimum.
+                _ => (hi - lo) / 31.0 * 0.5 + ((hi - lo) + lo.abs()) / 2048.0,
+            };
+            allowed * 1.001 + 1e-6
+        };
+        for rows_view in [Rows::Q8(&q8), Rows::Q4(&q4), Rows::Q5(&q5)] {
             let dense = rows_view.dequantize(rows, cols);
             for (r, (orig, deq)) in w.chunks(cols).zip(dense.chunks(cols)).enumerate() {
                 for (b, (ob, db)) in orig.chunks(BLOCK).zip(deq.chunks(BLOCK)).enumerate() {
-                    let max = ob.iter().fold(0f32, |m, x| m.max(x.abs()));
                     for (o, d) in ob.iter().zip(db) {
                         let err = (o - d).abs();
-                        assert!(
-                            err <= max * bound * 1.001 + 1e-6,
-                            "row {r} block {b}: {err}"
-                        );
+                        let bound = bound(&rows_view, ob);
+                        assert!(err <= bound, "row {r} block {b}: {err} > {bound}");
                     }
                 }
             }
+        }
+    }
+
+    /// Each q5 block's levels reach both ends of its range: the smallest weight is level 0
+    /// and the largest level 31, with bit 4 stored in `high`.
+    #[test]
+    fn q5_levels_span_each_block() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let cols = 64;
+        let w = random(3 * cols, &mut rng);
+        let q5 = Q5::quantize(&w, cols);
+        for (block, values) in q5.blocks.iter().zip(w.chunks(BLOCK)) {
+            let levels: Vec<u8> = (0..BLOCK).map(|i| block.level(i)).collect();
+            let at = |pick: fn(f32, f32) -> bool| {
+                (0..BLOCK)
+                    .reduce(|a, b| if pick(values[b], values[a]) { b } else { a })
+                    .unwrap()
+            };
+            assert_eq!(levels[at(|a, b| a < b)], 0, "{levels:?}");
+            assert_eq!(levels[at(|a, b| a > b)], 31, "{levels:?}");
         }
     }
 
@@ -954,6 +1189,7 @@ mod tests {
         let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let q8 = Q8::quantize(&w, cols);
         let q4 = Q4::quantize(&w, cols);
+        let q5 = Q5::quantize(&w, cols);
         let xq = Int8Rows::quantize(&x, cols);
         let Input::Int8(xq) = xq.row(0) else {
             unreachable!()
@@ -972,6 +1208,10 @@ mod tests {
             (
                 kernels::dot_q4(&q4.quants, &q4.scales, xq),
                 kernels::portable::dot_q4(&q4.quants, &q4.scales, xq),
+            ),
+            (
+                kernels::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
+                kernels::portable::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
             ),
         ];
         for (i, (simd, plain)) in pairs.into_iter().enumerate() {

@@ -25,6 +25,7 @@ pub(super) enum Weight {
     /// multiplied by candle's matmul on a GPU.
     Dense(Tensor),
     Q8(gemv::Q8),
+    Q5(gemv::Q5),
     Q4(gemv::Q4),
 }
 
@@ -60,6 +61,10 @@ impl Linear {
         let (weight, out_scale) = match opts.dtype {
             WeightDtype::Q8 => (
                 Weight::Q8(with_host_f32(&weight, |w| gemv::Q8::quantize(w, cols))?),
+                scale,
+            ),
+            WeightDtype::Q5 => (
+                Weight::Q5(with_host_f32(&weight, |w| gemv::Q5::quantize(w, cols))?),
                 scale,
             ),
             WeightDtype::Q4 => (
@@ -104,6 +109,7 @@ impl Linear {
     ) -> candle_core::Result<R> {
         let w = match &self.weight {
             Weight::Q8(q) => return Ok(f(gemv::Rows::Q8(q))),
+            Weight::Q5(q) => return Ok(f(gemv::Rows::Q5(q))),
             Weight::Q4(q) => return Ok(f(gemv::Rows::Q4(q))),
             Weight::Dense(w) => w,
         };

@@ -33,7 +33,8 @@ pub use reference::{WorldConfig, WorldLayerState, WorldState};
 pub use rwkv4::{LayerState, Rwkv4State};
 
 /// How the large matrices are held in memory. `Q8` and `Q4` are blocks of 32 weights with
-/// one f16 scale (see [`gemv`]), quantized from f32 at load time; they run on the CPU only.
+/// one f16 scale, `Q5` with an f16 scale and minimum (see [`gemv`]), quantized from f32 at
+/// load time; they run on the CPU only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
@@ -41,15 +42,17 @@ pub enum WeightDtype {
     F16,
     Bf16,
     Q8,
+    Q5,
     Q4,
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 5] = [
+    pub const ALL: [WeightDtype; 6] = [
         WeightDtype::F32,
         WeightDtype::F16,
         WeightDtype::Bf16,
         WeightDtype::Q8,
+        WeightDtype::Q5,
         WeightDtype::Q4,
     ];
 
@@ -58,22 +61,24 @@ impl WeightDtype {
     pub fn candle(self) -> DType {
         match self {
             WeightDtype::F32 => DType::F32,
-            WeightDtype::F16 | WeightDtype::Q8 | WeightDtype::Q4 => DType::F16,
+            WeightDtype::F16 | WeightDtype::Q8 | WeightDtype::Q5 | WeightDtype::Q4 => DType::F16,
             WeightDtype::Bf16 => DType::BF16,
         }
     }
 
     pub fn is_quantized(self) -> bool {
-        matches!(self, WeightDtype::Q8 | WeightDtype::Q4)
+        matches!(self, WeightDtype::Q8 | WeightDtype::Q5 | WeightDtype::Q4)
     }
 
-    /// Memory that `weights` weights take in this format, block scales included.
+    /// Memory that `weights` weights take in this format, block scales (and q5's minima and
+    /// bits 4) included.
     pub fn bytes(self, weights: u64) -> u64 {
         let scales = 2 * weights.div_ceil(gemv::BLOCK as u64);
         match self {
             WeightDtype::F32 => 4 * weights,
             WeightDtype::F16 | WeightDtype::Bf16 => 2 * weights,
             WeightDtype::Q8 => weights + scales,
+            WeightDtype::Q5 => weights.div_ceil(2) + weights.div_ceil(8) + 2 * scales,
             WeightDtype::Q4 => weights.div_ceil(2) + scales,
         }
     }
@@ -87,9 +92,10 @@ impl FromStr for WeightDtype {
             "f16" | "fp16" | "float16" => Ok(WeightDtype::F16),
             "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
             "q8" | "q8_0" | "int8" => Ok(WeightDtype::Q8),
+            "q5" | "q5_1" => Ok(WeightDtype::Q5),
             "q4" | "q4_0" | "int4" => Ok(WeightDtype::Q4),
             _ => Err(format!(
-                "unknown dtype `{s}` (expected f32, f16, bf16, q8 or q4)"
+                "unknown dtype `{s}` (expected f32, f16, bf16, q8, q5 or q4)"
             )),
         }
     }
@@ -102,6 +108,7 @@ impl fmt::Display for WeightDtype {
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
             WeightDtype::Q8 => "q8",
+            WeightDtype::Q5 => "q5",
             WeightDtype::Q4 => "q4",
         })
     }
@@ -159,7 +166,7 @@ impl DeviceSpec {
 pub struct LoadOptions {
     pub dtype: WeightDtype,
     pub device: DeviceSpec,
-    /// Where to keep q8 and q4 weights between loads (see [`cache`]); `None` quantizes at
+    /// Where to keep quantized weights between loads (see [`cache`]); `None` quantizes at
     /// every load.
     pub weight_cache: Option<PathBuf>,
 }
