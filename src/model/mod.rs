@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod finch;
 pub mod gemv;
+mod heads;
 mod linear;
 mod ops;
 pub mod reference;

@@ -9,12 +9,14 @@
 
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 use candle_core::{Device, Tensor};
 
 use super::checkpoint::{self, Checkpoint};
 use super::linear::{Built, Linear};
-use super::reference::{LN_EPS, LN_X_EPS, WorldConfig, WorldState};
-use super::{Fingerprint, Generation, LoadError, LoadOptions, WeightDtype, ops};
+use super::reference::{LN_EPS, WorldConfig, WorldState};
+use super::{Fingerprint, Generation, LoadError, LoadOptions, WeightDtype, heads, ops, wkv};
 
 struct Norm {
     weight: Vec<f32>,
@@ -81,14 +83,8 @@ impl V6Mixing {
             .into_iter()
             .map(f32::tanh)
             .collect();
-        let w = project(&self.decay_w2, &tanh)?
-            .chunks_exact(c)
-            .flat_map(|l| {
-                l.iter()
-                    .zip(&self.decay)
-                    .map(|(l, d)| (-(d + l).exp()).exp())
-            })
-            .collect();
+        let mut w = project(&self.decay_w2, &tanh)?;
+        each_row(&mut w, &self.decay, |l, d| exp(-exp(d + l)));
         Ok(([xk, xv, xr, xg], w))
     }
 }
@@ -631,8 +627,21 @@ fn project(w: &Linear, x: &[f32]) -> candle_core::Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Rows of `x` mapped in place with the matching element of `by` (`[hidden]`), the rows split
+/// across rayon's threads: these maps take exponentials of every channel of every token.
+fn each_row(x: &mut [f32], by: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    x.par_chunks_mut(by.len())
+        .with_min_len(16)
+        .for_each(|row| row.iter_mut().zip(by).for_each(|(x, b)| *x = f(*x, *b)));
+}
+
+/// [`wkv::exp`], which vectorises where libm's does not.
+fn exp(x: f32) -> f32 {
+    wkv::exp(x)
+}
+
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 /// The columns `range` of each row of `x` (rows of `width`).
@@ -676,7 +685,6 @@ impl Layer {
         kv: &mut [f32],
         n: usize,
     ) -> candle_core::Result<Vec<f32>> {
-        let c = self.ln1.weight.len();
         let gate = self
             .gate
             .as_ref()
@@ -688,25 +696,30 @@ impl Layer {
             .into_iter()
             .map(|g| g * sigmoid(g))
             .collect();
-        let mut out = vec![0.0f32; xk.len()];
-        for tok in 0..xk.len() / c {
-            let span = tok * c..(tok + 1) * c;
-            finch_wkv(
-                &r[span.clone()],
-                &k[span.clone()],
-                &v[span.clone()],
-                &w[span.clone()],
-                &self.u,
-                kv,
-                n,
-                &mut out[span.clone()],
-            );
-            let normed = self.group_norm(&out[span.clone()], n);
-            for ((o, nv), g) in out[span.clone()].iter_mut().zip(normed).zip(&g[span]) {
-                *o = nv * g;
-            }
-        }
-        Ok(out)
+        let kind = heads::Kind::Finch { u: &self.u };
+        Ok(self.heads([&r, &k, &v, w, &g], &kind, kv, n))
+    }
+
+    /// The recurrence of every head over `[r, k, v, w, g]`, normed by `ln_x` and gated.
+    fn heads(
+        &self,
+        [r, k, v, w, g]: [&[f32]; 5],
+        kind: &heads::Kind,
+        kv: &mut [f32],
+        n: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0f32; r.len()];
+        let rows = heads::Rows {
+            r,
+            k,
+            v,
+            w,
+            g,
+            ln_weight: &self.ln_x.weight,
+            ln_bias: &self.ln_x.bias,
+        };
+        heads::run(&rows, kind, kv, n, &mut out);
+        out
     }
 
     fn v7_time_mix(
@@ -719,24 +732,19 @@ impl Layer {
         n: usize,
     ) -> candle_core::Result<Vec<f32>> {
         let c = self.ln1.weight.len();
-        let t = x.len() / c;
         let [xr, xw, xk, xv, xa, xg] = [0, 1, 2, 3, 4, 5].map(|i| mix(x, prev, &m.mix[i]));
         let r = project(&self.receptance, &xr)?;
         let tanh: Vec<f32> = project(&m.w1, &xw)?.into_iter().map(f32::tanh).collect();
-        let w: Vec<f32> = project(&m.w2, &tanh)?
-            .chunks_exact(c)
-            .flat_map(|l| {
-                l.iter()
-                    .zip(&m.w0)
-                    .map(|(l, w0)| (-V7_DECAY_SCALE * sigmoid(w0 + l)).exp())
-            })
-            .collect();
+        let mut w = project(&m.w2, &tanh)?;
+        each_row(
+            &mut w,
+            &m.w0,
+            |l, w0| exp(-V7_DECAY_SCALE * sigmoid(w0 + l)),
+        );
         let mut k = project(&self.key, &xk)?;
         let mut v = project(&self.value, &xv)?;
-        let a: Vec<f32> = project(&m.a2, &project(&m.a1, &xa)?)?
-            .chunks_exact(c)
-            .flat_map(|l| l.iter().zip(&m.a0).map(|(l, a0)| sigmoid(a0 + l)))
-            .collect();
+        let mut a = project(&m.a2, &project(&m.a1, &xa)?)?;
+        each_row(&mut a, &m.a0, |l, a0| sigmoid(a0 + l));
         let sig: Vec<f32> = project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
         let g = project(&m.g2, &sig)?;
         // κ̂: the key scaled by k_k, L2-normalised per head (F.normalize, eps 1e-12).
@@ -770,48 +778,12 @@ impl Layer {
                 }
             }
         }
-        let mut out = vec![0.0f32; t * c];
-        for tok in 0..t {
-            let span = tok * c..(tok + 1) * c;
-            let (r, k, v) = (&r[span.clone()], &k[span.clone()], &v[span.clone()]);
-            let o = &mut out[span.clone()];
-            goose_wkv(
-                r,
-                k,
-                v,
-                &w[span.clone()],
-                &kk[span.clone()],
-                &a[span.clone()],
-                kv,
-                n,
-                o,
-            );
-            let normed = self.group_norm(o, n);
-            for h in 0..c / n {
-                let head = h * n..(h + 1) * n;
-                let bonus: f32 = head.clone().map(|j| r[j] * k[j] * m.r_k[j]).sum();
-                for i in head {
-                    o[i] = (normed[i] + bonus * v[i]) * g[tok * c + i];
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// GroupNorm of one token's `[hidden]` WKV output, one group per head.
-    fn group_norm(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let mut out = vec![0.0; x.len()];
-        for (h, (x, o)) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
-            let span = h * n..(h + 1) * n;
-            ops::layer_norm(
-                x,
-                &self.ln_x.weight[span.clone()],
-                &self.ln_x.bias[span],
-                LN_X_EPS,
-                o,
-            );
-        }
-        out
+        let kind = heads::Kind::Goose {
+            kk: &kk,
+            a: &a,
+            r_k: &m.r_k,
+        };
+        Ok(self.heads([&r, &k, &v, &w, &g], &kind, kv, n))
     }
 
     fn channel_mix(&self, x: &[f32], prev: &[f32]) -> candle_core::Result<Vec<f32>> {
@@ -833,68 +805,3 @@ impl Layer {
 
 /// `exp(-0.5)` as rwkv pip writes it: v7's decay is `exp(-0.606531 · sigmoid(w0 + lora))`.
 const V7_DECAY_SCALE: f32 = 0.606531;
-
-/// One token of v5/v6's WKV over all heads: per head `S[k, v]`,
-/// `out_j = Σ_i r_i (u_i k_i v_j + S_ij)`, then `S_ij ← k_i v_j + w_i S_ij`.
-#[allow(clippy::too_many_arguments)]
-fn finch_wkv(
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    u: &[f32],
-    state: &mut [f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    for (h, s) in state.chunks_exact_mut(n * n).enumerate() {
-        let base = h * n;
-        let vh = &v[base..base + n];
-        let o = &mut out[base..base + n];
-        o.fill(0.0);
-        for (i, row) in s.chunks_exact_mut(n).enumerate() {
-            let (ri, ki, ui, wi) = (r[base + i], k[base + i], u[base + i], w[base + i]);
-            for ((o, s), &vj) in o.iter_mut().zip(row.iter_mut()).zip(vh) {
-                let kv = ki * vj;
-                *o += ri * (ui * kv + *s);
-                *s = kv + wi * *s;
-            }
-        }
-    }
-}
-
-/// One token of v7's WKV over all heads: per head `S[v, k]`,
-/// `S ← S·diag(w) − (S·κ̂)(κ̂∘a)ᵀ + v kᵀ`, `out = S r`.
-#[allow(clippy::too_many_arguments)]
-fn goose_wkv(
-    r: &[f32],
-    k: &[f32],
-    v: &[f32],
-    w: &[f32],
-    kk: &[f32],
-    a: &[f32],
-    state: &mut [f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    for (h, s) in state.chunks_exact_mut(n * n).enumerate() {
-        let span = h * n..(h + 1) * n;
-        let (r, k, w, kk, a) = (
-            &r[span.clone()],
-            &k[span.clone()],
-            &w[span.clone()],
-            &kk[span.clone()],
-            &a[span.clone()],
-        );
-        for (i, row) in s.chunks_exact_mut(n).enumerate() {
-            let sk: f32 = row.iter().zip(kk).map(|(s, kk)| s * kk).sum();
-            let vi = v[h * n + i];
-            let mut o = 0.0;
-            for j in 0..n {
-                row[j] = row[j] * w[j] - sk * kk[j] * a[j] + vi * k[j];
-                o += row[j] * r[j];
-            }
-            out[h * n + i] = o;
-        }
-    }
-}
