@@ -282,6 +282,8 @@ pub struct BenchReport {
     pub model: String,
     pub dtype: String,
     pub threads: usize,
+    /// The kernels the dot products ran on (`RWKV_CHAT_SIMD` forces a path).
+    pub simd: String,
     pub load_s: f64,
     /// The quantized weights came from the weight cache (`--cache-weights`).
     pub weights_from_cache: bool,
@@ -351,6 +353,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         model: label,
         dtype: model.dtype().to_string(),
         threads: candle_core::utils::get_num_threads(),
+        simd: crate::model::simd::chosen().to_string(),
         load_s,
         weights_from_cache: model.weights_from_cache(),
         prefill_tokens: prompt.len(),

@@ -15,6 +15,7 @@ mod hostile_models;
 mod hub_download;
 mod load_errors;
 mod scale;
+mod simd_paths;
 mod store_hostile;
 mod store_turns;
 mod tokenizer;

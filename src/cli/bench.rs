@@ -101,8 +101,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchFormat::Json => println!("{}", serde_json::to_string(&report)?),
         BenchFormat::Text => {
             println!(
-                "model        {} ({}, {} threads)",
-                report.model, report.dtype, report.threads
+                "model        {} ({}, {} threads, {} kernels)",
+                report.model, report.dtype, report.threads, report.simd
             );
             let cached = if report.weights_from_cache {
                 " (weights from the cache)"

@@ -132,6 +132,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before the terminal is taken or a model read: a bad RWKV_CHAT_SIMD is a plain error.
+    crate::model::simd::init()?;
     match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Perplexity(args)) => perplexity::run(args),

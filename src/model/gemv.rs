@@ -25,6 +25,8 @@ use std::cell::RefCell;
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
+use super::simd::{self, Simd};
+
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
 
@@ -406,23 +408,23 @@ impl Rows<'_> {
     }
 
     /// `w[r] . x` for one row.
-    fn dot(&self, r: usize, cols: usize, x: Input<'_>) -> f32 {
+    fn dot(&self, level: Simd, r: usize, cols: usize, x: Input<'_>) -> f32 {
         let span = r * cols..(r + 1) * cols;
         match (*self, x) {
-            (Rows::F32(w), Input::F32(x)) => kernels::dot_f32(&w[span], x),
-            (Rows::F16(w), Input::F32(x)) => kernels::dot_f16(&w[span], x),
-            (Rows::Bf16(w), Input::F32(x)) => kernels::dot_bf16(&w[span], x),
+            (Rows::F32(w), Input::F32(x)) => kernels::dot_f32(level, &w[span], x),
+            (Rows::F16(w), Input::F32(x)) => kernels::dot_f16(level, &w[span], x),
+            (Rows::Bf16(w), Input::F32(x)) => kernels::dot_bf16(level, &w[span], x),
             (Rows::Q8(m), Input::Int8(x)) => {
                 let (q, s) = m.row(r, cols);
-                kernels::dot_q8(q, s, x)
+                kernels::dot_q8(level, q, s, x)
             }
             (Rows::Q5(w), Input::Int8(x)) => {
                 let (q, s, m) = w.row(r, cols);
-                kernels::dot_q5(q, s, m, x)
+                kernels::dot_q5(level, q, s, m, x)
             }
             (Rows::Q4(m), Input::Int8(x)) => {
                 let (q, s) = m.row(r, cols);
-                kernels::dot_q4(q, s, x)
+                kernels::dot_q4(level, q, s, x)
             }
             _ => unreachable!("gemv quantizes the input exactly for the quantized formats"),
         }
@@ -432,19 +434,41 @@ impl Rows<'_> {
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
 /// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time.
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
+    matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
+}
+
+/// [`matmul`] with the dot products of `level` (the prompt chunks' products are `gemm`'s,
+/// which picks its own kernels).
+fn matmul_on(
+    level: Simd,
+    w: Rows<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
     if x.len() / cols <= GEMV_MAX_ROWS {
-        gemv(w, rows, cols, x, scale, out);
+        gemv(level, w, rows, cols, x, scale, out);
     } else {
         panels(w, rows, cols, x, scale, out);
     }
 }
 
 /// [`matmul`] for few input rows: each weight row is read once from memory for all of them.
-pub fn gemv(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
+fn gemv(
+    level: Simd,
+    w: Rows<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
     let t = x.len() / cols;
     if !w.is_quantized() {
         let input = |ti: usize| Input::F32(&x[ti * cols..(ti + 1) * cols]);
-        return gemv_rows(w, rows, cols, t, input, scale, out);
+        return gemv_rows(level, w, rows, cols, t, input, scale, out);
     }
     // The token step runs this a few hundred times per token: the 8-bit input's buffer is
     // kept per thread. Rayon may start another job on this thread while it waits for this
@@ -453,11 +477,11 @@ pub fn gemv(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &
         Ok(mut q) => {
             q.fill(x, cols);
             let q = &*q;
-            gemv_rows(w, rows, cols, t, |ti| q.row(ti), scale, out);
+            gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
         }
         Err(_) => {
             let q = Int8Rows::quantize(x, cols);
-            gemv_rows(w, rows, cols, t, |ti| q.row(ti), scale, out);
+            gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
         }
     });
 }
@@ -467,7 +491,9 @@ thread_local! {
 }
 
 /// [`gemv`] with input row `ti` given by `input(ti)`.
+#[allow(clippy::too_many_arguments)]
 fn gemv_rows<'a>(
+    level: Simd,
     w: Rows<'_>,
     rows: usize,
     cols: usize,
@@ -482,7 +508,7 @@ fn gemv_rows<'a>(
             .enumerate()
             .for_each(|(task, out)| {
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale * w.dot(task * ROWS_PER_TASK + i, cols, x);
+                    *o = scale * w.dot(level, task * ROWS_PER_TASK + i, cols, x);
                 }
             });
         return;
@@ -497,7 +523,7 @@ fn gemv_rows<'a>(
             for (i, o) in chunk.chunks_mut(t).enumerate() {
                 let r = task * ROWS_PER_TASK + i;
                 for (ti, o) in o.iter_mut().enumerate() {
-                    *o = scale * w.dot(r, cols, input(ti));
+                    *o = scale * w.dot(level, r, cols, input(ti));
                 }
             }
         });
@@ -626,21 +652,15 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
     }
 }
 
-/// Dot products per format, dispatched on the CPU's features.
+/// Dot products per format, on the kernels of the [`Simd`] path asked for.
 mod kernels {
     use super::{Int8Row, Q5Block, bf16, f16};
-
-    #[cfg(target_arch = "x86_64")]
-    fn avx2() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
+    use crate::model::simd::{self, Simd};
 
     macro_rules! dispatch {
-        ($simd:path, $portable:path, $($arg:expr),*) => {{
+        ($level:expr, $simd:path, $portable:path, $($arg:expr),*) => {{
             #[cfg(target_arch = "x86_64")]
-            if avx2() {
+            if $level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) {
                 // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, the features
                 // the kernel is compiled for.
                 return unsafe { $simd($($arg),*) };
@@ -649,26 +669,26 @@ mod kernels {
         }};
     }
 
-    pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-        dispatch!(super::x86::dot_f32, portable::dot_f32, w, x)
+    pub fn dot_f32(level: Simd, w: &[f32], x: &[f32]) -> f32 {
+        dispatch!(level, super::x86::dot_f32, portable::dot_f32, w, x)
     }
-    pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-        dispatch!(super::x86::dot_f16, portable::dot_f16, w, x)
+    pub fn dot_f16(level: Simd, w: &[f16], x: &[f32]) -> f32 {
+        dispatch!(level, super::x86::dot_f16, portable::dot_f16, w, x)
     }
-    pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        dispatch!(super::x86::dot_bf16, portable::dot_bf16, w, x)
+    pub fn dot_bf16(level: Simd, w: &[bf16], x: &[f32]) -> f32 {
+        dispatch!(level, super::x86::dot_bf16, portable::dot_bf16, w, x)
     }
     /// Whole blocks of 8-bit weights against whole blocks of the 8-bit input.
-    pub fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(super::x86::dot_q8, portable::dot_q8, q, s, x)
+    pub fn dot_q8(level: Simd, q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
+        dispatch!(level, super::x86::dot_q8, portable::dot_q8, q, s, x)
     }
     /// Whole blocks of 5-bit weights against whole blocks of the 8-bit input.
-    pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(super::x86::dot_q5, portable::dot_q5, q, s, m, x)
+    pub fn dot_q5(level: Simd, q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
+        dispatch!(level, super::x86::dot_q5, portable::dot_q5, q, s, m, x)
     }
     /// Whole blocks of 4-bit weights against whole blocks of the 8-bit input.
-    pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(super::x86::dot_q4, portable::dot_q4, q, s, x)
+    pub fn dot_q4(level: Simd, q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
+        dispatch!(level, super::x86::dot_q4, portable::dot_q4, q, s, x)
     }
 
     /// Plain loops: the fallback on other CPUs, the tail of the SIMD kernels, and the
@@ -1045,10 +1065,15 @@ mod tests {
             with(&|rows_view: Rows<'_>| {
                 let expected = reference(rows_view, rows, cols, &x, 0.5);
                 let mut out = vec![0f32; t * rows];
-                matmul(rows_view, rows, cols, &x, 0.5, &mut out);
-                for (a, b) in out.iter().zip(&expected) {
-                    let tol = 1e-5 * (cols as f32).sqrt().max(1.0) * (1.0 + b.abs());
-                    assert!((a - b).abs() <= tol, "{rows}x{cols} t={t}: {a} vs {b}");
+                for level in Simd::supported() {
+                    matmul_on(level, rows_view, rows, cols, &x, 0.5, &mut out);
+                    for (a, b) in out.iter().zip(&expected) {
+                        let tol = 1e-5 * (cols as f32).sqrt().max(1.0) * (1.0 + b.abs());
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{level} {rows}x{cols} t={t}: {a} vs {b}"
+                        );
+                    }
                 }
             });
         }
@@ -1194,28 +1219,39 @@ mod tests {
         let Input::Int8(xq) = xq.row(0) else {
             unreachable!()
         };
-        let pairs = [
-            (kernels::dot_f32(&w, &x), kernels::portable::dot_f32(&w, &x)),
-            (kernels::dot_f16(&h, &x), kernels::portable::dot_f16(&h, &x)),
-            (
-                kernels::dot_bf16(&b, &x),
-                kernels::portable::dot_bf16(&b, &x),
-            ),
-            (
-                kernels::dot_q8(&q8.quants, &q8.scales, xq),
-                kernels::portable::dot_q8(&q8.quants, &q8.scales, xq),
-            ),
-            (
-                kernels::dot_q4(&q4.quants, &q4.scales, xq),
-                kernels::portable::dot_q4(&q4.quants, &q4.scales, xq),
-            ),
-            (
-                kernels::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
-                kernels::portable::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
-            ),
-        ];
-        for (i, (simd, plain)) in pairs.into_iter().enumerate() {
-            assert!((simd - plain).abs() < 1e-3, "kernel {i}: {simd} vs {plain}");
+        for level in Simd::supported() {
+            let pairs = [
+                (
+                    kernels::dot_f32(level, &w, &x),
+                    kernels::portable::dot_f32(&w, &x),
+                ),
+                (
+                    kernels::dot_f16(level, &h, &x),
+                    kernels::portable::dot_f16(&h, &x),
+                ),
+                (
+                    kernels::dot_bf16(level, &b, &x),
+                    kernels::portable::dot_bf16(&b, &x),
+                ),
+                (
+                    kernels::dot_q8(level, &q8.quants, &q8.scales, xq),
+                    kernels::portable::dot_q8(&q8.quants, &q8.scales, xq),
+                ),
+                (
+                    kernels::dot_q4(level, &q4.quants, &q4.scales, xq),
+                    kernels::portable::dot_q4(&q4.quants, &q4.scales, xq),
+                ),
+                (
+                    kernels::dot_q5(level, &q5.blocks, &q5.scales, &q5.mins, xq),
+                    kernels::portable::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
+                ),
+            ];
+            for (i, (simd, plain)) in pairs.into_iter().enumerate() {
+                assert!(
+                    (simd - plain).abs() < 1e-3,
+                    "{level} kernel {i}: {simd} vs {plain}"
+                );
+            }
         }
     }
 }

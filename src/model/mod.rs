@@ -16,6 +16,7 @@ mod linear;
 mod ops;
 pub mod reference;
 mod rwkv4;
+pub mod simd;
 pub mod v7;
 mod wkv;
 mod world;

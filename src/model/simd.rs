@@ -1,0 +1,143 @@
+//! Which SIMD kernels run: the best this CPU has, or the one `RWKV_CHAT_SIMD` forces
+//! (`portable` or `avx2`), chosen once per process. Forcing a path is for measuring one
+//! against another and for checking that each gives the portable loops' results; a path the
+//! CPU cannot run, or one this build has no kernels for, is refused with the reason.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The environment variable that forces a path.
+pub const VARIABLE: &str = "RWKV_CHAT_SIMD";
+
+/// A set of kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// Plain loops, vectorised by the compiler for the baseline of the target.
+    Portable,
+    /// AVX2 with FMA and F16C (x86-64 since Haswell and Zen).
+    Avx2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimdError {
+    #[error("{VARIABLE}=`{0}` is not a SIMD path; expected portable or avx2")]
+    Unknown(String),
+    #[error(
+        "{VARIABLE}=avx512: this build has no AVX-512 kernels yet; the paths are portable and \
+         avx2"
+    )]
+    NotBuilt,
+    #[error("{VARIABLE}={0}: this CPU cannot run it (it has: {1})")]
+    Unsupported(Simd, String),
+}
+
+impl fmt::Display for Simd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Simd::Portable => "portable",
+            Simd::Avx2 => "avx2",
+        })
+    }
+}
+
+impl Simd {
+    /// Every path this CPU can run, the portable one first.
+    pub fn supported() -> Vec<Simd> {
+        let mut all = vec![Simd::Portable];
+        if avx2() {
+            all.push(Simd::Avx2);
+        }
+        all
+    }
+
+    /// The best path this CPU can run.
+    pub fn best() -> Simd {
+        Self::supported().pop().unwrap_or(Simd::Portable)
+    }
+
+    /// The path `value` (the variable's value) asks for; the best one when unset or empty.
+    pub fn from_setting(value: Option<&str>) -> Result<Simd, SimdError> {
+        let wanted = match value.map(str::trim) {
+            None | Some("") => return Ok(Self::best()),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "portable" => Simd::Portable,
+                "avx2" => Simd::Avx2,
+                "avx512" => return Err(SimdError::NotBuilt),
+                _ => return Err(SimdError::Unknown(v.to_owned())),
+            },
+        };
+        let supported = Self::supported();
+        if supported.contains(&wanted) {
+            Ok(wanted)
+        } else {
+            let names: Vec<String> = supported.iter().map(Simd::to_string).collect();
+            Err(SimdError::Unsupported(wanted, names.join(", ")))
+        }
+    }
+}
+
+/// Whether this CPU can run `simd`'s kernels (what the kernels check before they run).
+pub fn cpu_runs(simd: Simd) -> bool {
+    match simd {
+        Simd::Portable => true,
+        Simd::Avx2 => avx2(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> bool {
+    false
+}
+
+static CHOSEN: OnceLock<Simd> = OnceLock::new();
+
+/// Reads `RWKV_CHAT_SIMD` and fixes the path for the process; the commands call it first, so
+/// a bad value is an error before any work. Later calls return the path already fixed.
+pub fn init() -> Result<Simd, SimdError> {
+    if let Some(&chosen) = CHOSEN.get() {
+        return Ok(chosen);
+    }
+    let chosen = Simd::from_setting(std::env::var(VARIABLE).ok().as_deref())?;
+    Ok(*CHOSEN.get_or_init(|| chosen))
+}
+
+/// The path in use. Without [`init`] (a library user), a bad `RWKV_CHAT_SIMD` is ignored and
+/// the best path runs.
+pub fn chosen() -> Simd {
+    *CHOSEN.get_or_init(|| {
+        Simd::from_setting(std::env::var(VARIABLE).ok().as_deref()).unwrap_or_else(|_| Simd::best())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_read_and_checked() {
+        assert_eq!(Simd::from_setting(None), Ok(Simd::best()));
+        assert_eq!(Simd::from_setting(Some(" ")), Ok(Simd::best()));
+        assert_eq!(Simd::from_setting(Some("Portable")), Ok(Simd::Portable));
+        let unknown = Simd::from_setting(Some("sse9")).unwrap_err().to_string();
+        assert!(unknown.contains("`sse9` is not a SIMD path"), "{unknown}");
+        let avx512 = Simd::from_setting(Some("avx512")).unwrap_err().to_string();
+        assert!(avx512.contains("no AVX-512 kernels"), "{avx512}");
+        match Simd::from_setting(Some("avx2")) {
+            Ok(s) => assert!(avx2() && s == Simd::Avx2),
+            Err(e) => {
+                assert!(!avx2());
+                assert!(
+                    e.to_string()
+                        .contains("this CPU cannot run it (it has: portable)")
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Every SIMD path this CPU runs, forced with `RWKV_CHAT_SIMD`, against the portable loops
+//! through the real binary: the same NLL over a text in every weight format, with the token
+//! step (one row) and few-row products (the kernels' two ways of running); and a path that
+//! cannot run is refused with the reason before anything loads.
+
+use std::path::Path;
+
+use rwkv_chat::model::simd::Simd;
+
+use crate::common::{self, stderr, stdout};
+
+fn nll(model: &Path, text: &Path, dtype: &str, chunk: &str, simd: &str) -> f64 {
+    let out = common::bin()
+        .args(["perplexity", "--model"])
+        .arg(model)
+        .arg("-f")
+        .arg(text)
+        .args(["--dtype", dtype, "--chunk-size", chunk, "--format", "json"])
+        .env("RWKV_CHAT_SIMD", simd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{simd} {dtype}: {}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    report["nll"].as_f64().unwrap()
+}
+
+#[test]
+fn every_path_gives_the_portable_loops_results_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let readme = std::fs::read_to_string(common::fixture("README.md")).unwrap();
+    std::fs::write(&text, readme.chars().take(300).collect::<String>()).unwrap();
+    let models = [common::tiny(), common::fixture("world/e2e-v7/model.pth")];
+    let paths = Simd::supported();
+    eprintln!("paths on this CPU: {paths:?}");
+    for model in &models {
+        for dtype in ["f32", "f16", "bf16", "q8", "q5", "q4"] {
+            // One row at a time (the token step), and seven (below the `gemm` threshold).
+            for chunk in ["1", "7"] {
+                let portable = nll(model, &text, dtype, chunk, "portable");
+                // The paths sum in different orders, so their results differ in the last bits;
+                // the 8-, 5- and 4-bit formats round each product's input to 8 bits, and a
+                // value that lands on the other side of a rounding step moves the NLL by up
+                // to about 1e-3 on these small random models (the products themselves agree
+                // to 1e-6, see `gemv`'s tests). A broken kernel moves it by far more.
+                let tolerance = if dtype.starts_with('q') { 2e-3 } else { 1e-6 };
+                for simd in &paths[1..] {
+                    let got = nll(model, &text, dtype, chunk, &simd.to_string());
+                    assert!(
+                        (got - portable).abs() < tolerance,
+                        "{} {dtype} chunk {chunk}: {simd} {got} vs portable {portable}",
+                        model.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_path_that_cannot_run_is_refused_with_the_reason() {
+    let run = |simd: &str| {
+        common::bin()
+            .args(["generate", "--model"])
+            .arg(common::tiny())
+            .args(["--prompt", "hi", "--max-tokens", "1"])
+            .env("RWKV_CHAT_SIMD", simd)
+            .output()
+            .unwrap()
+    };
+    common::assert_user_error(&run("sse9"), &["RWKV_CHAT_SIMD=`sse9` is not a SIMD path"]);
+    common::assert_user_error(&run("avx512"), &["no AVX-512 kernels yet"]);
+    if !Simd::supported().contains(&Simd::Avx2) {
+        common::assert_user_error(&run("avx2"), &["this CPU cannot run it (it has: portable)"]);
+    }
+    let out = run("portable");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
