@@ -375,24 +375,34 @@ impl Rows<'_> {
                     }
                 }
             }
+            // Whole blocks into an array and then the row, in loops without branches or
+            // variable shifts: prompt chunks widen every weight this way once per chunk.
             Rows::Q5(w) => {
                 let (q, s, m) = w.row(r, cols);
                 for ((out, q), (s, m)) in out.chunks_mut(BLOCK).zip(q).zip(s.iter().zip(m)) {
                     let (s, m) = (s.to_f32(), m.to_f32());
-                    for (i, o) in out.iter_mut().enumerate() {
-                        *o = f32::from(q.level(i)) * s + m;
+                    let high = u32::from_le_bytes(q.high);
+                    let fifth = |bit: u32| if high & bit != 0 { 16.0 } else { 0.0 };
+                    let mut block = [0f32; BLOCK];
+                    let (lo, hi) = block.split_at_mut(BLOCK / 2);
+                    for (j, ((l, h), &b)) in lo.iter_mut().zip(hi).zip(&q.low).enumerate() {
+                        *l = (f32::from(b & 0xf) + fifth(1 << j)) * s + m;
+                        *h = (f32::from(b >> 4) + fifth(1 << (j + BLOCK / 2))) * s + m;
                     }
+                    out.copy_from_slice(&block[..out.len()]);
                 }
             }
             Rows::Q4(m) => {
                 let (q, s) = m.row(r, cols);
                 for ((out, q), s) in out.chunks_mut(BLOCK).zip(q.chunks(BLOCK / 2)).zip(s) {
                     let s = s.to_f32();
-                    for (i, o) in out.iter_mut().enumerate() {
-                        let byte = q[i % (BLOCK / 2)];
-                        let level = if i < BLOCK / 2 { byte & 0xf } else { byte >> 4 };
-                        *o = (f32::from(level) - 8.0) * s;
+                    let mut block = [0f32; BLOCK];
+                    let (lo, hi) = block.split_at_mut(BLOCK / 2);
+                    for ((l, h), &b) in lo.iter_mut().zip(hi).zip(q) {
+                        *l = (f32::from(b & 0xf) - 8.0) * s;
+                        *h = (f32::from(b >> 4) - 8.0) * s;
                     }
+                    out.copy_from_slice(&block[..out.len()]);
                 }
             }
         }
