@@ -131,6 +131,31 @@ impl Linear {
         self.with_rows(|w| gemv::matmul(w, self.rows, self.cols, x, self.out_scale, out))
     }
 
+    /// The device the weights are on (the quantized formats are on the host).
+    pub(super) fn device(&self) -> &Device {
+        match &self.weight {
+            Weight::Dense(w) => w.device(),
+            _ => &Device::Cpu,
+        }
+    }
+
+    /// `x [T, in]` to `[T, out]` in f32 by candle's matmul on the weights' device, whatever
+    /// the device: the path that runs on GPUs, testable on the CPU. Dense weights only.
+    pub(super) fn forward_candle(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let Weight::Dense(w) = &self.weight else {
+            candle_core::bail!("{}: quantized weights have no candle product", self.name);
+        };
+        let y = x
+            .to_dtype(w.dtype())?
+            .matmul(&w.t()?)?
+            .to_dtype(DType::F32)?;
+        if self.out_scale == 1.0 {
+            Ok(y)
+        } else {
+            y.affine(f64::from(self.out_scale), 0.0)
+        }
+    }
+
     /// `x [T, in]` in f32 to `[T, out]` in f32.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Weight::Dense(w) = &self.weight

@@ -380,7 +380,7 @@ impl Rwkv {
     pub fn device(&self) -> &Device {
         match &self.net {
             Net::Rwkv4(m) => m.device(),
-            Net::World(_) => &Device::Cpu,
+            Net::World(m) => m.device(),
         }
     }
 
@@ -422,8 +422,8 @@ impl Rwkv {
         }
     }
 
-    /// [`Rwkv::forward_chunk`] as candle tensor operations, what runs on a GPU, for RWKV-4. On
-    /// the CPU the host path replaces it, and the tests hold the two to each other.
+    /// [`Rwkv::forward_chunk`] as candle tensor operations, what runs on a GPU. On the CPU the
+    /// host path replaces it, and the tests hold the two to each other and to the goldens.
     pub fn forward_chunk_candle(
         &self,
         tokens: &[u32],
@@ -433,7 +433,8 @@ impl Rwkv {
         self.check_input(tokens, state)?;
         match (&self.net, state) {
             (Net::Rwkv4(m), State::Rwkv4(s)) => m.forward_chunk_candle(tokens, s, all_logits),
-            _ => candle_core::bail!("the candle path runs RWKV-4 models only"),
+            (Net::World(m), State::World(s)) => m.forward_chunk_candle(tokens, s, all_logits),
+            _ => candle_core::bail!("the state does not fit this model"),
         }
     }
 

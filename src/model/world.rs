@@ -56,16 +56,22 @@ struct V6Mixing {
 impl V6Mixing {
     /// The mixed inputs `[k, v, r, g]` (each mix corrected by the LoRA of
     /// `x + (prev - x) * maa_x`) and the per-token decay `exp(-exp(decay + lora(xw)))`.
-    fn inputs(&self, x: &[f32], prev: &[f32]) -> candle_core::Result<([Vec<f32>; 4], Vec<f32>)> {
+    fn inputs(
+        &self,
+        p: Products,
+        x: &[f32],
+        prev: &[f32],
+    ) -> candle_core::Result<([Vec<f32>; 4], Vec<f32>)> {
         let c = self.maa_x.len();
-        let hidden: Vec<f32> = project(&self.maa_w1, &mix(x, prev, &self.maa_x))?
+        let hidden: Vec<f32> = p
+            .project(&self.maa_w1, &mix(x, prev, &self.maa_x))?
             .into_iter()
             .map(f32::tanh)
             .collect();
         let d = self.maa_w2[0].cols;
         let mut mixed = Vec::with_capacity(5);
         for (i, (m, w2)) in self.maa.iter().zip(&self.maa_w2).enumerate() {
-            let correction = project(w2, &columns(&hidden, 5 * d, i * d..(i + 1) * d))?;
+            let correction = p.project(w2, &columns(&hidden, 5 * d, i * d..(i + 1) * d))?;
             let rows: Vec<f32> = x
                 .chunks_exact(c)
                 .zip(prev.chunks_exact(c))
@@ -79,11 +85,12 @@ impl V6Mixing {
         let [xw, xk, xv, xr, xg]: [Vec<f32>; 5] = mixed
             .try_into()
             .map_err(|_| candle_core::Error::Msg("five mixes".into()))?;
-        let tanh: Vec<f32> = project(&self.decay_w1, &xw)?
+        let tanh: Vec<f32> = p
+            .project(&self.decay_w1, &xw)?
             .into_iter()
             .map(f32::tanh)
             .collect();
-        let mut w = project(&self.decay_w2, &tanh)?;
+        let mut w = p.project(&self.decay_w2, &tanh)?;
         each_row(&mut w, &self.decay, |l, d| exp(-exp(d + l)));
         Ok(([xk, xv, xr, xg], w))
     }
@@ -137,6 +144,9 @@ pub(super) struct World {
     ln_out: Norm,
     head: Linear,
     dtype: WeightDtype,
+    /// Where the projections' weights are; the LoRA factors, the vectors and the state stay
+    /// on the host.
+    device: Device,
     from_cache: bool,
     /// Serialises calls: the products' panels are per thread, the rest is per call.
     busy: Mutex<()>,
@@ -231,11 +241,6 @@ impl Loader<'_> {
 impl World {
     pub fn new(ckpt: &Checkpoint, opts: LoadOptions) -> Result<Self, LoadError> {
         let generation = ckpt.generation();
-        if !opts.device.open()?.is_cpu() {
-            return Err(LoadError::Tensor(format!(
-                "{generation} models run on the CPU for now; leave out --device"
-            )));
-        }
         let mut l = Loader {
             ckpt,
             built: Built::new(ckpt, &opts)?,
@@ -422,6 +427,7 @@ impl World {
             ln_out,
             head,
             dtype: opts.dtype,
+            device: l.built.device.clone(),
             from_cache: l.built.all_cached(),
             busy: Mutex::default(),
         };
@@ -458,6 +464,10 @@ impl World {
         self.dtype
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn new_state(&self) -> WorldState {
         WorldState::new(&self.cfg)
     }
@@ -465,6 +475,33 @@ impl World {
     /// Feeds one chunk; logits `[T, vocab]` when `all_logits`, else `[1, vocab]`.
     pub fn forward_chunk(
         &self,
+        tokens: &[u32],
+        state: &mut WorldState,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
+        let products = if self.device.is_cpu() {
+            Products::Host
+        } else {
+            Products::Candle
+        };
+        self.run(products, tokens, state, all_logits)
+    }
+
+    /// [`World::forward_chunk`] with the projections as candle tensor operations on the
+    /// weights' device: what runs on a GPU. On the CPU the host products replace it, and the
+    /// tests hold the two to the same goldens.
+    pub fn forward_chunk_candle(
+        &self,
+        tokens: &[u32],
+        state: &mut WorldState,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.run(Products::Candle, tokens, state, all_logits)
+    }
+
+    fn run(
+        &self,
+        p: Products,
         tokens: &[u32],
         state: &mut WorldState,
         all_logits: bool,
@@ -484,20 +521,26 @@ impl World {
         for (layer, st) in self.layers.iter().zip(state.layers.iter_mut()) {
             let xn = layer.ln1.rows(&x);
             let prev = shifted(&xn, &st.att_x);
-            let att =
-                layer.time_mix(&xn, &prev, &mut st.att_kv, &mut v_first, self.cfg.head_size)?;
+            let att = layer.time_mix(
+                p,
+                &xn,
+                &prev,
+                &mut st.att_kv,
+                &mut v_first,
+                self.cfg.head_size,
+            )?;
             st.att_x.copy_from_slice(&xn[(t - 1) * c..]);
             add(&mut x, &att);
 
             let xn = layer.ln2.rows(&x);
             let prev = shifted(&xn, &st.ffn_x);
-            let ffn = layer.channel_mix(&xn, &prev)?;
+            let ffn = layer.channel_mix(p, &xn, &prev)?;
             st.ffn_x.copy_from_slice(&xn[(t - 1) * c..]);
             add(&mut x, &ffn);
         }
         let rows = if all_logits { t } else { 1 };
         let normed = self.ln_out.rows(&x[(t - rows) * c..]);
-        let logits = project(&self.head, &normed)?;
+        let logits = p.project(&self.head, &normed)?;
         Tensor::from_vec(logits, (rows, self.cfg.vocab), &Device::Cpu)
     }
 }
@@ -619,12 +662,30 @@ fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
-/// `W · x` for each row of `x`.
-fn project(w: &Linear, x: &[f32]) -> candle_core::Result<Vec<f32>> {
-    let t = x.len() / w.cols;
-    let mut out = vec![0.0; t * w.rows];
-    w.host(x, &mut out)?;
-    Ok(out)
+/// How a chunk's matrix products run: on host buffers (the CPU engine), or as candle
+/// tensors on the weights' device (GPUs; on the CPU, what the tests hold that path to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Products {
+    Host,
+    Candle,
+}
+
+impl Products {
+    /// `W · x` for each row of `x`.
+    fn project(self, w: &Linear, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let t = x.len() / w.cols;
+        match self {
+            Products::Host => {
+                let mut out = vec![0.0; t * w.rows];
+                w.host(x, &mut out)?;
+                Ok(out)
+            }
+            Products::Candle => {
+                let x = Tensor::from_slice(x, (t, w.cols), w.device())?;
+                w.forward_candle(&x)?.flatten_all()?.to_vec1()
+            }
+        }
+    }
 }
 
 /// Rows of `x` mapped in place with the matching element of `by` (`[hidden]`), the rows split
@@ -655,6 +716,7 @@ impl Layer {
     /// The time mix of the normed rows `x` (their predecessors in `prev`), advancing `kv`.
     fn time_mix(
         &self,
+        p: Products,
         x: &[f32],
         prev: &[f32],
         kv: &mut [f32],
@@ -665,21 +727,22 @@ impl Layer {
             Mixing::V5 { mix: m, decay } => {
                 let inputs = [0, 1, 2, 3].map(|i| mix(x, prev, &m[i]));
                 let w = decay.repeat(x.len() / decay.len());
-                self.finch_time_mix(inputs, &w, kv, n)?
+                self.finch_time_mix(p, inputs, &w, kv, n)?
             }
             Mixing::V6(m) => {
-                let (inputs, w) = m.inputs(x, prev)?;
-                self.finch_time_mix(inputs, &w, kv, n)?
+                let (inputs, w) = m.inputs(p, x, prev)?;
+                self.finch_time_mix(p, inputs, &w, kv, n)?
             }
-            Mixing::V7(m) => self.v7_time_mix(m, x, prev, kv, v_first, n)?,
+            Mixing::V7(m) => self.v7_time_mix(p, m, x, prev, kv, v_first, n)?,
         };
-        project(&self.output, &out)
+        p.project(&self.output, &out)
     }
 
     /// v5/v6's WKV, gated by `silu(gate)`, over the mixed inputs `[k, v, r, g]` and the
     /// per-token decay `w`; before the output projection.
     fn finch_time_mix(
         &self,
+        p: Products,
         [xk, xv, xr, xg]: [Vec<f32>; 4],
         w: &[f32],
         kv: &mut [f32],
@@ -689,10 +752,11 @@ impl Layer {
             .gate
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("v5/v6 layer without a gate".into()))?;
-        let r = project(&self.receptance, &xr)?;
-        let k = project(&self.key, &xk)?;
-        let v = project(&self.value, &xv)?;
-        let g: Vec<f32> = project(gate, &xg)?
+        let r = p.project(&self.receptance, &xr)?;
+        let k = p.project(&self.key, &xk)?;
+        let v = p.project(&self.value, &xv)?;
+        let g: Vec<f32> = p
+            .project(gate, &xg)?
             .into_iter()
             .map(|g| g * sigmoid(g))
             .collect();
@@ -722,8 +786,10 @@ impl Layer {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn v7_time_mix(
         &self,
+        p: Products,
         m: &V7Mixing,
         x: &[f32],
         prev: &[f32],
@@ -733,20 +799,20 @@ impl Layer {
     ) -> candle_core::Result<Vec<f32>> {
         let c = self.ln1.weight.len();
         let [xr, xw, xk, xv, xa, xg] = [0, 1, 2, 3, 4, 5].map(|i| mix(x, prev, &m.mix[i]));
-        let r = project(&self.receptance, &xr)?;
-        let tanh: Vec<f32> = project(&m.w1, &xw)?.into_iter().map(f32::tanh).collect();
-        let mut w = project(&m.w2, &tanh)?;
+        let r = p.project(&self.receptance, &xr)?;
+        let tanh: Vec<f32> = p.project(&m.w1, &xw)?.into_iter().map(f32::tanh).collect();
+        let mut w = p.project(&m.w2, &tanh)?;
         each_row(
             &mut w,
             &m.w0,
             |l, w0| exp(-V7_DECAY_SCALE * sigmoid(w0 + l)),
         );
-        let mut k = project(&self.key, &xk)?;
-        let mut v = project(&self.value, &xv)?;
-        let mut a = project(&m.a2, &project(&m.a1, &xa)?)?;
+        let mut k = p.project(&self.key, &xk)?;
+        let mut v = p.project(&self.value, &xv)?;
+        let mut a = p.project(&m.a2, &p.project(&m.a1, &xa)?)?;
         each_row(&mut a, &m.a0, |l, a0| sigmoid(a0 + l));
-        let sig: Vec<f32> = project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
-        let g = project(&m.g2, &sig)?;
+        let sig: Vec<f32> = p.project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
+        let g = p.project(&m.g2, &sig)?;
         // κ̂: the key scaled by k_k, L2-normalised per head (F.normalize, eps 1e-12).
         let mut kk: Vec<f32> = k
             .chunks_exact(c)
@@ -767,7 +833,7 @@ impl Layer {
                 if v_first.len() != v.len() {
                     candle_core::bail!("layer 0 gave no value for the value residual");
                 }
-                let gate = project(v2, &project(v1, &xv)?)?;
+                let gate = p.project(v2, &p.project(v1, &xv)?)?;
                 for (row, (first, gate)) in v
                     .chunks_exact_mut(c)
                     .zip(v_first.chunks_exact(c).zip(gate.chunks_exact(c)))
@@ -786,17 +852,18 @@ impl Layer {
         Ok(self.heads([&r, &k, &v, &w, &g], &kind, kv, n))
     }
 
-    fn channel_mix(&self, x: &[f32], prev: &[f32]) -> candle_core::Result<Vec<f32>> {
-        let k: Vec<f32> = project(&self.ffn_key, &mix(x, prev, &self.ffn_mix_k))?
+    fn channel_mix(&self, p: Products, x: &[f32], prev: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let k: Vec<f32> = p
+            .project(&self.ffn_key, &mix(x, prev, &self.ffn_mix_k))?
             .into_iter()
             .map(|k| {
                 let relu = k.max(0.0);
                 relu * relu
             })
             .collect();
-        let mut out = project(&self.ffn_value, &k)?;
+        let mut out = p.project(&self.ffn_value, &k)?;
         if let Some((mix_r, receptance)) = &self.ffn_receptance {
-            let r = project(receptance, &mix(x, prev, mix_r))?;
+            let r = p.project(receptance, &mix(x, prev, mix_r))?;
             out.iter_mut().zip(r).for_each(|(o, r)| *o *= sigmoid(r));
         }
         Ok(out)
