@@ -88,10 +88,12 @@ impl Linear {
         })
     }
 
-    /// A small f32 matrix (a LoRA factor) stored `[in, out]` as BlinkDL writes them, held
-    /// transposed to `[out, in]` like every projection; never quantized.
-    pub(super) fn lora(name: &str, weight: &Tensor) -> Result<Self, LoadError> {
-        let weight = weight.to_dtype(DType::F32)?.t()?.contiguous()?;
+    /// A small matrix (a LoRA factor) stored `[in, out]` as BlinkDL writes them, held
+    /// transposed to `[out, in]` like every projection, on the host. Never quantized: f32 for
+    /// the f32 format, else 16 bits (the `.pth` checkpoints store them in bf16), since in f32
+    /// they were a sixth of a quantized token step's product time.
+    pub(super) fn lora(name: &str, weight: &Tensor, dtype: WeightDtype) -> Result<Self, LoadError> {
+        let weight = weight.to_dtype(dtype.candle())?.t()?.contiguous()?;
         let (rows, cols) = weight.dims2()?;
         Ok(Self {
             name: name.to_owned(),

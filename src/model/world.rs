@@ -4,8 +4,10 @@
 //! The math is the reference engines' ([`super::finch`], [`super::v7`]; BlinkDL's `rwkv`
 //! 0.8.32), reorganised for speed: a chunk of `T` tokens goes through each layer at once, so
 //! every projection is one matrix product over `T` rows ([`super::gemv`], in the chosen weight
-//! format), and only the WKV recurrence steps through the tokens. The small LoRA factors of v6
-//! and v7 stay in f32. The tests hold this engine to the reference engines and to the goldens.
+//! format), and only the WKV recurrence steps through the tokens (head by head, in parallel:
+//! [`super::heads`]). The small LoRA factors of v6 and v7 are never quantized: f32 in the f32
+//! format, 16 bits in the others. The tests hold this engine to the reference engines and to
+//! the goldens.
 
 use std::sync::Mutex;
 
@@ -213,7 +215,8 @@ impl Loader<'_> {
                 found: shape,
             });
         }
-        Linear::lora(name, &self.ckpt.tensor(name, &[rows, cols], &Device::Cpu)?)
+        let weight = self.ckpt.tensor(name, &[rows, cols], &Device::Cpu)?;
+        Linear::lora(name, &weight, self.built.dtype)
     }
 
     /// A LoRA pair `x -> [in, d] -> [d, out]` with the widths checked against each other.
@@ -290,7 +293,9 @@ impl World {
                             });
                         }
                     };
-                    let part = |k: usize| Linear::lora(&format!("{w2_name}.{k}"), &w2.get(k)?);
+                    let part = |k: usize| {
+                        Linear::lora(&format!("{w2_name}.{k}"), &w2.get(k)?, l.built.dtype)
+                    };
                     let (decay_w1, decay_w2) =
                         l.lora_pair(&att("time_decay_w1"), &att("time_decay_w2"), c)?;
                     Mixing::V6(Box::new(V6Mixing {
