@@ -350,3 +350,49 @@ fn a_tokenizer_with_ids_beyond_the_model_is_refused_at_load() {
         assert_user_error(&out, &["tokenizer.json", expected]);
     }
 }
+
+/// Weights beyond what an f16 block scale or minimum spans would quantize to inf and compute
+/// NaN: such a matrix is refused by name for the quantized formats, and f32 still loads it.
+#[test]
+fn weights_too_large_to_quantize_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = common::tiny_tensors();
+    let name = "rwkv.blocks.0.attention.key.weight";
+    let mut values: Vec<f32> = tensors[name].flatten_all().unwrap().to_vec1().unwrap();
+    // q5 keeps the block's minimum in f16 (beyond 65504 it overflows); q8's scale is the
+    // largest magnitude over 127, q4's over 8.
+    values[3] = -1e9;
+    let shape = tensors[name].shape().clone();
+    tensors.insert(
+        name.into(),
+        candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap(),
+    );
+    let copy = dir.path().join("m");
+    common::write_model(&copy, &tensors);
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny().join(file), copy.join(file)).unwrap();
+    }
+    for dtype in ["q8", "q5", "q4"] {
+        let out = rwkv_chat(&[
+            "generate",
+            "--model",
+            copy.to_str().unwrap(),
+            "--dtype",
+            dtype,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ]);
+        assert_user_error(
+            &out,
+            &[
+                name,
+                &format!("too large for {dtype}"),
+                "load the model as f32 or bf16",
+            ],
+        );
+    }
+    let out = generate(&copy);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

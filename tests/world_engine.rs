@@ -336,3 +336,32 @@ fn a_world_config_for_another_model_is_refused() {
         assert!(e.contains("config.json") && e.contains(message), "{e}");
     }
 }
+
+/// A LoRA factor of width 0 (a damaged or hand-made checkpoint) is refused with its name, not
+/// divided by.
+#[test]
+fn a_lora_factor_of_width_zero_is_refused() {
+    let src = dir("tiny-v7-fla");
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    for leaf in ["lora.0.weight", "lora.2.weight"] {
+        let name = format!("model.layers.1.attn.g_lora.{leaf}");
+        let shape = if leaf.starts_with("lora.0") {
+            (0, 128)
+        } else {
+            (128, 0)
+        };
+        tensors.insert(
+            name,
+            Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, tmp.path().join("model.safetensors")).unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let err = match Rwkv::load(tmp.path(), LoadOptions::default()) {
+        Ok(_) => panic!("a LoRA of width 0 loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("a LoRA factor of width 0"), "{err}");
+}

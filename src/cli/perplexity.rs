@@ -42,6 +42,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     let result = measure(&engine, &ids).with_context(|| args.file.display().to_string())?;
     let mut report = json!({
         "dtype": engine.model.dtype().to_string(),
+        "simd": crate::model::simd::chosen().to_string(),
         "tokens": result.tokens,
         "nll": result.nll,
         "perplexity": result.perplexity(),

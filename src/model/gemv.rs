@@ -375,8 +375,9 @@ impl Rows<'_> {
                     }
                 }
             }
-            // Whole blocks into an array and then the row, in loops without branches or
-            // variable shifts: prompt chunks widen every weight this way once per chunk.
+            // Whole blocks into an array and then the row, each half of a block in one loop
+            // (no per-element choice of nibble): prompt chunks widen every weight this way
+            // once per chunk.
             Rows::Q5(w) => {
                 let (q, s, m) = w.row(r, cols);
                 for ((out, q), (s, m)) in out.chunks_mut(BLOCK).zip(q).zip(s.iter().zip(m)) {
@@ -665,12 +666,14 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
 /// Dot products per format, on the kernels of the [`Simd`] path asked for.
 mod kernels {
     use super::{Int8Row, Q5Block, bf16, f16};
-    use crate::model::simd::{self, Simd};
+    use crate::model::simd::Simd;
 
     macro_rules! dispatch {
         ($level:expr, $simd:path, $portable:path, $($arg:expr),*) => {{
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = $level;
             #[cfg(target_arch = "x86_64")]
-            if $level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) {
+            if $level == Simd::Avx2 && crate::model::simd::cpu_runs(Simd::Avx2) {
                 // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, the features
                 // the kernel is compiled for.
                 return unsafe { $simd($($arg),*) };

@@ -29,6 +29,20 @@ pub(super) enum Weight {
     Q4(gemv::Q4),
 }
 
+impl Weight {
+    /// False when a quantized block's f16 scale or minimum overflowed (weights beyond what
+    /// f16 spans): such a matrix would compute NaN.
+    fn scales_finite(&self) -> bool {
+        let finite = |s: &[half::f16]| s.iter().all(|s| s.is_finite());
+        match self {
+            Weight::Dense(_) => true,
+            Weight::Q8(q) => finite(&q.scales),
+            Weight::Q5(q) => finite(&q.scales) && finite(&q.mins),
+            Weight::Q4(q) => finite(&q.scales),
+        }
+    }
+}
+
 /// Runs `f` on the contiguous f32 data of a host tensor, without copying it.
 pub(super) fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -79,6 +93,12 @@ impl Linear {
                 1.0,
             ),
         };
+        if !weight.scales_finite() {
+            return Err(LoadError::Tensor(format!(
+                "{name}: its weights are too large for {} (a block's f16 scale or minimum                  overflows); load the model as f32 or bf16",
+                opts.dtype
+            )));
+        }
         Ok(Self {
             name: name.to_owned(),
             weight,

@@ -215,6 +215,12 @@ impl Loader<'_> {
                 found: shape,
             });
         }
+        if cols == 0 {
+            return Err(LoadError::Tensor(format!(
+                "{}: {name} is a LoRA factor of width 0",
+                self.ckpt.path_of(name).display()
+            )));
+        }
         let weight = self.ckpt.tensor(name, &[rows, cols], &Device::Cpu)?;
         Linear::lora(name, &weight, self.built.dtype)
     }
@@ -440,7 +446,8 @@ impl World {
         Ok(model)
     }
 
-    /// The projections in the chosen weight format (not the f32 LoRA factors), in load order.
+    /// The projections in the chosen weight format (not the LoRA factors, never quantized), in
+    /// load order.
     fn projections(&self) -> impl Iterator<Item = &Linear> {
         self.layers
             .iter()

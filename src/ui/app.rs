@@ -392,11 +392,14 @@ impl App {
         self.default_preset.clone()
     }
 
-    /// `Some(unfolded)` when the open session's preset thinks before it answers.
-    pub fn thinking(&self) -> Option<bool> {
-        let name = self.session.as_ref()?.preset.as_str();
-        let thinks = self.presets.iter().any(|p| p.name == name && p.think);
-        thinks.then_some(self.show_thinking)
+    /// Whether the open session's preset thinks before it answers.
+    pub fn thinking(&self) -> bool {
+        let Some(session) = &self.session else {
+            return false;
+        };
+        self.presets
+            .iter()
+            .any(|p| p.name == session.preset && p.think)
     }
 
     fn preset_defaults(&self) -> Option<&SamplingParams> {
@@ -415,7 +418,14 @@ impl App {
     /// Lists `repo`'s files in the picker, as `{repo}/{file}`, before the other models
     /// offered.
     fn offer_files(&mut self, repo: &str, files: &[String]) {
-        let named: Vec<String> = files.iter().map(|f| format!("{repo}/{f}")).collect();
+        // The revision asked for (`REPO@rev`) goes with each file.
+        let revision = crate::hub::ModelSpec::parse(&self.loading_spec)
+            .and_then(|s| s.revision)
+            .map_or_else(String::new, |r| format!("@{r}"));
+        let named: Vec<String> = files
+            .iter()
+            .map(|f| format!("{repo}/{f}{revision}"))
+            .collect();
         self.offered = picker_models(&named, &self.offered);
         self.models = picker_models(&self.recent, &self.offered);
     }
@@ -663,15 +673,17 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.loading = None;
             app.offer_files(&repo, &files);
             app.notify(format!(
-                "{} holds {} models; pick one",
+                "{} holds {} models; pick one (F3)",
                 sanitize(&repo),
                 files.len()
             ));
-            // The picker again, showing just that repo's files.
-            app.overlay = Some(Overlay::Models {
-                input: TextInput::with_text(&format!("{repo}/")),
-                selected: 0,
-            });
+            // The picker again, showing just that repo's files; a menu opened meanwhile stays.
+            if matches!(app.overlay, None | Some(Overlay::Models { .. })) {
+                app.overlay = Some(Overlay::Models {
+                    input: TextInput::with_text(&format!("{repo}/")),
+                    selected: 0,
+                });
+            }
         }
         // The answer to a load given up on, or replaced by another.
         Event::ChooseFile { .. } => {}
@@ -859,10 +871,11 @@ fn busy(app: &mut App) -> bool {
     }
 }
 
-/// Adds the reply being written and asks the worker for it.
-fn start_turn(app: &mut App, turn: Turn, fx: &mut Vec<Effect>) {
+/// Adds the reply being written and asks the worker for it. `reasons`: the reply follows a
+/// `<think` (see [`Message::reasons`]).
+fn start_turn(app: &mut App, turn: Turn, reasons: bool, fx: &mut Vec<Effect>) {
     let reply = Message {
-        reasons: app.thinking().is_some(),
+        reasons,
         ..app.message(Role::Bot, String::new(), Status::Streaming)
     };
     app.messages.push(reply);
@@ -904,7 +917,9 @@ fn send(app: &mut App, fx: &mut Vec<Effect>) {
     } else {
         Turn::Send(text)
     };
-    start_turn(app, turn, fx);
+    // A message sent or edited now is fed in the open session's preset.
+    let reasons = app.thinking();
+    start_turn(app, turn, reasons, fx);
 }
 
 /// Asks the worker to stop the reply being written; false when there is none, or it was
@@ -954,8 +969,9 @@ fn run(app: &mut App, action: Action, fx: &mut Vec<Effect>) {
                 app.notify("There is no reply to regenerate");
                 return;
             }
-            app.messages.pop();
-            start_turn(app, Turn::Regenerate, fx);
+            // The user message stays as it was fed, so the new reply starts as the old did.
+            let reasons = app.messages.pop().is_some_and(|m| m.reasons);
+            start_turn(app, Turn::Regenerate, reasons, fx);
         }
         Action::EditLast => {
             if busy(app) {

@@ -439,6 +439,25 @@ fn a_repo_of_several_models_lists_its_files_in_the_picker() {
             spec
         }]
     );
+
+    // A revision asked for goes with each file; a menu opened while the repo was looked up
+    // stays open, and the files wait in the picker.
+    app::load_model(&mut app, format!("{raw}@0123abc"));
+    update(&mut app, key(KeyCode::F(1)));
+    ev(
+        &mut app,
+        Event::ChooseFile {
+            request_id: 3,
+            repo: raw.into(),
+            files: files.clone(),
+        },
+    );
+    assert!(
+        matches!(app.overlay, Some(Overlay::Help { .. })),
+        "{:?}",
+        app.overlay
+    );
+    assert!(app.models.contains(&format!("{raw}/{}@0123abc", files[0])));
 }
 
 #[test]
@@ -1488,6 +1507,27 @@ fn a_g1_reply_shows_its_reasoning_folded_until_asked() {
     // A reply written now, with the thinking preset, is one with reasoning.
     send(&mut app, "And you?");
     assert!(app.messages.last().is_some_and(|m| m.reasons));
+
+    // Regenerating keeps the user message as it was fed, so the new reply starts as the old
+    // one did, whatever the preset is now: here the plain reply of a session now on g1-think.
+    let request_id = app.pending.map(|p| p.request_id).unwrap();
+    let done = stats(StopReason::EndOfTurn);
+    ev(
+        &mut app,
+        Event::Finished {
+            request_id,
+            stats: done,
+        },
+    );
+    let mut plain = self::view(&[(Role::User, "Hello"), (Role::Bot, earlier)]);
+    plain.preset = "g1-think".into();
+    ev(&mut app, Event::SessionOpened(plain));
+    update(&mut app, ctrl('r'));
+    assert!(
+        app.messages
+            .last()
+            .is_some_and(|m| !m.reasons && m.text.is_empty())
+    );
 }
 
 /// The preset picker's name column is as wide as the longest name, so a long name never runs
