@@ -233,43 +233,6 @@ fn path_entry(path: &str, bytes: &[u8]) -> serde_json::Value {
     common::path_entry(path, bytes, is_lfs(bytes))
 }
 
-/// The paths a `paths-info` request asks for: a JSON body (`{"paths": [...]}`, as hf-hub and
-/// huggingface.js send it) or a form (`paths=a&paths=b`, as huggingface_hub sends it).
-fn asked_paths(body: &[u8]) -> Vec<String> {
-    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
-        return json["paths"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str().map(str::to_owned))
-            .collect();
-    }
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("paths="))
-        .map(percent_decode)
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.replace('+', " ").into_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<TcpStream> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
@@ -377,7 +340,7 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
             endless(&mut stream);
             return None;
         }
-        let entries: Vec<_> = asked_paths(&body)
+        let entries: Vec<_> = common::asked_paths(&body)
             .iter()
             .filter_map(|p| files.get(p).map(|bytes| path_entry(p, bytes)))
             .collect();
@@ -394,7 +357,7 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
         respond(&mut stream, 200, &[], entries.as_bytes());
     } else if let Some(rest) = path.strip_prefix(&resolve) {
         let name = rest.split_once('/').map_or("", |(_, f)| f);
-        let Some(bytes) = files.get(&percent_decode(name)) else {
+        let Some(bytes) = files.get(&common::percent_decode(name)) else {
             respond(
                 &mut stream,
                 404,
@@ -430,7 +393,9 @@ fn serve(mut stream: TcpStream, host: &'static str, shared: &Shared) -> Option<T
         // A file in git: served by the hub itself, its `ETag` the git blob id.
         let etag = format!("\"{}\"", git_oid(bytes));
         let mut bytes = bytes.clone();
-        if b.corrupt_small.is_some_and(|f| f == percent_decode(name)) {
+        if b.corrupt_small
+            .is_some_and(|f| f == common::percent_decode(name))
+        {
             let mid = bytes.len() / 2;
             bytes[mid] ^= 0x55;
         }

@@ -609,8 +609,8 @@ fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
 /// (a complete set of files), sending `model.safetensors` slowly, like a large model on a
 /// slow line; or answering 500 to everything. Shapes: the repo info of
 /// `GET /api/models/{repo}/revision/{rev}` (huggingface_hub `ModelInfo`: `sha`, `siblings`),
-/// `POST .../paths-info/{rev}` entries (`common::path_entry`, as huggingface_hub's `RepoFile`
-/// reads them), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
+/// `POST .../paths-info/{rev}` entries for the paths asked (`common::path_entry`, as
+/// huggingface_hub's `RepoFile` reads them), and the resolve headers huggingface_hub reads (`X-Repo-Commit`,
 /// `X-Linked-Etag` with the sha256 of an LFS file, `X-Linked-Size`, `ETag`).
 struct SlowHub {
     endpoint: String,
@@ -702,8 +702,11 @@ impl SlowHub {
                             });
                             (200, vec![], info.to_string().into_bytes(), false)
                         } else if path.starts_with(&format!("{api}/paths-info/")) {
+                            // As the hub: an entry for each path asked for that exists.
+                            let asked = common::asked_paths(&body);
                             let entries: Vec<_> = files
                                 .iter()
+                                .filter(|(f, _)| asked.contains(f))
                                 .map(|(f, b)| common::path_entry(f, b, b.len() > 1 << 20))
                                 .collect();
                             (

@@ -98,22 +98,25 @@ fn avx2() -> bool {
 
 static CHOSEN: OnceLock<Simd> = OnceLock::new();
 
+/// The path the variable asks for.
+fn from_env() -> Result<Simd, SimdError> {
+    Simd::from_setting(std::env::var(VARIABLE).ok().as_deref())
+}
+
 /// Reads `RWKV_CHAT_SIMD` and fixes the path for the process; the commands call it first, so
 /// a bad value is an error before any work. Later calls return the path already fixed.
 pub fn init() -> Result<Simd, SimdError> {
     if let Some(&chosen) = CHOSEN.get() {
         return Ok(chosen);
     }
-    let chosen = Simd::from_setting(std::env::var(VARIABLE).ok().as_deref())?;
+    let chosen = from_env()?;
     Ok(*CHOSEN.get_or_init(|| chosen))
 }
 
 /// The path in use. Without [`init`] (a library user), a bad `RWKV_CHAT_SIMD` is ignored and
 /// the best path runs.
 pub fn chosen() -> Simd {
-    *CHOSEN.get_or_init(|| {
-        Simd::from_setting(std::env::var(VARIABLE).ok().as_deref()).unwrap_or_else(|_| Simd::best())
-    })
+    *CHOSEN.get_or_init(|| from_env().unwrap_or_else(|_| Simd::best()))
 }
 
 #[cfg(test)]

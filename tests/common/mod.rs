@@ -231,3 +231,40 @@ pub fn path_entry(path: &str, bytes: &[u8], lfs: bool) -> serde_json::Value {
     }
     entry
 }
+
+/// The paths a `paths-info` request asks for: a JSON body (`{"paths": [...]}`, as hf-hub and
+/// huggingface.js send it) or a form (`paths=a&paths=b`, as huggingface_hub sends it).
+pub fn asked_paths(body: &[u8]) -> Vec<String> {
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        return json["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("paths="))
+        .map(percent_decode)
+        .collect()
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.replace('+', " ").into_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
