@@ -1611,4 +1611,15 @@ fn a_raw_world_repo_lists_its_models_and_downloads_the_one_named() {
     let loads = PathBuf::from(stdout(&out).trim());
     let model = crate::world_engine::load(&loads, rwkv_chat::model::WeightDtype::F32);
     crate::world_engine::check_steps("tiny-v7", &model, 1e-3);
+    // The file on disk is listed by the spec that loads it (so the app's picker loads it
+    // without asking to download it); the other one is not.
+    let list = env.run(&["models", "list"], true);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let listed = stdout(&list);
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&named))
+        .unwrap_or_else(|| panic!("{named} not listed:\n{listed}"));
+    assert!(line.contains("downloaded"), "{line}");
+    assert!(!listed.contains(v6), "{listed}");
 }

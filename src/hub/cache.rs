@@ -154,7 +154,9 @@ pub struct LocalModel {
     pub complete: bool,
 }
 
-/// Repositories in the hub cache that hold an RWKV model or a transfer of one, by repo id.
+/// Repositories in the hub cache that hold an RWKV model or a transfer of one, by repo id;
+/// and after each, the complete files of a raw repo (`.pth` files beside each other in the
+/// snapshot `main` points at), by `repo/file`, the spec that loads each one.
 pub fn cached_models(cache_dir: &Path) -> Vec<LocalModel> {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return vec![];
@@ -169,17 +171,48 @@ pub fn cached_models(cache_dir: &Path) -> Vec<LocalModel> {
             let (bytes, partial_bytes) = cache.disk_usage();
             let is_rwkv = complete.as_deref().is_some_and(is_rwkv4_dir)
                 || repo.to_ascii_lowercase().contains("rwkv");
-            is_rwkv.then(|| LocalModel {
-                id: repo,
-                path: complete.clone().unwrap_or_else(|| cache.root()),
-                bytes,
-                partial_bytes,
-                complete: complete.is_some(),
+            let files = raw_files(&cache, &repo);
+            is_rwkv.then(|| {
+                std::iter::once(LocalModel {
+                    id: repo,
+                    path: complete.clone().unwrap_or_else(|| cache.root()),
+                    bytes,
+                    partial_bytes,
+                    complete: complete.is_some(),
+                })
+                .chain(files)
             })
         })
+        .flatten()
         .collect();
     found.sort_by(|a, b| a.id.cmp(&b.id));
     found
+}
+
+/// The `.pth` files at the top of the snapshot `main` points at whose blob is here whole.
+fn raw_files(cache: &RepoCache, repo: &str) -> Vec<LocalModel> {
+    let Some(snapshot) = cache.commit_of("main").map(|c| cache.snapshot(&c)) else {
+        return vec![];
+    };
+    let Ok(entries) = std::fs::read_dir(&snapshot) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().to_str()?.to_owned();
+            let path = entry.path();
+            // A link whose blob is missing has no metadata to follow to.
+            let bytes = std::fs::metadata(&path).ok()?.len();
+            (file.ends_with(".pth") && ModelFiles::locate(&path).is_ok()).then(|| LocalModel {
+                id: format!("{repo}/{file}"),
+                path,
+                bytes,
+                partial_bytes: 0,
+                complete: true,
+            })
+        })
+        .collect()
 }
 
 /// The snapshot `main` points at if it is complete, else any complete snapshot.
@@ -284,5 +317,30 @@ mod tests {
         assert_eq!(cache.commit_of("main"), None);
         cache.write_ref("main", commit).unwrap();
         assert_eq!(cache.commit_of("main").as_deref(), Some(commit));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_whole_files_of_a_raw_repo_are_listed_by_the_spec_that_loads_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = "BlinkDL/rwkv-7-world";
+        let cache = RepoCache::new(dir.path(), repo);
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(cache.root().join("blobs")).unwrap();
+        std::fs::write(cache.blob("h1"), b"weights").unwrap();
+        std::fs::write(cache.blob("h3"), b"readme").unwrap();
+        cache.link(commit, "a.pth", "h1").unwrap();
+        // Its blob is gone (or never finished): not loadable.
+        cache.link(commit, "b.pth", "h2").unwrap();
+        cache.link(commit, "README.md", "h3").unwrap();
+        let ids =
+            |dir: &Path| -> Vec<String> { cached_models(dir).into_iter().map(|m| m.id).collect() };
+        // Only the snapshot `main` points at counts.
+        assert_eq!(ids(dir.path()), [repo]);
+        cache.write_ref("main", commit).unwrap();
+        assert_eq!(ids(dir.path()), [repo.to_owned(), format!("{repo}/a.pth")]);
+        let file = cached_models(dir.path()).pop().unwrap();
+        assert!(file.complete && file.bytes == 7, "{file:?}");
+        assert_eq!(file.path, cache.snapshot(commit).join("a.pth"));
     }
 }

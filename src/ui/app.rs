@@ -552,6 +552,10 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.load_cancelled = false;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.remember_model(&info.name);
+            // Whatever it took to load, it is on disk now: picking it again downloads nothing.
+            if !app.local.contains(&info.name) {
+                app.local.push(info.name.clone());
+            }
             fx.push(Effect::SaveRecent(app.recent.clone()));
             app.model = Some(info);
             if app.started {

@@ -461,6 +461,62 @@ fn a_repo_of_several_models_lists_its_files_in_the_picker() {
 }
 
 #[test]
+fn a_file_on_disk_or_loaded_once_is_not_asked_about_as_a_download() {
+    let loaded = |name: &str| {
+        Event::ModelLoaded(ModelInfo {
+            name: name.into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        })
+    };
+    let raw = "BlinkDL/rwkv-7-world";
+    let cached = format!("{raw}/RWKV-x070-World-0.1B-v2.8-20241210-ctx4096.pth");
+    let fetched = format!("{raw}/RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth");
+    let mut app = new_app();
+    app.local.push(cached.clone());
+    app.models.push(cached.clone());
+    // Found in the cache at start: loaded at once.
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, &cached);
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Enter))),
+        [Command::LoadModel {
+            request_id: 1,
+            spec: cached.clone()
+        }]
+    );
+    ev(&mut app, loaded(&cached));
+    // Not on disk: asked first; once loaded, no longer.
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, &fetched);
+    assert!(commands(update(&mut app, key(KeyCode::Enter))).is_empty());
+    assert_eq!(
+        app.overlay,
+        Some(Overlay::ConfirmDownload {
+            spec: fetched.clone()
+        })
+    );
+    assert_eq!(
+        commands(update(&mut app, key(KeyCode::Char('y')))),
+        [Command::LoadModel {
+            request_id: 2,
+            spec: fetched.clone()
+        }]
+    );
+    ev(&mut app, loaded(&fetched));
+    update(&mut app, key(KeyCode::F(3)));
+    typed(&mut app, &fetched);
+    assert!(
+        matches!(
+            &commands(update(&mut app, key(KeyCode::Enter)))[..],
+            [Command::LoadModel { spec, .. }] if *spec == fetched
+        ),
+        "{:?}",
+        app.overlay
+    );
+}
+
+#[test]
 fn the_sampling_panel_adjusts_with_arrows_and_applies_on_enter() {
     let mut app = ready(CHAT);
     update(&mut app, key(KeyCode::F(5)));
