@@ -162,8 +162,11 @@ fn exports_leave_the_reasoning_out_unless_asked() {
     let path = data.path().join("sessions/g1/session.json");
     let mut session: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    session["transcript"]["messages"][1]["text"] =
-        ">\nTwo and two make four.\n</think>\nIt is 4.".into();
+    let reply = ">\nTwo and two make four.\n</think>\nIt is 4.";
+    session["transcript"]["messages"][1]["text"] = reply.into();
+    session["transcript"]["messages"][1]["fed"] = format!("{reply}\n\n").into();
+    // Since switched to a preset that ends a turn otherwise.
+    session["preset"]["bot_suffix"] = "<end>".into();
     std::fs::write(&path, serde_json::to_vec(&session).unwrap()).unwrap();
     let export = |extra: &[&str]| {
         let out = common::bin()
@@ -180,6 +183,11 @@ fn exports_leave_the_reasoning_out_unless_asked() {
     assert!(!plain.contains("Two and two"), "{plain}");
     let json = export(&["--format", "json"]);
     assert!(!json.contains("Two and two"), "{json}");
+    let exported: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        exported["transcript"]["messages"][1]["fed"], "It is 4.\n\n",
+        "{json}"
+    );
     let with = export(&["--with-thinking"]);
     assert!(with.contains("Two and two make four."), "{with}");
 

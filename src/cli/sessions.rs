@@ -162,8 +162,14 @@ fn drop_reasoning(s: &mut SessionFile) {
         .collect();
     for i in reasoning {
         let m = &mut s.transcript.messages[i];
-        m.text = crate::chat::thinking::split(&m.text).answer.to_owned();
-        m.fed = s.preset.bot_turn(&m.text);
+        let answer = crate::chat::thinking::split(&m.text).answer.to_owned();
+        // The end of turn fed after it is that of the preset it was made with, which the
+        // session's preset may no longer be.
+        m.fed = match m.fed.strip_prefix(m.text.as_str()) {
+            Some(end) => format!("{answer}{end}"),
+            None => s.preset.bot_turn(&answer),
+        };
+        m.text = answer;
     }
 }
 
