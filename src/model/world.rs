@@ -56,8 +56,8 @@ struct V6Mixing {
 }
 
 impl V6Mixing {
-    /// The mixed inputs `[k, v, r, g]` (each mix corrected by the LoRA of
-    /// `x + (prev - x) * maa_x`) and the per-token decay `exp(-exp(decay + lora(xw)))`.
+    /// The mixed inputs `[k, v, r, g]` and `xw`, the input of [`V6Mixing::decay`]: each mix
+    /// corrected by the LoRA of `x + (prev - x) * maa_x`.
     fn inputs(
         &self,
         p: Products,
@@ -71,30 +71,36 @@ impl V6Mixing {
             .map(f32::tanh)
             .collect();
         let d = self.maa_w2[0].cols;
-        let mut mixed = Vec::with_capacity(5);
-        for (i, (m, w2)) in self.maa.iter().zip(&self.maa_w2).enumerate() {
-            let correction = p.project(w2, &columns(&hidden, 5 * d, i * d..(i + 1) * d))?;
-            let rows: Vec<f32> = x
-                .chunks_exact(c)
+        let hidden = &hidden;
+        let correction = |i: usize| {
+            move || p.project(&self.maa_w2[i], &columns(hidden, 5 * d, i * d..(i + 1) * d))
+        };
+        let chains: [_; 5] = std::array::from_fn(correction);
+        let corrections = p.all(chains.each_ref().map(|chain| chain as Chain))?;
+        let mixed = |i: usize| -> Vec<f32> {
+            let m = &self.maa[i];
+            x.chunks_exact(c)
                 .zip(prev.chunks_exact(c))
-                .zip(correction.chunks_exact(c))
+                .zip(corrections[i].chunks_exact(c))
                 .flat_map(|((x, p), corr)| {
                     (0..c).map(move |j| x[j] + (p[j] - x[j]) * (m[j] + corr[j]))
                 })
-                .collect();
-            mixed.push(rows);
-        }
-        let [xw, xk, xv, xr, xg]: [Vec<f32>; 5] = mixed
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("five mixes".into()))?;
+                .collect()
+        };
+        let [xw, xk, xv, xr, xg] = std::array::from_fn(mixed);
+        Ok(([xk, xv, xr, xg], xw))
+    }
+
+    /// The per-token decay `exp(-exp(decay + lora(xw)))`.
+    fn decay(&self, p: Products, xw: &[f32]) -> candle_core::Result<Vec<f32>> {
         let tanh: Vec<f32> = p
-            .project(&self.decay_w1, &xw)?
+            .project(&self.decay_w1, xw)?
             .into_iter()
             .map(f32::tanh)
             .collect();
         let mut w = p.project(&self.decay_w2, &tanh)?;
         each_row(&mut w, &self.decay, |l, d| exp(-exp(d + l)));
-        Ok(([xk, xv, xr, xg], w))
+        Ok(w)
     }
 }
 
@@ -674,6 +680,10 @@ fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
+/// One chain of products (and the maps between them) of a layer, independent of the others
+/// it runs with.
+type Chain<'a> = &'a (dyn Fn() -> candle_core::Result<Vec<f32>> + Sync);
+
 /// How a chunk's matrix products run: on host buffers (the CPU engine), or as candle
 /// tensors on the weights' device (GPUs; on the CPU, what the tests hold that path to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,6 +707,19 @@ impl Products {
                 w.forward_candle(&x)?.flatten_all()?.to_vec1()
             }
         }
+    }
+
+    /// Runs independent chains, on the host all at once: rayon interleaves their products'
+    /// row tasks, so the small LoRA products fill the large ones' gaps and no core waits at
+    /// the end of each product. On a device candle queues them in order.
+    fn all<const N: usize>(self, chains: [Chain; N]) -> candle_core::Result<[Vec<f32>; N]> {
+        let outs: candle_core::Result<Vec<Vec<f32>>> = match self {
+            Products::Host => chains.par_iter().map(|chain| chain()).collect(),
+            Products::Candle => chains.iter().map(|chain| chain()).collect(),
+        };
+        let outs = outs?;
+        outs.try_into()
+            .map_err(|_| candle_core::Error::Msg("a chain gave no output".into()))
     }
 }
 
@@ -738,12 +761,12 @@ impl Layer {
         let out = match &self.mixing {
             Mixing::V5 { mix: m, decay } => {
                 let inputs = [0, 1, 2, 3].map(|i| mix(x, prev, &m[i]));
-                let w = decay.repeat(x.len() / decay.len());
+                let w = || Ok(decay.repeat(x.len() / decay.len()));
                 self.finch_time_mix(p, inputs, &w, kv, n)?
             }
             Mixing::V6(m) => {
-                let (inputs, w) = m.inputs(p, x, prev)?;
-                self.finch_time_mix(p, inputs, &w, kv, n)?
+                let (inputs, xw) = m.inputs(p, x, prev)?;
+                self.finch_time_mix(p, inputs, &|| m.decay(p, &xw), kv, n)?
             }
             Mixing::V7(m) => self.v7_time_mix(p, m, x, prev, kv, v_first, n)?,
         };
@@ -751,12 +774,12 @@ impl Layer {
     }
 
     /// v5/v6's WKV, gated by `silu(gate)`, over the mixed inputs `[k, v, r, g]` and the
-    /// per-token decay `w`; before the output projection.
+    /// per-token decay `decay` makes; before the output projection.
     fn finch_time_mix(
         &self,
         p: Products,
         [xk, xv, xr, xg]: [Vec<f32>; 4],
-        w: &[f32],
+        decay: Chain,
         kv: &mut [f32],
         n: usize,
     ) -> candle_core::Result<Vec<f32>> {
@@ -764,16 +787,18 @@ impl Layer {
             .gate
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("v5/v6 layer without a gate".into()))?;
-        let r = p.project(&self.receptance, &xr)?;
-        let k = p.project(&self.key, &xk)?;
-        let v = p.project(&self.value, &xv)?;
-        let g: Vec<f32> = p
-            .project(gate, &xg)?
-            .into_iter()
-            .map(|g| g * sigmoid(g))
-            .collect();
+        let [w, r, k, v, g] = p.all([
+            decay,
+            &|| p.project(&self.receptance, &xr),
+            &|| p.project(&self.key, &xk),
+            &|| p.project(&self.value, &xv),
+            &|| {
+                let g = p.project(gate, &xg)?;
+                Ok(g.into_iter().map(|g| g * sigmoid(g)).collect())
+            },
+        ])?;
         let kind = heads::Kind::Finch { u: &self.u };
-        Ok(self.heads([&r, &k, &v, w, &g], &kind, kv, n))
+        Ok(self.heads([&r, &k, &v, &w, &g], &kind, kv, n))
     }
 
     /// The recurrence of every head over `[r, k, v, w, g]`, normed by `ln_x` and gated.
@@ -811,20 +836,35 @@ impl Layer {
     ) -> candle_core::Result<Vec<f32>> {
         let c = self.ln1.weight.len();
         let [xr, xw, xk, xv, xa, xg] = [0, 1, 2, 3, 4, 5].map(|i| mix(x, prev, &m.mix[i]));
-        let r = p.project(&self.receptance, &xr)?;
-        let tanh: Vec<f32> = p.project(&m.w1, &xw)?.into_iter().map(f32::tanh).collect();
-        let mut w = p.project(&m.w2, &tanh)?;
-        each_row(
-            &mut w,
-            &m.w0,
-            |l, w0| exp(-V7_DECAY_SCALE * sigmoid(w0 + l)),
-        );
-        let mut k = p.project(&self.key, &xk)?;
-        let mut v = p.project(&self.value, &xv)?;
-        let mut a = p.project(&m.a2, &p.project(&m.a1, &xa)?)?;
-        each_row(&mut a, &m.a0, |l, a0| sigmoid(a0 + l));
-        let sig: Vec<f32> = p.project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
-        let g = p.project(&m.g2, &sig)?;
+        let [r, w, mut k, mut v, a, g, residual] = p.all([
+            &|| p.project(&self.receptance, &xr),
+            &|| {
+                let tanh: Vec<f32> = p.project(&m.w1, &xw)?.into_iter().map(f32::tanh).collect();
+                let mut w = p.project(&m.w2, &tanh)?;
+                each_row(
+                    &mut w,
+                    &m.w0,
+                    |l, w0| exp(-V7_DECAY_SCALE * sigmoid(w0 + l)),
+                );
+                Ok(w)
+            },
+            &|| p.project(&self.key, &xk),
+            &|| p.project(&self.value, &xv),
+            &|| {
+                let mut a = p.project(&m.a2, &p.project(&m.a1, &xa)?)?;
+                each_row(&mut a, &m.a0, |l, a0| sigmoid(a0 + l));
+                Ok(a)
+            },
+            &|| {
+                let sig: Vec<f32> = p.project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
+                p.project(&m.g2, &sig)
+            },
+            // The value residual's gate, before its bias; layer 0 has none.
+            &|| match &m.v {
+                Some((_, v1, v2)) => p.project(v2, &p.project(v1, &xv)?),
+                None => Ok(Vec::new()),
+            },
+        ])?;
         // κ̂: the key scaled by k_k, L2-normalised per head (F.normalize, eps 1e-12).
         let mut kk: Vec<f32> = k
             .chunks_exact(c)
@@ -841,14 +881,13 @@ impl Layer {
         }
         match &m.v {
             None => *v_first = v.clone(),
-            Some((v0, v1, v2)) => {
+            Some((v0, _, _)) => {
                 if v_first.len() != v.len() {
                     candle_core::bail!("layer 0 gave no value for the value residual");
                 }
-                let gate = p.project(v2, &p.project(v1, &xv)?)?;
                 for (row, (first, gate)) in v
                     .chunks_exact_mut(c)
-                    .zip(v_first.chunks_exact(c).zip(gate.chunks_exact(c)))
+                    .zip(v_first.chunks_exact(c).zip(residual.chunks_exact(c)))
                 {
                     for (((v, f), l), v0) in row.iter_mut().zip(first).zip(gate).zip(v0) {
                         *v += (f - *v) * sigmoid(v0 + l);
@@ -865,19 +904,22 @@ impl Layer {
     }
 
     fn channel_mix(&self, p: Products, x: &[f32], prev: &[f32]) -> candle_core::Result<Vec<f32>> {
-        let k: Vec<f32> = p
-            .project(&self.ffn_key, &mix(x, prev, &self.ffn_mix_k))?
-            .into_iter()
-            .map(|k| {
-                let relu = k.max(0.0);
-                relu * relu
-            })
-            .collect();
-        let mut out = p.project(&self.ffn_value, &k)?;
-        if let Some((mix_r, receptance)) = &self.ffn_receptance {
-            let r = p.project(receptance, &mix(x, prev, mix_r))?;
-            out.iter_mut().zip(r).for_each(|(o, r)| *o *= sigmoid(r));
-        }
+        let value = || {
+            let k: Vec<f32> = p
+                .project(&self.ffn_key, &mix(x, prev, &self.ffn_mix_k))?
+                .into_iter()
+                .map(|k| {
+                    let relu = k.max(0.0);
+                    relu * relu
+                })
+                .collect();
+            p.project(&self.ffn_value, &k)
+        };
+        let Some((mix_r, receptance)) = &self.ffn_receptance else {
+            return value();
+        };
+        let [mut out, r] = p.all([&value, &|| p.project(receptance, &mix(x, prev, mix_r))])?;
+        out.iter_mut().zip(r).for_each(|(o, r)| *o *= sigmoid(r));
         Ok(out)
     }
 }

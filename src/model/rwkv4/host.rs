@@ -98,9 +98,14 @@ impl TimeMix {
             resize(&mut s.v, t * a),
             resize(&mut s.r, t * a),
         );
-        self.key.host(xk, k)?;
-        self.value.host(xv, v)?;
-        self.receptance.host(xr, r)?;
+        // Independent: run together, so neither core waits at the end of each.
+        let ((key, value), receptance) = rayon::join(
+            || rayon::join(|| self.key.host(xk, k), || self.value.host(xv, v)),
+            || self.receptance.host(xr, r),
+        );
+        key?;
+        value?;
+        receptance?;
         let wkv = resize(&mut s.wkv, t * a);
         let acc = Accumulators {
             num: &mut st.att_num,
@@ -129,15 +134,23 @@ impl ChannelMix {
         let (xk, xr) = (resize(xk, t * h), resize(xr, t * h));
         self.mix_k.host(&s.normed, prev, xk);
         self.mix_r.host(&s.normed, prev, xr);
-        let k = resize(&mut s.k, t * f);
-        self.key.host(xk, k)?;
-        for k in k.iter_mut() {
-            let relu = k.max(0.0);
-            *k = relu * relu;
-        }
-        let (v, r) = (resize(&mut s.v, t * h), resize(&mut s.r, t * h));
-        self.value.host(k, v)?;
-        self.receptance.host(xr, r)?;
+        let (k, v, r) = (
+            resize(&mut s.k, t * f),
+            resize(&mut s.v, t * h),
+            resize(&mut s.r, t * h),
+        );
+        let value = || {
+            self.key.host(xk, k)?;
+            for k in k.iter_mut() {
+                let relu = k.max(0.0);
+                *k = relu * relu;
+            }
+            self.value.host(k, v)
+        };
+        // Independent of the value: run beside it, so neither core waits at each product's end.
+        let (value, receptance) = rayon::join(value, || self.receptance.host(xr, r));
+        value?;
+        receptance?;
         for ((x, &v), &r) in s.x.iter_mut().zip(v.iter()).zip(r.iter()) {
             *x += sigmoid(r) * v;
         }
