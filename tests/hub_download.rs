@@ -1622,4 +1622,15 @@ fn a_raw_world_repo_lists_its_models_and_downloads_the_one_named() {
         .unwrap_or_else(|| panic!("{named} not listed:\n{listed}"));
     assert!(line.contains("downloaded"), "{line}");
     assert!(!listed.contains(v6), "{listed}");
+    // What is listed loads offline.
+    let again = env.run(&["models", "download", &named], true);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(PathBuf::from(stdout(&again).trim()), loads);
+    // Removing takes whole repos: a file's id is refused, and nothing is removed.
+    let out = env.run(&["models", "remove", &named], true);
+    assert_failure(
+        &out,
+        &["removes a whole repo", &format!("name it without `/{v7}`")],
+    );
+    assert!(snapshot.join(v7).exists());
 }

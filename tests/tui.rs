@@ -1039,6 +1039,24 @@ fn a_repo_of_several_models_offers_its_files_in_the_picker() {
         "hf/hub/models--test--raw-models/snapshots/{SLOW_COMMIT}"
     ));
     assert!(snapshot.join(v7).exists() && !snapshot.join(rwkv4).exists());
+    // The picker knows the downloaded file is on disk now (so a catalogue repo's file would
+    // load without being asked about as a download), and the other one is not.
+    app.tmux.keys(&["F3"]);
+    let screen = app.tmux.wait_for("Filter, path or hub id:");
+    let line = |name: &str| {
+        let entry = format!("{RAW}/{name}");
+        // The list's line, not the picker's "Loaded: …" above it.
+        screen
+            .lines()
+            .find(|l| l.contains(&entry) && !l.contains("Loaded:"))
+            .map(str::to_owned)
+    };
+    assert!(line(v7).is_some_and(|l| l.contains("on disk")), "{screen}");
+    assert!(
+        line(rwkv4).is_some_and(|l| !l.contains("on disk")),
+        "{screen}"
+    );
+    app.tmux.keys(&["Escape"]);
     app.tmux.keys(&["C-c"]);
     app.tmux.wait_for("EXIT=0");
 }

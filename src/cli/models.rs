@@ -60,6 +60,15 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         }
         ModelsCommand::Remove { id } => {
             let spec = parse(&id)?;
+            // It removes the repo's whole cache folder: a file's id (`models list` prints
+            // those of raw repos) must not take its neighbours with it.
+            if let Some(file) = &spec.file {
+                bail!(
+                    "`models remove` removes a whole repo, with every file of it downloaded; \
+                     to remove {}, name it without `/{file}`",
+                    spec.repo
+                );
+            }
             let repo = RepoCache::new(&hub.cache_dir, &spec.repo);
             let root = repo.root();
             if !root.exists() {
@@ -110,6 +119,25 @@ fn status(local: Option<&LocalModel>) -> String {
 fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
     let cached = cache::cached_models(&hub.cache_dir);
     let find_local = |repo: &str| cached.iter().find(|m| m.id.eq_ignore_ascii_case(repo));
+    // The files of a raw repo are listed one by one (each id loads that file).
+    let repo_of = |m: &LocalModel| {
+        ModelSpec::parse(&m.id).map_or((m.id.clone(), false), |s| (s.repo, s.file.is_some()))
+    };
+    let files_of = |repo: &str| {
+        cached
+            .iter()
+            .filter(|m| {
+                let (r, file) = repo_of(m);
+                file && r.eq_ignore_ascii_case(repo)
+            })
+            .count()
+    };
+    let status_of = |repo: &str| match (find_local(repo), files_of(repo)) {
+        (Some(m), _) if m.complete => status(Some(m)),
+        (_, 1) => "1 file downloaded".to_owned(),
+        (_, n) if n > 1 => format!("{n} files downloaded"),
+        (m, _) => status(m),
+    };
     writeln!(
         out,
         "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>6}  status",
@@ -126,16 +154,26 @@ fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
             human_bytes(e.ram_bytes(WeightDtype::F32)),
             human_bytes(e.ram_bytes(WeightDtype::F16)),
             e.context_length,
-            status(find_local(e.repo)),
+            status_of(e.repo),
         )?;
     }
     let recommended = catalogue::recommended_chat_model();
     writeln!(out, "\nrecommended for this machine: {}", recommended.repo)?;
 
+    // Models outside the catalogue; a raw repo by its files when some are here whole.
     let others: Vec<&LocalModel> = cached
         .iter()
-        .filter(|m| catalogue::find(&m.id).is_none())
+        .filter(|m| {
+            let (repo, file) = repo_of(m);
+            catalogue::find(&repo).is_none() && (file || files_of(&repo) == 0)
+        })
         .collect();
+    let width = others
+        .iter()
+        .map(|m| m.id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(40);
     let dir = crate::hub::models_dir();
     let in_dir = cache::models_dir_models(&dir);
     // Names here are folder names from the disk, which anyone (or a download) may have made.
@@ -151,7 +189,7 @@ fn list(hub: &Hub, out: &mut impl Write) -> anyhow::Result<()> {
     for m in others {
         writeln!(
             out,
-            "  {:<40} {:>9}  {}",
+            "  {:<width$} {:>9}  {}",
             sanitize(&m.id),
             human_bytes(m.bytes),
             status(Some(m))

@@ -144,19 +144,20 @@ fn make_link(_target: &Path, link: &Path, blob: &Path) -> std::io::Result<()> {
 /// A model found on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalModel {
-    /// `owner/name` for a hub download, the path for a model in the models directory.
+    /// `owner/name` for a hub download (`owner/name/file.pth` for one file of a raw repo), the
+    /// path for a model in the models directory.
     pub id: String,
     pub path: PathBuf,
     pub bytes: u64,
     /// Bytes of interrupted transfers that the next download resumes.
     pub partial_bytes: u64,
-    /// Whether a complete, loadable snapshot is there.
+    /// Whether a complete, loadable snapshot (or file) is there.
     pub complete: bool,
 }
 
 /// Repositories in the hub cache that hold an RWKV model or a transfer of one, by repo id;
-/// and after each, the complete files of a raw repo (`.pth` files beside each other in the
-/// snapshot `main` points at), by `repo/file`, the spec that loads each one.
+/// and the complete files of a raw repo (`.pth` files beside each other in the snapshot
+/// `main` points at), by `repo/file`, the spec that loads each one. Sorted by id.
 pub fn cached_models(cache_dir: &Path) -> Vec<LocalModel> {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
         return vec![];
@@ -171,8 +172,8 @@ pub fn cached_models(cache_dir: &Path) -> Vec<LocalModel> {
             let (bytes, partial_bytes) = cache.disk_usage();
             let is_rwkv = complete.as_deref().is_some_and(is_rwkv4_dir)
                 || repo.to_ascii_lowercase().contains("rwkv");
-            let files = raw_files(&cache, &repo);
             is_rwkv.then(|| {
+                let files = raw_files(&cache, &repo);
                 std::iter::once(LocalModel {
                     id: repo,
                     path: complete.clone().unwrap_or_else(|| cache.root()),
@@ -201,10 +202,13 @@ fn raw_files(cache: &RepoCache, repo: &str) -> Vec<LocalModel> {
         .flatten()
         .filter_map(|entry| {
             let file = entry.file_name().to_str()?.to_owned();
+            if !file.ends_with(".pth") {
+                return None;
+            }
             let path = entry.path();
             // A link whose blob is missing has no metadata to follow to.
             let bytes = std::fs::metadata(&path).ok()?.len();
-            (file.ends_with(".pth") && ModelFiles::locate(&path).is_ok()).then(|| LocalModel {
+            ModelFiles::locate(&path).is_ok().then(|| LocalModel {
                 id: format!("{repo}/{file}"),
                 path,
                 bytes,

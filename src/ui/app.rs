@@ -44,6 +44,8 @@ pub enum Effect {
     /// Write the recently used models (most recent first), for the model picker of the next
     /// start.
     SaveRecent(Vec<String>),
+    /// Look again at which models are on disk, into [`App::local`].
+    RefreshLocal,
     /// Save (shutdown the worker) and leave.
     Quit,
 }
@@ -552,11 +554,9 @@ fn on_event(app: &mut App, event: Event, fx: &mut Vec<Effect>) {
             app.load_cancelled = false;
             app.notify(format!("Loaded {}", sanitize(&info.name)));
             app.remember_model(&info.name);
-            // Whatever it took to load, it is on disk now: picking it again downloads nothing.
-            if !app.local.contains(&info.name) {
-                app.local.push(info.name.clone());
-            }
             fx.push(Effect::SaveRecent(app.recent.clone()));
+            // The load may have downloaded it (or another process changed the cache).
+            fx.push(Effect::RefreshLocal);
             app.model = Some(info);
             if app.started {
                 // After the first session decision, the newest session is resumed as at a

@@ -179,11 +179,7 @@ fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, &'static str) {
     if let Some(m) = &config.model {
         add(m.clone(), &mut models);
     }
-    let local: Vec<String> = crate::hub::Hub::from_env()
-        .local_models()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let local = local_models();
     for m in &local {
         add(m.clone(), &mut models);
     }
@@ -193,6 +189,15 @@ fn model_choices(config: &Config) -> (Vec<String>, Vec<String>, &'static str) {
         add(entry.repo.to_owned(), &mut models);
     }
     (models, local, recommended)
+}
+
+/// The models on disk, by the spec that loads each.
+fn local_models() -> Vec<String> {
+    crate::hub::Hub::from_env()
+        .local_models()
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
 }
 
 fn world_of(worker: &Worker) -> World<'_> {
@@ -241,6 +246,7 @@ fn apply(app: &mut App, world: World, effects: Vec<Effect>) -> anyhow::Result<bo
                     app.error(&why);
                 }
             }
+            Effect::RefreshLocal => app.local = local_models(),
             Effect::Quit => return Ok(true),
         }
     }

@@ -461,7 +461,7 @@ fn a_repo_of_several_models_lists_its_files_in_the_picker() {
 }
 
 #[test]
-fn a_file_on_disk_or_loaded_once_is_not_asked_about_as_a_download() {
+fn a_file_on_disk_is_not_asked_about_as_a_download() {
     let loaded = |name: &str| {
         Event::ModelLoaded(ModelInfo {
             name: name.into(),
@@ -503,7 +503,9 @@ fn a_file_on_disk_or_loaded_once_is_not_asked_about_as_a_download() {
             spec: fetched.clone()
         }]
     );
-    ev(&mut app, loaded(&fetched));
+    // A load asks for the models on disk again; the shell's scan finds the download.
+    assert!(ev(&mut app, loaded(&fetched)).contains(&Effect::RefreshLocal));
+    app.local.push(fetched.clone());
     update(&mut app, key(KeyCode::F(3)));
     typed(&mut app, &fetched);
     assert!(
