@@ -365,3 +365,35 @@ fn a_lora_factor_of_width_zero_is_refused() {
     };
     assert!(err.contains("a LoRA factor of width 0"), "{err}");
 }
+
+/// A World layer runs its independent products together on rayon's threads, nested in each
+/// other: the thread count must not change a single bit of the token step, nor more than
+/// rounding of a prompt (whose panels are split by the thread count).
+#[test]
+fn world_results_do_not_depend_on_thread_count() {
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 1000) as u32).collect();
+    for name in ["tiny-v5", "tiny-v6", "tiny-v7"] {
+        for dtype in WeightDtype::ALL {
+            let model = load(&dir(name), dtype);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut state = model.new_state();
+                    let prompt = f32s(&model.forward(&ids, &mut state).unwrap());
+                    let step = f32s(&model.forward(&[7], &mut state).unwrap());
+                    (prompt, step)
+                })
+            };
+            let (prompt1, step1) = run(1);
+            for threads in [2, 3] {
+                let (prompt, step) = run(threads);
+                let diff = common::max_abs_diff(&prompt, &prompt1);
+                assert!(diff < 1e-5, "{name} {dtype}, {threads} threads: {diff}");
+                assert_eq!(step, step1, "{name} {dtype}, {threads} threads");
+            }
+        }
+    }
+}

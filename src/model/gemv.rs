@@ -481,24 +481,18 @@ fn gemv(
         let input = |ti: usize| Input::F32(&x[ti * cols..(ti + 1) * cols]);
         return gemv_rows(level, w, rows, cols, t, input, scale, out);
     }
-    // The token step runs this a few hundred times per token: the 8-bit input's buffer is
-    // kept per thread. Rayon may start another job on this thread while it waits for this
-    // one's tasks; such a nested call finds the buffer taken and makes its own.
-    INPUT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut q) => {
-            q.fill(x, cols);
-            let q = &*q;
-            gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
-        }
-        Err(_) => {
-            let q = Int8Rows::quantize(x, cols);
-            gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
-        }
-    });
+    // The token step runs this a few hundred times per token: the 8-bit inputs' buffers are
+    // kept per thread. While a call waits for its tasks, rayon may start another product on
+    // the same thread (a layer runs its independent products together), which takes the
+    // next buffer of the thread's stack; it is back on the stack when the call returns.
+    let mut q = INPUTS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    q.fill(x, cols);
+    gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
+    INPUTS.with_borrow_mut(|stack| stack.push(q));
 }
 
 thread_local! {
-    static INPUT: RefCell<Int8Rows> = RefCell::new(Int8Rows::default());
+    static INPUTS: RefCell<Vec<Int8Rows>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`gemv`] with input row `ti` given by `input(ti)`.

@@ -415,11 +415,13 @@ impl Rwkv {
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
         self.check_input(tokens, state)?;
-        match (&self.net, state) {
+        // On one of rayon's threads: the products' tasks then go to the pool from there, so
+        // no thread outside it sleeps and wakes around every product.
+        rayon::scope(|_| match (&self.net, state) {
             (Net::Rwkv4(m), State::Rwkv4(s)) => m.forward_chunk(tokens, s, all_logits),
             (Net::World(m), State::World(s)) => m.forward_chunk(tokens, s, all_logits),
             _ => candle_core::bail!("the state does not fit this model"),
-        }
+        })
     }
 
     /// [`Rwkv::forward_chunk`] as candle tensor operations, what runs on a GPU. On the CPU the

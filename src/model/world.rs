@@ -156,7 +156,8 @@ pub(super) struct World {
     /// on the host.
     device: Device,
     from_cache: bool,
-    /// Serialises calls: the products' panels are per thread, the rest is per call.
+    /// Serialises calls, so two chats on one model take turns on the thread pool rather than
+    /// splitting it (each call already keeps every thread busy).
     busy: Mutex<()>,
 }
 
@@ -710,16 +711,20 @@ impl Products {
     }
 
     /// Runs independent chains, on the host all at once: rayon interleaves their products'
-    /// row tasks, so the small LoRA products fill the large ones' gaps and no core waits at
-    /// the end of each product. On a device candle queues them in order.
+    /// row tasks, so the small LoRA products fill the large ones' gaps and no thread idles at
+    /// the end of each product. On a device they run one after another: each product is
+    /// already parallel there, and ends by copying its output back.
     fn all<const N: usize>(self, chains: [Chain; N]) -> candle_core::Result<[Vec<f32>; N]> {
-        let outs: candle_core::Result<Vec<Vec<f32>>> = match self {
-            Products::Host => chains.par_iter().map(|chain| chain()).collect(),
-            Products::Candle => chains.iter().map(|chain| chain()).collect(),
-        };
-        let outs = outs?;
-        outs.try_into()
-            .map_err(|_| candle_core::Error::Msg("a chain gave no output".into()))
+        let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        let run = |(out, chain): (&mut Vec<f32>, &Chain)| chain().map(|v| *out = v);
+        match self {
+            Products::Host => outs
+                .par_iter_mut()
+                .zip(chains.par_iter())
+                .try_for_each(run)?,
+            Products::Candle => outs.iter_mut().zip(chains.iter()).try_for_each(run)?,
+        }
+        Ok(outs)
     }
 }
 
@@ -859,7 +864,8 @@ impl Layer {
                 let sig: Vec<f32> = p.project(&m.g1, &xg)?.into_iter().map(sigmoid).collect();
                 p.project(&m.g2, &sig)
             },
-            // The value residual's gate, before its bias; layer 0 has none.
+            // The value residual's gate, before its bias; layer 0 has none (and this is empty,
+            // unread: the match on `m.v` below takes layer 0's value as `v_first` instead).
             &|| match &m.v {
                 Some((_, v1, v2)) => p.project(v2, &p.project(v1, &xv)?),
                 None => Ok(Vec::new()),

@@ -98,7 +98,7 @@ impl TimeMix {
             resize(&mut s.v, t * a),
             resize(&mut s.r, t * a),
         );
-        // Independent: run together, so neither core waits at the end of each.
+        // Independent: run together, so no thread idles at the end of each.
         let ((key, value), receptance) = rayon::join(
             || rayon::join(|| self.key.host(xk, k), || self.value.host(xv, v)),
             || self.receptance.host(xr, r),
@@ -147,7 +147,7 @@ impl ChannelMix {
             }
             self.value.host(k, v)
         };
-        // Independent of the value: run beside it, so neither core waits at each product's end.
+        // Independent of the value: run beside it, so no thread idles at each product's end.
         let (value, receptance) = rayon::join(value, || self.receptance.host(xr, r));
         value?;
         receptance?;
