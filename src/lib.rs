@@ -1,8 +1,9 @@
-//! rwkv-chat: a terminal chat for RWKV-4 language models running on the user's own machine.
+//! rwkv-chat: a terminal chat for RWKV language models running on the user's own machine.
 //!
-//! The library holds everything; `main.rs` only calls [`cli::main`], so tests drive the same
-//! code the binary runs.
+//! The library holds everything; `main.rs` only installs [`alloc::HugePages`] and calls
+//! [`cli::main`], so tests drive the same code the binary runs.
 
+pub mod alloc;
 pub mod bench;
 pub mod chat;
 pub mod cli;
