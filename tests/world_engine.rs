@@ -397,3 +397,38 @@ fn world_results_do_not_depend_on_thread_count() {
         }
     }
 }
+
+/// Two threads sharing one model take turns on its lock, from inside a pool of three
+/// threads as from outside it, and each gets what it would alone.
+#[test]
+fn two_threads_sharing_a_model_take_turns() {
+    let model = load(&dir("tiny-v7"), WeightDtype::Q8);
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 1000) as u32).collect();
+    let alone = f32s(&model.forward(&ids, &mut model.new_state()).unwrap());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for inside in [false, true] {
+        let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let run = || {
+                            (0..8)
+                                .map(|_| {
+                                    f32s(&model.forward(&ids, &mut model.new_state()).unwrap())
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        if inside { pool.install(run) } else { run() }
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for r in results.iter().flatten() {
+            assert_eq!(r, &alone, "inside the pool: {inside}");
+        }
+    }
+}

@@ -415,13 +415,11 @@ impl Rwkv {
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
         self.check_input(tokens, state)?;
-        // On one of rayon's threads: the products' tasks then go to the pool from there, so
-        // no thread outside it sleeps and wakes around every product.
-        rayon::scope(|_| match (&self.net, state) {
+        match (&self.net, state) {
             (Net::Rwkv4(m), State::Rwkv4(s)) => m.forward_chunk(tokens, s, all_logits),
             (Net::World(m), State::World(s)) => m.forward_chunk(tokens, s, all_logits),
             _ => candle_core::bail!("the state does not fit this model"),
-        })
+        }
     }
 
     /// [`Rwkv::forward_chunk`] as candle tensor operations, what runs on a GPU. On the CPU the
@@ -464,4 +462,13 @@ pub fn logsumexp(logits: &Tensor) -> candle_core::Result<Tensor> {
         .sum_keepdim(D::Minus1)?
         .log()?;
     (sum + max)?.squeeze(D::Minus1)
+}
+
+/// Runs `f` on one of rayon's threads (inline when already on one): the products' tasks then
+/// go to the pool from a thread of it, so no thread outside it sleeps and wakes around every
+/// product. The engines take their locks before calling this, on the caller's thread: a
+/// pool thread waiting inside a product may start another caller's forward pass, which must
+/// not find that thread holding the lock it waits for.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }

@@ -387,7 +387,10 @@ impl Rwkv4 {
             .scratch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.forward_host(&mut scratch, tokens, state, all_logits)
+        let scratch: &mut host::Scratch = &mut scratch;
+        // Locked here, on the caller's thread, then run on one of rayon's threads (see
+        // `super::on_pool`).
+        super::on_pool(|| self.forward_host(scratch, tokens, state, all_logits))
     }
 
     /// [`Rwkv4::forward_chunk`] as candle tensor operations: what runs on a GPU. On the CPU the

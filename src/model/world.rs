@@ -529,6 +529,21 @@ impl World {
             .busy
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match p {
+            // Locked here, on the caller's thread, then run on one of rayon's threads (see
+            // `super::on_pool`).
+            Products::Host => super::on_pool(|| self.run_locked(p, tokens, state, all_logits)),
+            Products::Candle => self.run_locked(p, tokens, state, all_logits),
+        }
+    }
+
+    fn run_locked(
+        &self,
+        p: Products,
+        tokens: &[u32],
+        state: &mut WorldState,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
         let (t, c) = (tokens.len(), self.cfg.hidden);
         let mut row = vec![0.0; c];
         let mut x = Vec::with_capacity(t * c);
