@@ -93,6 +93,12 @@ mod tests {
                 let bytes = std::slice::from_raw_parts(grown, size);
                 assert!(bytes.iter().all(|&b| b == 7), "{size}");
                 HugePages.dealloc(grown, Layout::from_size_align(size * 2, 64).unwrap());
+                let plain = HugePages.alloc(layout);
+                assert!(!plain.is_null());
+                let bytes = std::slice::from_raw_parts_mut(plain, size);
+                bytes.fill(9);
+                assert!(bytes.iter().all(|&b| b == 9), "{size}");
+                HugePages.dealloc(plain, layout);
             }
         }
     }
