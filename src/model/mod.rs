@@ -466,9 +466,24 @@ pub fn logsumexp(logits: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Runs `f` on one of rayon's threads (inline when already on one): the products' tasks then
 /// go to the pool from a thread of it, so no thread outside it sleeps and wakes around every
-/// product. The engines take their locks before calling this, on the caller's thread: a
-/// pool thread waiting inside a product may start another caller's forward pass, which must
-/// not find that thread holding the lock it waits for.
+/// product. The engines take their locks before calling this, through [`lock_outside_pool`].
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
+}
+
+/// Takes `lock`, or `None` where waiting for it could deadlock: on a thread of rayon's pool
+/// while another call holds it. Such a thread may be waiting inside a product for tasks of the
+/// call that holds the lock, which it stole and which sit below this call on its stack; if it
+/// slept on the lock, that call would wait for them for ever. Off the pool a caller can wait,
+/// as the holder's tasks run on the pool's threads. A poisoned lock is taken: a panic in
+/// another call can only have left stale numbers in what it guards, which every call
+/// overwrites before reading.
+fn lock_outside_pool<T>(lock: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    use std::sync::{PoisonError, TryLockError};
+    match lock.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) if rayon::current_thread_index().is_some() => None,
+        Err(TryLockError::WouldBlock) => Some(lock.lock().unwrap_or_else(PoisonError::into_inner)),
+    }
 }

@@ -381,15 +381,15 @@ impl Rwkv4 {
         if !self.device.is_cpu() {
             return self.forward_chunk_candle(tokens, state, all_logits);
         }
-        // A panic in another call can only have left stale numbers in the buffers, and every
-        // call overwrites what it reads: a poisoned lock is safe to take.
-        let mut scratch = self
-            .scratch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let scratch: &mut host::Scratch = &mut scratch;
         // Locked here, on the caller's thread, then run on one of rayon's threads (see
-        // `super::on_pool`).
+        // `super::on_pool`); a call the lock turns away (see `super::lock_outside_pool`) runs
+        // with buffers of its own.
+        let mut own = host::Scratch::default();
+        let mut locked = super::lock_outside_pool(&self.scratch);
+        let scratch: &mut host::Scratch = match locked.as_deref_mut() {
+            Some(shared) => shared,
+            None => &mut own,
+        };
         super::on_pool(|| self.forward_host(scratch, tokens, state, all_logits))
     }
 

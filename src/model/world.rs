@@ -157,7 +157,7 @@ pub(super) struct World {
     device: Device,
     from_cache: bool,
     /// Serialises calls, so two chats on one model take turns on the thread pool rather than
-    /// splitting it (each call already keeps every thread busy).
+    /// splitting it (each call already keeps every thread busy). Nothing else depends on it.
     busy: Mutex<()>,
 }
 
@@ -525,13 +525,11 @@ impl World {
         state: &mut WorldState,
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
-        let _busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Taken here, on the caller's thread, then run on one of rayon's threads (see
+        // `super::on_pool`). A call the lock turns away (see `super::lock_outside_pool`) runs
+        // beside the one holding it: the lock only makes calls take turns.
+        let _busy = super::lock_outside_pool(&self.busy);
         match p {
-            // Locked here, on the caller's thread, then run on one of rayon's threads (see
-            // `super::on_pool`).
             Products::Host => super::on_pool(|| self.run_locked(p, tokens, state, all_logits)),
             Products::Candle => self.run_locked(p, tokens, state, all_logits),
         }
