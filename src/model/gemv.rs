@@ -14,7 +14,8 @@
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
 //! panel to f32 in a per-thread buffer rather than the whole matrix. For the quantized
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
-//! text is split into chunks.
+//! text is split into chunks; on AVX2 the 4- and 5-bit panels are multiplied in integers
+//! instead ([`int8`]).
 //!
 //! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
 //! 8 and 4 bits sharing one f16 scale (ggml's q8_0 and q4_0), or 5 bits with an f16 scale and
@@ -26,6 +27,9 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::simd::{self, Simd};
+
+#[cfg(target_arch = "x86_64")]
+mod int8;
 
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
@@ -448,8 +452,8 @@ pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out:
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
 
-/// [`matmul`] with the dot products of `level` (the prompt chunks' products are `gemm`'s,
-/// which picks its own kernels).
+/// [`matmul`] with the kernels of `level` (where prompt chunks go through `gemm`, it picks its
+/// own).
 fn matmul_on(
     level: Simd,
     w: Rows<'_>,
@@ -462,7 +466,7 @@ fn matmul_on(
     if x.len() / cols <= GEMV_MAX_ROWS {
         gemv(level, w, rows, cols, x, scale, out);
     } else {
-        panels(w, rows, cols, x, scale, out);
+        panels(level, w, rows, cols, x, scale, out);
     }
 }
 
@@ -547,10 +551,29 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
 /// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
-/// which writes the panel's columns of `out` in place.
-fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
+/// which writes the panel's columns of `out` in place. On AVX2, q4 and q5 panels stay in
+/// integers instead ([`int8`]).
+fn panels(
+    level: Simd,
+    w: Rows<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
     let t = x.len() / cols;
     assert_eq!(out.len(), t * rows, "matmul output size");
+    let out = Columns {
+        ptr: out.as_mut_ptr(),
+        stride: rows,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w) {
+        return int8::panels(w, rows, cols, x, scale, out);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     // The token step multiplies quantized weights with the input rounded to 8 bits; so must
     // prompt chunks, or the chunk size would change the results.
     let rounded;
@@ -564,10 +587,6 @@ fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mu
     let panel = rows
         .div_ceil(4 * rayon::current_num_threads())
         .clamp(16, PANEL_ROWS);
-    let out = Columns {
-        ptr: out.as_mut_ptr(),
-        stride: rows,
-    };
     (0..rows.div_ceil(panel)).into_par_iter().for_each(|task| {
         let first = task * panel;
         let n = panel.min(rows - first);
@@ -616,6 +635,17 @@ impl Columns {
             ptr: self.ptr.wrapping_add(column),
             ..self
         }
+    }
+
+    /// Writes `value` at (`row`, `column`).
+    ///
+    /// # Safety
+    ///
+    /// That element must be valid for writes and not otherwise accessed during the call.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn write(self, row: usize, column: usize, value: f32) {
+        // SAFETY: the caller vouches for the element.
+        unsafe { *self.ptr.add(row * self.stride + column) = value };
     }
 }
 
