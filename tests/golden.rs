@@ -470,9 +470,9 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
-/// The token-step product (few rows, integer kernels for the 8- and 4-bit formats) and the
-/// prompt product (`gemm` on panels widened to f32) must agree to rounding, so that the chunk
-/// size does not change results.
+/// The token-step product (few rows, integer kernels for the 8-, 5- and 4-bit formats) and the
+/// prompt product (`gemm` on panels widened to f32; for q4 and q5 on AVX2 integer panels) must
+/// agree to rounding, so that the chunk size does not change results.
 #[test]
 fn chunk_size_does_not_change_results_in_any_format() {
     let golden = Golden::load();

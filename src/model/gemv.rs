@@ -14,8 +14,8 @@
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
 //! panel to f32 in a per-thread buffer rather than the whole matrix. For the quantized
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
-//! text is split into chunks; on AVX2 the 4- and 5-bit panels are multiplied in integers
-//! instead ([`int8`]).
+//! text is split into chunks (to rounding); on AVX2 the 4- and 5-bit panels are multiplied in
+//! integers instead (`int8`).
 //!
 //! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
 //! 8 and 4 bits sharing one f16 scale (ggml's q8_0 and q4_0), or 5 bits with an f16 scale and
@@ -39,7 +39,7 @@ pub const BLOCK: usize = 32;
 const ROWS_PER_TASK: usize = 32;
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
-/// it the product is compute-bound and goes through `gemm`.
+/// it the product is compute-bound and goes through `gemm` (q4 and q5 on AVX2: `int8`).
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
@@ -447,7 +447,8 @@ impl Rows<'_> {
 }
 
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
-/// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time.
+/// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time
+/// (q4 and q5 on AVX2 through integer panels, `int8`).
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
@@ -552,7 +553,7 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
 /// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
 /// which writes the panel's columns of `out` in place. On AVX2, q4 and q5 panels stay in
-/// integers instead ([`int8`]).
+/// integers instead (`int8`).
 fn panels(
     level: Simd,
     w: Rows<'_>,
@@ -570,7 +571,9 @@ fn panels(
     };
     #[cfg(target_arch = "x86_64")]
     if level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w) {
-        return int8::panels(w, rows, cols, x, scale, out);
+        // SAFETY: the CPU has just been checked for AVX2 and FMA, and `out` is `[t, rows]`
+        // (asserted above), borrowed mutably for this whole call.
+        return unsafe { int8::panels(w, rows, cols, x, scale, out) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = level;
@@ -1081,7 +1084,7 @@ mod tests {
 
     /// Odd sizes (not multiples of 8, 16 or 32) exercise every kernel's tail; more than
     /// [`GEMV_MAX_ROWS`] inputs go through the panels, and 300 rows make more than one.
-    const SHAPES: [(usize, usize, usize); 9] = [
+    const SHAPES: [(usize, usize, usize); 10] = [
         (1, 1, 1),
         (3, 17, 1),
         (37, 45, 1),
@@ -1089,6 +1092,7 @@ mod tests {
         (70, 100, 3),
         (33, 129, 8),
         (33, 129, 9),
+        (21, 70, 11),
         (300, 64, 12),
         (5, 3000, 20),
     ];
@@ -1162,6 +1166,41 @@ mod tests {
             let q = Q4::quantize(w, cols);
             Box::new(move |f| f(Rows::Q4(&q)))
         });
+    }
+
+    /// The integer panels at the ends of their ranges, where a sum kept in i16 would first
+    /// overflow: nearly every q4 level 15 and q5 level 31 (one weight of -1 per block, the
+    /// rest 0.875), against inputs of all +1 or all -1 (8-bit levels of +-127). Eleven inputs
+    /// make two tiles of four and three single rows; 19 rows, a partial group.
+    #[test]
+    fn integer_panels_hold_at_the_ends_of_their_ranges() {
+        let (rows, cols, t) = (19, 96, 11);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                if i % BLOCK == (i / cols) % BLOCK {
+                    -1.0
+                } else {
+                    0.875
+                }
+            })
+            .collect();
+        let x: Vec<f32> = (0..t * cols)
+            .map(|i| if (i / cols) % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let (q4, q5) = (Q4::quantize(&w, cols), Q5::quantize(&w, cols));
+        for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5)] {
+            let expected = reference(rows_view, rows, cols, &x, 1.0);
+            let mut out = vec![0f32; t * rows];
+            for level in Simd::supported() {
+                matmul_on(level, rows_view, rows, cols, &x, 1.0, &mut out);
+                for (a, b) in out.iter().zip(&expected) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{level}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 
     /// Quantization error is at most half a step of each block's scale (the scale itself

@@ -392,7 +392,8 @@ impl Rwkv {
     }
 
     /// Feeds `tokens` through the state and returns the logits `[vocab]` after the last one.
-    /// Long inputs are split into chunks of `chunk_size`; the result does not depend on it.
+    /// Long inputs are split into chunks of `chunk_size`; the result does not depend on it
+    /// (to rounding).
     pub fn forward(&self, tokens: &[u32], state: &mut State) -> candle_core::Result<Tensor> {
         if tokens.is_empty() {
             candle_core::bail!("forward needs at least one token");

@@ -9,7 +9,7 @@
 //! (ggml's repacked `q4_0` kernels interleave rows the same way.)
 //!
 //! q8 stays on the f32 path: its signed levels need their signs moved onto the input for every
-//! product, and two of its pairs of products do not fit in an i16, so it saves little.
+//! product, and the sum of two of its pairs of products overflows an i16, so it saves little.
 //!
 //! [`gemv`]: super
 
@@ -105,7 +105,19 @@ thread_local! {
 /// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on AVX2, the input rounded to 8
 /// bits as the token step rounds it. Each rayon task packs a panel of rows and multiplies it
 /// with every input row.
-pub(super) fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: Columns) {
+///
+/// # Safety
+///
+/// The CPU must run AVX2 and FMA, and `out` must be a `[T, rows]` matrix (`T = x.len() / cols`)
+/// valid for writes and not otherwise accessed during the call.
+pub(super) unsafe fn panels(
+    w: Rows<'_>,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    scale: f32,
+    out: Columns,
+) {
     let t = x.len() / cols;
     let x = Int8Rows::quantize(x, cols);
     // q4's levels (below 16) times a byte fit eight pairs of products in an i16, q5's (below
@@ -124,8 +136,8 @@ pub(super) fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f3
                     let here = if t - t0 >= TOKENS { TOKENS } else { 1 };
                     for group in 0..n.div_ceil(GROUP) {
                         let mut sums = [[0f32; GROUP]; TOKENS];
-                        // SAFETY: `panels` is only called once the CPU has been checked for
-                        // AVX2 and FMA, the features `tile` is compiled for.
+                        // SAFETY: the caller vouches for AVX2 and FMA, the features `tile` is
+                        // compiled for.
                         unsafe {
                             match (here, wide) {
                                 (TOKENS, true) => tile::<TOKENS, true>(p, group, &x, t0, &mut sums),
@@ -140,9 +152,9 @@ pub(super) fn panels(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f3
                         let valid = GROUP.min(first + n - first_row);
                         for (k, sums) in sums[..here].iter().enumerate() {
                             for (j, s) in sums[..valid].iter().enumerate() {
-                                // SAFETY: `out` is `[t, rows]` (the caller asserts it) and this
-                                // task alone writes its rows `first..first + n`; `t0 + k < t`
-                                // and `first_row + j < first + n <= rows`.
+                                // SAFETY: `out` is `[t, rows]` (the caller vouches for it) and
+                                // this task alone writes its rows `first..first + n`; `t0 + k <
+                                // t` and `first_row + j < first + n <= rows`.
                                 unsafe { out.write(t0 + k, first_row + j, scale * s) };
                             }
                         }
