@@ -79,8 +79,12 @@ impl Packed {
                     }
                     Rows::Q5(q) => {
                         let (q, s, m) = q.row(first + i, cols);
-                        for (k, level) in levels.iter_mut().enumerate() {
-                            *level = q[b].level(k);
+                        let high = u32::from_le_bytes(q[b].high);
+                        let fifth = |j: usize| (((high >> j) & 1) as u8) << 4;
+                        let (lo, hi) = levels.split_at_mut(BLOCK / 2);
+                        let halves = lo.iter_mut().zip(hi).zip(&q[b].low).enumerate();
+                        for (j, ((l, h), &byte)) in halves {
+                            (*l, *h) = ((byte & 0xf) | fifth(j), (byte >> 4) | fifth(j + 16));
                         }
                         (s[b].to_f32(), m[b].to_f32())
                     }
