@@ -447,11 +447,7 @@ fn results_do_not_depend_on_thread_count() {
         };
         let model = rwkv_chat::bench::random_model_of(&cfg, opts).unwrap();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            common::on_threads(threads, || {
                 let mut state = model.new_state();
                 let prompt: Vec<f32> = model.forward(&ids, &mut state).unwrap().to_vec1().unwrap();
                 let step: Vec<f32> = model.forward(&[7], &mut state).unwrap().to_vec1().unwrap();

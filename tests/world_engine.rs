@@ -376,11 +376,7 @@ fn world_results_do_not_depend_on_thread_count() {
         for dtype in WeightDtype::ALL {
             let model = load(&dir(name), dtype);
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| {
+                common::on_threads(threads, || {
                     let mut state = model.new_state();
                     let prompt = f32s(&model.forward(&ids, &mut state).unwrap());
                     let step = f32s(&model.forward(&[7], &mut state).unwrap());

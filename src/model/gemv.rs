@@ -486,14 +486,22 @@ fn gemv(
         let input = |ti: usize| Input::F32(&x[ti * cols..(ti + 1) * cols]);
         return gemv_rows(level, w, rows, cols, t, input, scale, out);
     }
-    // The token step runs this a few hundred times per token: the 8-bit inputs' buffers are
-    // kept per thread. While a call waits for its tasks, rayon may start another product on
-    // the same thread (a layer runs its independent products together), which takes the
-    // next buffer of the thread's stack; it is back on the stack when the call returns.
+    with_int8_rows(x, cols, |q| {
+        gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out)
+    });
+}
+
+/// Runs `f` with `x` (`[T, cols]`) rounded to 8 bits in a buffer of this thread's. The token
+/// step does this a few hundred times per token, so the buffers are kept. While a call waits
+/// for its tasks, rayon may start another product on the same thread (a layer runs its
+/// independent products together), which takes the next buffer of the thread's stack; it is
+/// back on the stack when `f` returns.
+fn with_int8_rows<R>(x: &[f32], cols: usize, f: impl FnOnce(&Int8Rows) -> R) -> R {
     let mut q = INPUTS.with_borrow_mut(Vec::pop).unwrap_or_default();
     q.fill(x, cols);
-    gemv_rows(level, w, rows, cols, t, |ti| q.row(ti), scale, out);
+    let result = f(&q);
     INPUTS.with_borrow_mut(|stack| stack.push(q));
+    result
 }
 
 thread_local! {

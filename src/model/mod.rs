@@ -488,3 +488,39 @@ fn lock_outside_pool<T>(lock: &std::sync::Mutex<T>) -> Option<std::sync::MutexGu
         Err(TryLockError::WouldBlock) => Some(lock.lock().unwrap_or_else(PoisonError::into_inner)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::lock_outside_pool;
+
+    /// A free lock is taken anywhere; a held one turns away a thread of rayon's pool, and a
+    /// poisoned one is taken.
+    #[test]
+    fn a_held_lock_turns_away_only_the_pools_threads() {
+        let lock = Mutex::new(1);
+        assert!(lock_outside_pool(&lock).is_some());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert!(pool.install(|| lock_outside_pool(&lock).is_some()));
+        let held = lock.lock().unwrap();
+        assert!(pool.install(|| lock_outside_pool(&lock).is_none()));
+        drop(held);
+        // Off the pool a caller waits for the holder to let go.
+        std::thread::scope(|s| {
+            let held = lock.lock().unwrap();
+            let waiter = s.spawn(|| lock_outside_pool(&lock).map(|g| *g));
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), Some(1));
+        });
+        let _ = std::panic::catch_unwind(|| {
+            let _guard = lock.lock().unwrap();
+            panic!("poisons the lock");
+        });
+        assert!(lock.is_poisoned());
+        assert_eq!(lock_outside_pool(&lock).map(|g| *g), Some(1));
+    }
+}

@@ -384,11 +384,14 @@ impl Rwkv4 {
         // Locked here, on the caller's thread, then run on one of rayon's threads (see
         // `super::on_pool`); a call the lock turns away (see `super::lock_outside_pool`) runs
         // with buffers of its own.
-        let mut own = host::Scratch::default();
+        let mut own;
         let mut locked = super::lock_outside_pool(&self.scratch);
         let scratch: &mut host::Scratch = match locked.as_deref_mut() {
             Some(shared) => shared,
-            None => &mut own,
+            None => {
+                own = host::Scratch::default();
+                &mut own
+            }
         };
         super::on_pool(|| self.forward_host(scratch, tokens, state, all_logits))
     }

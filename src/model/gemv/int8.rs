@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{BLOCK, Columns, Int8Rows, Rows, blocks};
+use super::{BLOCK, Columns, Int8Rows, Rows, blocks, with_int8_rows};
 
 /// Weight rows packed together.
 const GROUP: usize = 8;
@@ -47,6 +47,12 @@ struct Packed {
     /// minimum (q5), or -8 times its scale (q4's levels are stored 8 above the weights').
     minima: Vec<f32>,
     blocks: usize,
+    /// Rows packed (the last group's padding not counted).
+    rows: usize,
+    /// Whether all of a block's products may be summed in i16 before they are widened: q4's
+    /// levels (below 16) times a byte fit eight pairs of products in an i16, q5's (below 32)
+    /// only four, half a block.
+    wide: bool,
 }
 
 impl Packed {
@@ -56,6 +62,8 @@ impl Packed {
         let nb = blocks(cols);
         let groups = n.div_ceil(GROUP);
         self.blocks = nb;
+        self.rows = n;
+        self.wide = matches!(w, Rows::Q4(_));
         self.levels.clear();
         self.levels.resize(groups * nb * GROUP * BLOCK, 0);
         self.scales.clear();
@@ -123,56 +131,61 @@ pub(super) unsafe fn panels(
     out: Columns,
 ) {
     let t = x.len() / cols;
-    let x = Int8Rows::quantize(x, cols);
-    // q4's levels (below 16) times a byte fit eight pairs of products in an i16, q5's (below
-    // 32) four: half a block.
-    let wide = matches!(w, Rows::Q4(_));
-    (0..rows.div_ceil(PANEL_ROWS))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * PANEL_ROWS;
-            let n = PANEL_ROWS.min(rows - first);
-            PACKED.with_borrow_mut(|p| {
-                p.pack(w, first, n, cols);
-                let mut t0 = 0;
-                while t0 < t {
-                    // Whole tiles of input rows, then the rest one by one.
-                    let here = if t - t0 >= TOKENS { TOKENS } else { 1 };
-                    for group in 0..n.div_ceil(GROUP) {
-                        let mut sums = [[0f32; GROUP]; TOKENS];
-                        // SAFETY: the caller vouches for AVX2 and FMA, the features `tile` is
-                        // compiled for.
-                        unsafe {
-                            match (here, wide) {
-                                (TOKENS, true) => tile::<TOKENS, true>(p, group, &x, t0, &mut sums),
-                                (TOKENS, false) => {
-                                    tile::<TOKENS, false>(p, group, &x, t0, &mut sums)
-                                }
-                                (_, true) => tile::<1, true>(p, group, &x, t0, &mut sums),
-                                (_, false) => tile::<1, false>(p, group, &x, t0, &mut sums),
-                            }
-                        }
-                        let first_row = first + group * GROUP;
-                        let valid = GROUP.min(first + n - first_row);
-                        for (k, sums) in sums[..here].iter().enumerate() {
-                            for (j, s) in sums[..valid].iter().enumerate() {
-                                // SAFETY: `out` is `[t, rows]` (the caller vouches for it) and
-                                // this task alone writes its rows `first..first + n`; `t0 + k <
-                                // t` and `first_row + j < first + n <= rows`.
-                                unsafe { out.write(t0 + k, first_row + j, scale * s) };
-                            }
-                        }
-                    }
-                    t0 += here;
-                }
+    with_int8_rows(x, cols, |x| {
+        (0..rows.div_ceil(PANEL_ROWS))
+            .into_par_iter()
+            .for_each(|task| {
+                let first = task * PANEL_ROWS;
+                let n = PANEL_ROWS.min(rows - first);
+                PACKED.with_borrow_mut(|p| {
+                    p.pack(w, first, n, cols);
+                    // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`; this
+                    // task alone writes its rows `first..first + n`.
+                    unsafe { multiply(p, x, t, first, scale, out) };
+                });
             });
-        });
+    })
+}
+
+/// `out[k, first + j] = scale * (row j of p . x[k])` for every input row `k < t` and every row
+/// `j` that `p` holds.
+///
+/// # Safety
+///
+/// The CPU must run AVX2 and FMA; `out` must be valid for writes at those elements, which
+/// nothing else accesses during the call.
+unsafe fn multiply(p: &Packed, x: &Int8Rows, t: usize, first: usize, scale: f32, out: Columns) {
+    let mut t0 = 0;
+    while t0 < t {
+        // Whole tiles of input rows, then the rest one by one.
+        let here = if t - t0 >= TOKENS { TOKENS } else { 1 };
+        for group in 0..p.rows.div_ceil(GROUP) {
+            let mut sums = [[0f32; GROUP]; TOKENS];
+            // SAFETY: the caller vouches for AVX2 and FMA, the features `tile` is compiled for.
+            unsafe {
+                match (here, p.wide) {
+                    (TOKENS, true) => tile::<TOKENS, true>(p, group, x, t0, &mut sums),
+                    (TOKENS, false) => tile::<TOKENS, false>(p, group, x, t0, &mut sums),
+                    (_, true) => tile::<1, true>(p, group, x, t0, &mut sums),
+                    (_, false) => tile::<1, false>(p, group, x, t0, &mut sums),
+                }
+            }
+            let valid = GROUP.min(p.rows - group * GROUP);
+            for (k, sums) in sums[..here].iter().enumerate() {
+                for (j, s) in sums[..valid].iter().enumerate() {
+                    // SAFETY: `t0 + k < t` and `group * GROUP + j < p.rows`: an element the
+                    // caller vouches for.
+                    unsafe { out.write(t0 + k, first + group * GROUP + j, scale * s) };
+                }
+            }
+        }
+        t0 += here;
+    }
 }
 
 /// The dot products of group `group` of `p` with input rows `t0..t0 + T` of `x`, into
 /// `out[k][j]` for input `t0 + k` and row `j` of the group (`out` holds at least `T`). `WIDE`
-/// (q4) sums all of a block's products in i16 before they are widened to i32; otherwise
-/// (q5) each half is widened on its own.
+/// is [`Packed::wide`]; otherwise each half block is widened on its own.
 #[target_feature(enable = "avx2,fma")]
 fn tile<const T: usize, const WIDE: bool>(
     p: &Packed,
