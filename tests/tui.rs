@@ -79,16 +79,26 @@ impl Tmux {
     /// Waits until the screen shows `text`; panics with the screen after a long while, so a
     /// broken app fails the test instead of hanging it (this bounds nothing about speed).
     fn wait_for(&self, text: &str) -> String {
+        self.wait_for_all(&[text])
+    }
+
+    /// Waits until one screen shows every one of `texts`. tmux may capture a frame the app is
+    /// still writing, so what a test asserts of a screen it waits for, all of it at once.
+    fn wait_for_all(&self, texts: &[&str]) -> String {
+        self.wait_for_screen(&format!("all of {texts:?}"), |screen| {
+            texts.iter().all(|t| screen.contains(t))
+        })
+    }
+
+    /// Waits until a screen is `what` (`is` says when), with the same deadline as `wait_for`.
+    fn wait_for_screen(&self, what: &str, is: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let screen = self.screen();
-            if screen.contains(text) {
+            if is(&screen) {
                 return screen;
             }
-            assert!(
-                Instant::now() < deadline,
-                "never showed {text:?}:\n{screen}"
-            );
+            assert!(Instant::now() < deadline, "never showed {what}:\n{screen}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -123,16 +133,17 @@ fn the_app_starts_takes_keys_and_gives_the_terminal_back_in_tmux() {
     };
     // No model configured: the model picker is open, its field empty, on the World model
     // recommended for this machine's memory with its size, the catalogue below it.
-    let screen = tmux.wait_for("> fla-hub/rwkv7-");
-    assert!(screen.contains("Filter, path or hub id:"), "{screen}");
-    assert!(screen.contains("RAM at f16"), "{screen}");
-    assert!(screen.contains("Sessions"), "{screen}");
-    assert!(screen.contains("BlinkDL/rwkv7-g1"), "{screen}");
+    tmux.wait_for_all(&[
+        "> fla-hub/rwkv7-",
+        "Filter, path or hub id:",
+        "RAM at f16",
+        "Sessions",
+        "BlinkDL/rwkv7-g1",
+    ]);
     tmux.keys(&["Escape", "F1"]);
     tmux.wait_for("Regenerate the last reply");
     tmux.keys(&["Escape", "h", "i", "?", "C-j", "there"]);
-    let screen = tmux.wait_for("there");
-    assert!(screen.contains("│hi?"), "{screen}");
+    let screen = tmux.wait_for_all(&["there", "│hi?"]);
     assert!(!screen.contains("Regenerate the last reply"), "{screen}");
     tmux.keys(&["C-q"]);
     let screen = tmux.wait_for("EXIT=0");
@@ -174,8 +185,7 @@ fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
     // The reply streams in; Esc stops it and the partial reply stays.
     tmux.wait_for("Esc stops");
     tmux.keys(&["Escape"]);
-    let screen = tmux.wait_for("[stopped]");
-    assert!(screen.contains("Hello raven"), "{screen}");
+    tmux.wait_for_all(&["[stopped]", "Hello raven"]);
     tmux.wait_for("Message (F1 help)");
     tmux.keys(&["C-q"]);
     tmux.wait_for("EXIT=0");
@@ -574,8 +584,8 @@ fn ctrl_c_quits_from_the_model_picker_that_opens_on_the_first_run() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    let screen = app.tmux.wait_for("Filter, path or hub id:");
-    assert!(screen.contains("> fla-hub/rwkv7-"), "{screen}");
+    app.tmux
+        .wait_for_all(&["Filter, path or hub id:", "> fla-hub/rwkv7-"]);
     app.tmux.keys(&["C-c"]);
     let screen = app.tmux.wait_for("EXIT=0");
     assert!(
@@ -598,8 +608,9 @@ fn a_cuda_device_on_a_cpu_build_is_reported_in_the_app() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    let screen = app.tmux.wait_for("model load failed");
-    assert!(screen.contains("built without CUDA"), "{screen}");
+    let screen = app
+        .tmux
+        .wait_for_all(&["model load failed", "built without CUDA"]);
     assert!(!screen.contains("loading"), "{screen}");
     app.tmux.keys(&["C-c"]);
     app.tmux.wait_for("EXIT=0");
@@ -892,8 +903,7 @@ fn a_tmux_paste_keeps_its_lines_and_a_broken_preset_is_shown_in_tmux() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    let screen = tmux.wait_for("skipped a preset");
-    assert!(screen.contains("broken.toml"), "{screen}");
+    tmux.wait_for_all(&["skipped a preset", "broken.toml"]);
     tmux.wait_for("✓ saved");
     // tmux's paste-buffer sends each line end as CR, as xterm and VTE do; -p brackets it.
     tmux.run(&["set-buffer", "-b", "p", "first line\nsecond line"]);
@@ -923,10 +933,8 @@ fn esc_in_the_picker_stops_a_slow_download_and_keeps_the_partial_file() {
     app.tmux
         .wait_for("Loading (Esc stops it): downloading model.safetensors");
     app.tmux.keys(&["Escape"]);
-    let screen = app
-        .tmux
-        .wait_for("model load cancelled (F3: choose a model)");
-    assert!(screen.contains("Load stopped"), "{screen}");
+    app.tmux
+        .wait_for_all(&["model load cancelled (F3: choose a model)", "Load stopped"]);
     wait_until(
         "the download is stopped: the hub sees the client hang up",
         || hub.hung_up(),
@@ -935,10 +943,12 @@ fn esc_in_the_picker_stops_a_slow_download_and_keeps_the_partial_file() {
     assert!(kept > 0 && kept < 6_467_984, "{kept} bytes kept");
     // The picker stays open to choose another model; Esc now closes it.
     app.tmux.keys(&["Escape"]);
-    let screen = app.tmux.wait_for("Message (F1 help)");
+    let screen = app.tmux.wait_for_screen("the picker closed", |screen| {
+        let status = screen.lines().last().unwrap_or_default();
+        screen.contains("Message (F1 help)") && status.contains("model load cancelled")
+    });
     assert!(!screen.contains("Filter, path or hub id:"), "{screen}");
     let status = screen.lines().last().unwrap_or_default();
-    assert!(status.contains("model load cancelled"), "{screen}");
     assert!(!status.contains("loading"), "{screen}");
     assert!(app.alive());
     app.tmux.keys(&["C-c"]);
@@ -975,20 +985,27 @@ fn the_model_used_last_heads_the_picker_of_the_next_start() {
     // The next start writes its own pid.
     std::fs::remove_file(dir.path().join("pid")).unwrap();
     let app = App::start(dir.path(), &env, "", "").unwrap();
-    let screen = app.tmux.wait_for("Filter, path or hub id:");
-    let rows: Vec<&str> = screen.lines().collect();
-    let filter = rows
-        .iter()
-        .position(|r| r.contains("Filter, path or hub id:"))
-        .unwrap();
-    let first = rows[filter + 2];
+    // The picker's rows: the filter's, then past the field the list's first two.
+    let rows = |screen: &str| -> Option<[String; 3]> {
+        let rows: Vec<&str> = screen.lines().collect();
+        let filter = rows
+            .iter()
+            .position(|r| r.contains("Filter, path or hub id:"))?;
+        let row = |i: usize| rows.get(filter + i).map(|r| r.to_string());
+        Some([row(0)?, row(2)?, row(3)?])
+    };
+    let screen = app
+        .tmux
+        .wait_for_screen("the picker's first two rows", |screen| {
+            rows(screen).is_some_and(|[_, _, second]| second.contains("fla-hub/"))
+        });
+    let [_, first, second] = rows(&screen).unwrap();
     assert!(
         first.contains(&format!("> {} ", model.display())) && first.contains("recent"),
         "{screen}"
     );
     // The catalogue follows, unmarked.
-    assert!(rows[filter + 3].contains("fla-hub/"), "{screen}");
-    assert!(!rows[filter + 3].contains("recent"), "{screen}");
+    assert!(!second.contains("recent"), "{screen}");
     app.tmux.keys(&["Enter"]);
     app.tmux.wait_for("✓ saved");
     let screen = app.tmux.wait_for("Loaded");
@@ -1019,10 +1036,14 @@ fn a_repo_of_several_models_offers_its_files_in_the_picker() {
         eprintln!("tmux is not installed: skipping the terminal test");
         return;
     };
-    let screen = app.tmux.wait_for("holds 2 models; pick one");
-    assert!(screen.contains("Filter, path or hub id:"), "{screen}");
-    let listed = |name: &str| screen.lines().any(|l| l.contains(&format!("{RAW}/{name}")));
-    assert!(listed(rwkv4) && listed(v7), "{screen}");
+    let listed =
+        |screen: &str, name: &str| screen.lines().any(|l| l.contains(&format!("{RAW}/{name}")));
+    app.tmux.wait_for_screen("both models listed", |screen| {
+        screen.contains("holds 2 models; pick one")
+            && screen.contains("Filter, path or hub id:")
+            && listed(screen, rwkv4)
+            && listed(screen, v7)
+    });
     assert!(incomplete_files(&dir.path().join("hf")).is_empty());
     assert!(
         !dir.path()
@@ -1032,9 +1053,11 @@ fn a_repo_of_several_models_offers_its_files_in_the_picker() {
     app.tmux.keys(&["Down"]);
     app.tmux.keys(&["Enter"]);
     app.tmux.wait_for("✓ saved");
-    let screen = app.tmux.wait_for("Loaded");
-    let status = screen.lines().last().unwrap_or_default();
-    assert!(status.contains("world"), "{screen}");
+    app.tmux
+        .wait_for_screen("the World model loaded", |screen| {
+            let status = screen.lines().last().unwrap_or_default();
+            screen.contains("Loaded") && status.contains("world")
+        });
     let snapshot = dir.path().join(format!(
         "hf/hub/models--test--raw-models/snapshots/{SLOW_COMMIT}"
     ));
@@ -1042,8 +1065,7 @@ fn a_repo_of_several_models_offers_its_files_in_the_picker() {
     // The picker knows the downloaded file is on disk now (so a catalogue repo's file would
     // load without being asked about as a download), and the other one is not.
     app.tmux.keys(&["F3"]);
-    let screen = app.tmux.wait_for("Filter, path or hub id:");
-    let line = |name: &str| {
+    let line = |screen: &str, name: &str| {
         let entry = format!("{RAW}/{name}");
         // The list's line, not the picker's "Loaded: …" above it.
         screen
@@ -1051,9 +1073,13 @@ fn a_repo_of_several_models_offers_its_files_in_the_picker() {
             .find(|l| l.contains(&entry) && !l.contains("Loaded:"))
             .map(str::to_owned)
     };
-    assert!(line(v7).is_some_and(|l| l.contains("on disk")), "{screen}");
+    let screen = app.tmux.wait_for_screen("the picker's list", |screen| {
+        screen.contains("Filter, path or hub id:")
+            && line(screen, v7).is_some_and(|l| l.contains("on disk"))
+            && line(screen, rwkv4).is_some()
+    });
     assert!(
-        line(rwkv4).is_some_and(|l| !l.contains("on disk")),
+        line(&screen, rwkv4).is_some_and(|l| !l.contains("on disk")),
         "{screen}"
     );
     app.tmux.keys(&["Escape"]);
