@@ -69,8 +69,8 @@ fn float_formats_and_loads_without_a_cache_write_nothing() {
     assert!(cache_files(cache.path()).is_empty());
 }
 
-/// Damage anywhere (a flipped byte in the weights, a cut, a file of another format or of
-/// nothing) makes the load quantize afresh and replace the file.
+/// Damage anywhere (a flipped byte in the weights, a cut, a file of another format, of an
+/// older layout or of nothing) makes the load quantize afresh and replace the file.
 #[test]
 fn a_damaged_cache_is_ignored_and_replaced() {
     let cache = tempfile::tempdir().unwrap();
@@ -81,12 +81,16 @@ fn a_damaged_cache_is_ignored_and_replaced() {
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x40;
     let header = br#"{"dtype":"q8","matrices":[{"name":"head.weight","rows":18446744073709551615,"cols":64}]}"#;
-    let mut huge = b"RWKVQNT1".to_vec();
+    let mut huge = b"RWKVQNT2".to_vec();
     huge.extend((header.len() as u64).to_le_bytes());
     huge.extend(header);
     huge.extend([0; 4]);
-    let damaged: [(&str, Vec<u8>); 6] = [
+    // The magic of the files that held q4 a row at a time.
+    let mut before_groups = good.clone();
+    before_groups[..8].copy_from_slice(b"RWKVQNT1");
+    let damaged: [(&str, Vec<u8>); 7] = [
         ("a flipped byte", flipped),
+        ("a file of the layout before q4's groups", before_groups),
         ("a header with sizes that overflow", huge),
         ("cut short", good[..good.len() - 100].to_vec()),
         ("only the magic", good[..8].to_vec()),
@@ -188,7 +192,7 @@ fn the_cli_flag_caches_under_the_data_dir_and_warns_about_a_bad_file() {
     let files = cache_files(&data.path().join("quantized"));
     assert_eq!(files.len(), 1);
 
-    std::fs::write(&files[0], b"RWKVQNT1 and then nonsense").unwrap();
+    std::fs::write(&files[0], b"RWKVQNT2 and then nonsense").unwrap();
     let second = generate();
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(

@@ -7,12 +7,13 @@
 //! that fails any check (magic, header, sizes, CRC) is ignored and replaced, never trusted;
 //! files are written to a temporary name, fsynced and renamed into place.
 //!
-//! Layout: `RWKVQNT1`, a little-endian u64 length and a JSON [`Header`], then each matrix's
+//! Layout: `RWKVQNT2`, a little-endian u64 length and a JSON [`Header`], then each matrix's
 //! quants and its f16 values (little-endian) in header order, then a CRC32 of everything
-//! before it. The quants are q8's bytes, q4's packed nibbles, or q5's [`Q5Block`]s (bits 4 as
-//! a little-endian u32, then the nibbles); the f16 values are the scales, for q5 followed by
-//! the minima. The header's dtype must be the one asked for, so a file of one format is
-//! never read as another.
+//! before it. The quants are q8's bytes, q4's nibbles in groups of interleaved rows as [`Q4`]
+//! holds them, or q5's [`Q5Block`]s (bits 4 as a little-endian u32, then the nibbles); the f16
+//! values are the scales, for q5 followed by the minima. The header's dtype must be the one
+//! asked for, so a file of one format is never read as another. (`RWKVQNT1` files held q4 a
+//! row at a time: they are ignored and replaced.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::WeightDtype;
-use super::gemv::{BLOCK, Q4, Q5, Q5Block, Q8};
+use super::gemv::{BLOCK, GROUP, Q4, Q5, Q5Block, Q8};
 use super::linear::Weight;
 
-const MAGIC: &[u8; 8] = b"RWKVQNT1";
+const MAGIC: &[u8; 8] = b"RWKVQNT2";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -47,7 +48,12 @@ impl Entry {
     /// Bytes of quants and of f16 values; `None` for sizes no real matrix has (a damaged
     /// header).
     fn sizes(&self, dtype: WeightDtype) -> Option<(usize, usize)> {
-        let blocks = self.rows.checked_mul(self.cols.div_ceil(BLOCK))?;
+        // q4's rows come in whole groups.
+        let rows = match dtype {
+            WeightDtype::Q4 => self.rows.div_ceil(GROUP).checked_mul(GROUP)?,
+            _ => self.rows,
+        };
+        let blocks = rows.checked_mul(self.cols.div_ceil(BLOCK))?;
         let (quants, halves) = match dtype {
             WeightDtype::Q4 => (BLOCK / 2, 1),
             WeightDtype::Q5 => (Q5Block::BYTES, 2),

@@ -35,8 +35,9 @@ mod int8;
 pub const BLOCK: usize = 32;
 
 /// Output rows one rayon task computes in [`gemv`]: enough to amortise the task, few enough
-/// that both cores stay busy on the smallest matrices.
+/// that both cores stay busy on the smallest matrices; whole groups of [`Q4`].
 const ROWS_PER_TASK: usize = 32;
+const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
 /// it the product is compute-bound and goes through `gemm` (q4 and q5 on AVX2: `int8`).
@@ -55,9 +56,17 @@ pub struct Q8 {
     pub scales: Vec<f16>,
 }
 
-/// 4-bit weights: per row `ceil(cols / 32)` blocks of 16 bytes and one scale each. Byte `j`
-/// of a block holds element `j` in its low nibble and element `j + 16` in its high nibble,
-/// `w = (q - 8) * scale`.
+/// Rows of [`Q4`] stored interleaved, so the integer kernels' lanes are rows.
+pub const GROUP: usize = 8;
+
+/// 4-bit weights, `w = (q - 8) * scale` with one scale per block of 32, stored in groups of
+/// [`GROUP`] rows (the last padded with rows of zeros): per group, per block, 128 bytes of
+/// levels and 8 scales. Byte `32 r + 4 j + k` of a group's block holds level `4 r + k` of its
+/// row `j` in its low nibble and level `16 + 4 r + k` in its high nibble, so one 32-byte load
+/// gives, one mask and one shift apart, four levels of each of the 8 rows twice over: what
+/// `maddubs` multiplies by four input bytes broadcast (as ggml's repacked q4_0 does). The
+/// token step then reads 8 rows at a time with the block's scales in one vector, where a row
+/// at a time reduced every block across lanes.
 #[derive(Debug, Clone)]
 pub struct Q4 {
     pub quants: Vec<u8>,
@@ -162,44 +171,57 @@ impl Q8 {
     }
 }
 
+/// Bytes of one block of a [`Q4`] group: 32 levels of 4 bits for each of its rows.
+const Q4_GROUP_BLOCK: usize = GROUP * BLOCK / 2;
+
 impl Q4 {
     /// Quantizes a row-major `[rows, cols]` matrix: each block's scale maps the weight of
     /// largest magnitude to -8, so its sign gets the one extra level of the 16.
     pub fn quantize(w: &[f32], cols: usize) -> Self {
         let nb = blocks(cols);
-        let rows = w.len() / cols;
-        let mut quants = vec![0x88u8; rows * nb * BLOCK / 2];
-        let mut scales = vec![f16::ZERO; rows * nb];
+        let groups = (w.len() / cols).div_ceil(GROUP);
+        let mut quants = vec![0x88u8; groups * nb * Q4_GROUP_BLOCK];
+        let mut scales = vec![f16::ZERO; groups * nb * GROUP];
         quants
-            .par_chunks_mut(nb * BLOCK / 2)
-            .zip(scales.par_chunks_mut(nb))
-            .zip(w.par_chunks(cols))
-            .for_each(|((q, s), row)| {
-                for ((q, s), block) in q.chunks_mut(BLOCK / 2).zip(s).zip(row.chunks(BLOCK)) {
-                    let max = block
-                        .iter()
-                        .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
-                    let (scale, inv) = rounded_scale(max, -8.0);
-                    *s = scale;
-                    let level = |i: usize| match block.get(i) {
-                        Some(&x) => ((x * inv).round() + 8.0).clamp(0.0, 15.0) as u8,
-                        None => 8,
-                    };
-                    for (j, q) in q.iter_mut().enumerate() {
-                        *q = level(j) | (level(j + BLOCK / 2) << 4);
+            .par_chunks_mut(nb * Q4_GROUP_BLOCK)
+            .zip(scales.par_chunks_mut(nb * GROUP))
+            .zip(w.par_chunks(GROUP * cols))
+            .for_each(|((q, s), rows)| {
+                for (j, row) in rows.chunks(cols).enumerate() {
+                    let blocks = q.chunks_mut(Q4_GROUP_BLOCK).zip(s.chunks_mut(GROUP));
+                    for ((q, s), block) in blocks.zip(row.chunks(BLOCK)) {
+                        let max = block
+                            .iter()
+                            .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+                        let (scale, inv) = rounded_scale(max, -8.0);
+                        s[j] = scale;
+                        let level = |i: usize| match block.get(i) {
+                            Some(&x) => ((x * inv).round() + 8.0).clamp(0.0, 15.0) as u8,
+                            None => 8,
+                        };
+                        for i in 0..BLOCK / 2 {
+                            q[q4_byte(j, i)] = level(i) | (level(i + BLOCK / 2) << 4);
+                        }
                     }
                 }
             });
         Self { quants, scales }
     }
 
-    fn row(&self, r: usize, cols: usize) -> (&[u8], &[f16]) {
+    /// Group `g`'s levels and scales.
+    fn group(&self, g: usize, cols: usize) -> (&[u8], &[f16]) {
         let nb = blocks(cols);
         (
-            &self.quants[r * nb * BLOCK / 2..(r + 1) * nb * BLOCK / 2],
-            &self.scales[r * nb..(r + 1) * nb],
+            &self.quants[g * nb * Q4_GROUP_BLOCK..(g + 1) * nb * Q4_GROUP_BLOCK],
+            &self.scales[g * nb * GROUP..(g + 1) * nb * GROUP],
         )
     }
+}
+
+/// Where in a [`Q4`] group's block level `i` (below 16; level `i + 16` is the high nibble of
+/// the same byte) of its row `j` is.
+fn q4_byte(j: usize, i: usize) -> usize {
+    32 * (i / 4) + 4 * j + i % 4
 }
 
 impl Q5 {
@@ -342,12 +364,16 @@ impl Int8Rows {
     }
 
     fn row(&self, t: usize) -> Input<'_> {
+        Input::Int8(self.int8_row(t))
+    }
+
+    fn int8_row(&self, t: usize) -> Int8Row<'_> {
         let nb = self.blocks;
-        Input::Int8(Int8Row {
+        Int8Row {
             quants: &self.quants[t * nb * BLOCK..(t + 1) * nb * BLOCK],
             scales: &self.scales[t * nb..(t + 1) * nb],
             sums: &self.sums[t * nb..(t + 1) * nb],
-        })
+        }
     }
 }
 
@@ -398,12 +424,15 @@ impl Rows<'_> {
                 }
             }
             Rows::Q4(m) => {
-                let (q, s) = m.row(r, cols);
-                for ((out, q), s) in out.chunks_mut(BLOCK).zip(q.chunks(BLOCK / 2)).zip(s) {
-                    let s = s.to_f32();
+                let (q, s) = m.group(r / GROUP, cols);
+                let j = r % GROUP;
+                let blocks = q.chunks(Q4_GROUP_BLOCK).zip(s.chunks(GROUP));
+                for (out, (q, s)) in out.chunks_mut(BLOCK).zip(blocks) {
+                    let s = s[j].to_f32();
                     let mut block = [0f32; BLOCK];
                     let (lo, hi) = block.split_at_mut(BLOCK / 2);
-                    for ((l, h), &b) in lo.iter_mut().zip(hi).zip(q) {
+                    for (i, (l, h)) in lo.iter_mut().zip(hi).enumerate() {
+                        let b = q[q4_byte(j, i)];
                         *l = (f32::from(b & 0xf) - 8.0) * s;
                         *h = (f32::from(b >> 4) - 8.0) * s;
                     }
@@ -437,11 +466,27 @@ impl Rows<'_> {
                 let (q, s, m) = w.row(r, cols);
                 kernels::dot_q5(level, q, s, m, x)
             }
-            (Rows::Q4(m), Input::Int8(x)) => {
-                let (q, s) = m.row(r, cols);
-                kernels::dot_q4(level, q, s, x)
-            }
+            (Rows::Q4(_), _) => unreachable!("q4 is multiplied a group at a time (`dots`)"),
             _ => unreachable!("gemv quantizes the input exactly for the quantized formats"),
+        }
+    }
+
+    /// `out[i] = w[first + i] . x` for consecutive rows, `first` a multiple of [`GROUP`]:
+    /// q4 a group at a time, the others a row at a time.
+    fn dots(&self, level: Simd, first: usize, cols: usize, x: Input<'_>, out: &mut [f32]) {
+        match (*self, x) {
+            (Rows::Q4(m), Input::Int8(x)) => {
+                for (g, out) in out.chunks_mut(GROUP).enumerate() {
+                    let (q, s) = m.group(first / GROUP + g, cols);
+                    let dots = kernels::dot_q4(level, q, s, x);
+                    out.copy_from_slice(&dots[..out.len()]);
+                }
+            }
+            _ => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = self.dot(level, first + i, cols, x);
+                }
+            }
         }
     }
 }
@@ -525,23 +570,24 @@ fn gemv_rows<'a>(
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = scale * w.dot(level, task * ROWS_PER_TASK + i, cols, x);
-                }
+                w.dots(level, task * ROWS_PER_TASK, cols, x, out);
+                out.iter_mut().for_each(|o| *o *= scale);
             });
         return;
     }
-    // Rows outer, inputs inner, so a weight row is still in cache for the second input; the
-    // result comes out `[rows, T]` and is transposed.
+    // A task's rows for every input in turn, so its weights are still in cache for the
+    // second input; the result comes out `[rows, T]` and is transposed.
     let mut by_row = vec![0f32; rows * t];
     by_row
         .par_chunks_mut(ROWS_PER_TASK * t)
         .enumerate()
         .for_each(|(task, chunk)| {
-            for (i, o) in chunk.chunks_mut(t).enumerate() {
-                let r = task * ROWS_PER_TASK + i;
-                for (ti, o) in o.iter_mut().enumerate() {
-                    *o = scale * w.dot(level, r, cols, input(ti));
+            let mut dots = [0f32; ROWS_PER_TASK];
+            let dots = &mut dots[..chunk.len() / t];
+            for ti in 0..t {
+                w.dots(level, task * ROWS_PER_TASK, cols, input(ti), dots);
+                for (o, d) in chunk.chunks_mut(t).zip(&*dots) {
+                    o[ti] = scale * d;
                 }
             }
         });
@@ -579,7 +625,7 @@ fn panels(
     };
     #[cfg(target_arch = "x86_64")]
     if level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w) {
-        // SAFETY: the CPU has just been checked for AVX2 and FMA, and `out` is `[t, rows]`
+        // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, and `out` is `[t, rows]`
         // (asserted above), borrowed mutably for this whole call.
         return unsafe { int8::panels(w, rows, cols, x, scale, out) };
     }
@@ -700,7 +746,7 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
 
 /// Dot products per format, on the kernels of the [`Simd`] path asked for.
 mod kernels {
-    use super::{Int8Row, Q5Block, bf16, f16};
+    use super::{GROUP, Int8Row, Q5Block, bf16, f16};
     use crate::model::simd::Simd;
 
     macro_rules! dispatch {
@@ -734,17 +780,18 @@ mod kernels {
     pub fn dot_q5(level: Simd, q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
         dispatch!(level, super::x86::dot_q5, portable::dot_q5, q, s, m, x)
     }
-    /// Whole blocks of 4-bit weights against whole blocks of the 8-bit input.
-    pub fn dot_q4(level: Simd, q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(level, super::x86::dot_q4, portable::dot_q4, q, s, x)
+    /// One group of [`Q4`](super::Q4) rows (`q` and `s` as `Q4::group` gives them) against
+    /// whole blocks of the 8-bit input: the group's 8 dot products.
+    pub fn dot_q4(level: Simd, q: &[u8], s: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+        dispatch!(level, super::int8::dot_q4, portable::dot_q4, q, s, x)
     }
 
     /// Plain loops: the fallback on other CPUs, the tail of the SIMD kernels, and the
     /// reference the tests hold the SIMD kernels to. The integer ones sum each block exactly,
     /// as the SIMD kernels do.
     pub mod portable {
-        use super::super::BLOCK;
-        use super::{Int8Row, Q5Block, bf16, f16};
+        use super::super::{BLOCK, Q4_GROUP_BLOCK, q4_byte};
+        use super::{GROUP, Int8Row, Q5Block, bf16, f16};
 
         pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
             w.iter().zip(x).map(|(w, x)| w * x).sum()
@@ -785,23 +832,27 @@ mod kernels {
                 })
                 .sum()
         }
-        pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
-            q.chunks_exact(BLOCK / 2)
-                .zip(x.quants.chunks_exact(BLOCK))
-                .zip(s.iter().zip(x.scales))
-                .map(|((q, x), (s, xs))| {
-                    let (lo, hi) = x.split_at(BLOCK / 2);
-                    let sum: i32 = q
-                        .iter()
-                        .zip(lo.iter().zip(hi))
-                        .map(|(&b, (&l, &h))| {
-                            (i32::from(b & 0xf) - 8) * i32::from(l)
-                                + (i32::from(b >> 4) - 8) * i32::from(h)
-                        })
-                        .sum();
-                    sum as f32 * (s.to_f32() * xs)
-                })
-                .sum()
+        pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+            let blocks = q
+                .chunks_exact(Q4_GROUP_BLOCK)
+                .zip(s.chunks_exact(GROUP))
+                .zip(x.quants.chunks_exact(BLOCK).zip(x.scales));
+            std::array::from_fn(|j| {
+                blocks
+                    .clone()
+                    .map(|((q, s), (x, xs))| {
+                        let (lo, hi) = x.split_at(BLOCK / 2);
+                        let sum: i32 = (0..BLOCK / 2)
+                            .map(|i| {
+                                let b = q[q4_byte(j, i)];
+                                (i32::from(b & 0xf) - 8) * i32::from(lo[i])
+                                    + (i32::from(b >> 4) - 8) * i32::from(hi[i])
+                            })
+                            .sum();
+                        sum as f32 * (s[j].to_f32() * xs)
+                    })
+                    .sum()
+            })
         }
     }
 }
@@ -933,18 +984,17 @@ mod x86 {
         }
     }
 
-    /// What a format adds to each block's scaled products: `k * sum(x[b])` for some `k[b]`,
-    /// which lets the levels be multiplied unsigned (saving the sign moves of `products`).
+    /// What a format adds to each block's scaled products: nothing (q8), or `m[b] *
+    /// sum(x[b])` for each block's minimum `m[b]` (q5), which lets its levels be multiplied
+    /// unsigned (saving the sign moves of `products`).
     #[derive(Clone, Copy)]
     enum Minima<'a> {
-        /// `k[b] = offset * s[b]`: levels stored `-offset` away from the weights' (q4's 8).
-        Offset(f32),
-        /// `k[b] = m[b]`, each block's own minimum (q5).
+        None,
         PerBlock(&'a [f16]),
     }
 
-    /// Sums `block(q[b], x[b]) * s[b] * xs[b] + k[b] * sum(x[b])` over the blocks, `k` given by
-    /// `minima`. Eight blocks' scales are widened and multiplied in one vector, each then one
+    /// Sums `block(q[b], x[b]) * s[b] * xs[b]` over the blocks, plus `m[b] * sum(x[b])` where
+    /// `minima` gives them. Eight blocks' scales are widened and multiplied in one vector, each then one
     /// permute away, and the blocks alternate between two accumulators so the FMAs do not
     /// wait on each other's latency.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -962,13 +1012,11 @@ mod x86 {
             .min(xq.len())
             .min(xs.len())
             .min(sums.len());
-        // q4's minima are its scales times a constant, applied once at the end; q5's are
-        // widened beside the scales.
-        let (m, factor) = match minima {
-            Minima::Offset(offset) => (s, -offset),
+        let m = match minima {
+            Minima::None => &[][..],
             Minima::PerBlock(m) => {
                 n = n.min(m.len());
-                (m, 1.0)
+                m
             }
         };
         let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -983,11 +1031,10 @@ mod x86 {
             }
             let weight_scales = _mm256_cvtph_ps(bytes16(s, g * 8));
             let scales = _mm256_mul_ps(weight_scales, load(xs, g * 8));
-            let k = match minima {
-                Minima::Offset(_) => weight_scales,
-                Minima::PerBlock(_) => _mm256_cvtph_ps(bytes16(m, g * 8)),
-            };
-            minimum = _mm256_fmadd_ps(k, load(sums, g * 8), minimum);
+            if let Minima::PerBlock(_) = minima {
+                let k = _mm256_cvtph_ps(bytes16(m, g * 8));
+                minimum = _mm256_fmadd_ps(k, load(sums, g * 8), minimum);
+            }
             let lane = |i: i32| _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(i));
             for i in (0..8).step_by(2) {
                 even = _mm256_fmadd_ps(block(&q[i], &x[i]), lane(i as i32), even);
@@ -997,16 +1044,18 @@ mod x86 {
         let mut tail_minimum = 0.0;
         for b in groups * 8..n {
             even = _mm256_fmadd_ps(block(&q[b], &xq[b]), scale(s[b], xs[b]), even);
-            tail_minimum += m[b].to_f32() * sums[b];
+            if let Minima::PerBlock(_) = minima {
+                tail_minimum += m[b].to_f32() * sums[b];
+            }
         }
-        hsum(_mm256_add_ps(even, odd)) + factor * (hsum(minimum) + tail_minimum)
+        hsum(_mm256_add_ps(even, odd)) + hsum(minimum) + tail_minimum
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         let q = q.as_chunks::<BLOCK>().0;
         let block = |q: &[i8; BLOCK], x: &[i8; BLOCK]| products(load_array(q), load_array(x));
-        scaled_blocks(q, s, x, Minima::Offset(0.0), block)
+        scaled_blocks(q, s, x, Minima::None, block)
     }
 
     /// The 32 levels of 16 packed bytes, one per byte lane: the low nibbles are elements
@@ -1024,16 +1073,6 @@ mod x86 {
     fn unsigned_products(levels: __m256i, x: &[i8; BLOCK]) -> __m256 {
         let pairs = _mm256_maddubs_epi16(levels, load_array(x));
         _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-
-    /// The levels stay unsigned (0..16), so `maddubs` takes them as they are; the offset of
-    /// 8 comes off once per row through the input's block sums.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> f32 {
-        let q = q.as_chunks::<{ BLOCK / 2 }>().0;
-        scaled_blocks(q, s, x, Minima::Offset(8.0), |q, x| {
-            unsigned_products(nibbles(q), x)
-        })
     }
 
     /// q4's nibbles with bit 4 of each level ORed in from `high` (ggml's `bytes_from_bits_32`):
@@ -1297,8 +1336,9 @@ mod tests {
         let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let q8 = Q8::quantize(&w, cols);
-        let q4 = Q4::quantize(&w, cols);
         let q5 = Q5::quantize(&w, cols);
+        // One group of q4 rows, the last padding.
+        let q4 = Q4::quantize(&random((GROUP - 1) * cols, &mut rng), cols);
         let xq = Int8Rows::quantize(&x, cols);
         let Input::Int8(xq) = xq.row(0) else {
             unreachable!()
@@ -1322,15 +1362,14 @@ mod tests {
                     kernels::portable::dot_q8(&q8.quants, &q8.scales, xq),
                 ),
                 (
-                    kernels::dot_q4(level, &q4.quants, &q4.scales, xq),
-                    kernels::portable::dot_q4(&q4.quants, &q4.scales, xq),
-                ),
-                (
                     kernels::dot_q5(level, &q5.blocks, &q5.scales, &q5.mins, xq),
                     kernels::portable::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
                 ),
             ];
-            for (i, (simd, plain)) in pairs.into_iter().enumerate() {
+            let simd = kernels::dot_q4(level, &q4.quants, &q4.scales, xq);
+            let plain = kernels::portable::dot_q4(&q4.quants, &q4.scales, xq);
+            let q4_pairs = simd.into_iter().zip(plain);
+            for (i, (simd, plain)) in pairs.into_iter().chain(q4_pairs).enumerate() {
                 assert!(
                     (simd - plain).abs() < 1e-3,
                     "{level} kernel {i}: {simd} vs {plain}"

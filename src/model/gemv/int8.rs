@@ -1,12 +1,13 @@
-//! Prompt chunks over 4- and 5-bit weights in 8-bit integer arithmetic, on AVX2.
+//! Products over 4- and 5-bit weights in 8-bit integer arithmetic, on AVX2.
 //!
 //! Widening a panel of weights to f32 for `gemm` multiplies at the speed of f32 FMAs, 8
-//! products an instruction. Here the levels stay bytes and meet the input as [`gemv`] rounds
-//! it to 8 bits: a panel's rows are packed in groups of [`GROUP`], interleaved four levels at a
-//! time, so one `maddubs` multiplies four levels of each of 8 rows by four input bytes
-//! broadcast (32 products), and the lanes of its sums are the rows. A block's scales then
-//! reach all 8 rows in one FMA, where a row-by-row dot would reduce each block across lanes.
-//! (ggml's repacked `q4_0` kernels interleave rows the same way.)
+//! products an instruction, and a row-by-row dot reduces every block across lanes. Here the
+//! levels stay bytes and meet the input as [`gemv`] rounds it to 8 bits, [`GROUP`] rows at a
+//! time interleaved four levels at a time, so one `maddubs` multiplies four levels of each of 8
+//! rows by four input bytes broadcast (32 products), and the lanes of its sums are the rows. A
+//! block's scales then reach all 8 rows in one FMA. (ggml's repacked `q4_0` kernels
+//! interleave rows the same way.) [`Q4`] is stored so; q5 rows are packed a panel at a time
+//! for prompt chunks (the token step's q5 dot products stay a row at a time in `x86`).
 //!
 //! q8 stays on the f32 path: its signed levels need their signs moved onto the input for every
 //! product, and the sum of two of its pairs of products overflows an i16, so it saves little.
@@ -16,26 +17,30 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use half::f16;
 use rayon::prelude::*;
 
-use super::{BLOCK, Columns, Int8Rows, Rows, blocks, with_int8_rows};
+use super::{
+    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Rows, blocks, with_int8_rows,
+};
 
-/// Weight rows packed together.
-const GROUP: usize = 8;
-
-/// Weight rows one task packs and multiplies: the packed panel (a byte a weight) stays in L2
-/// while every input row passes over it.
+/// Weight rows one prompt task multiplies: its weights (packed q5 a byte a weight) stay in
+/// L2 while every input row passes over them.
 const PANEL_ROWS: usize = 64;
 
-/// Input rows multiplied per pass over a group's packed levels.
+/// Input rows multiplied per pass over a group's levels.
 const TOKENS: usize = 4;
+
+/// How far ahead of its reads [`dot_q4`] prefetches the weights, in bytes (as the row-by-row
+/// kernels do).
+const PREFETCH: usize = 1024;
 
 /// Whether [`panels`] takes weights of this format.
 pub(super) fn takes(w: Rows<'_>) -> bool {
     matches!(w, Rows::Q4(_) | Rows::Q5(_))
 }
 
-/// A panel of q4 or q5 rows, packed for [`tile`].
+/// A panel of q5 rows, packed for [`tile`].
 #[derive(Default)]
 struct Packed {
     /// Per group, per block, 8 runs of 32 bytes: run `g` holds levels `4g..4g + 4` of each of
@@ -43,27 +48,21 @@ struct Packed {
     levels: Vec<u8>,
     /// Per group, per block, each row's scale.
     scales: Vec<f32>,
-    /// Per group, per block, what each row adds per unit of the input block's sum: its
-    /// minimum (q5), or -8 times its scale (q4's levels are stored 8 above the weights').
+    /// Per group, per block, each row's minimum.
     minima: Vec<f32>,
     blocks: usize,
     /// Rows packed (the last group's padding not counted).
     rows: usize,
-    /// Whether all of a block's products may be summed in i16 before they are widened: q4's
-    /// levels (below 16) times a byte fit eight pairs of products in an i16, q5's (below 32)
-    /// only four, half a block.
-    wide: bool,
 }
 
 impl Packed {
-    /// Packs rows `first..first + n` of `w` (q4 or q5); the last group is padded with rows of
+    /// Packs rows `first..first + n` of q5 weights; the last group is padded with rows of
     /// zeros.
-    fn pack(&mut self, w: Rows<'_>, first: usize, n: usize, cols: usize) {
+    fn pack(&mut self, q: &super::Q5, first: usize, n: usize, cols: usize) {
         let nb = blocks(cols);
         let groups = n.div_ceil(GROUP);
         self.blocks = nb;
         self.rows = n;
-        self.wide = matches!(w, Rows::Q4(_));
         self.levels.clear();
         self.levels.resize(groups * nb * GROUP * BLOCK, 0);
         self.scales.clear();
@@ -73,39 +72,33 @@ impl Packed {
         let mut levels = [0u8; BLOCK];
         for i in 0..n {
             let (group, j) = (i / GROUP, i % GROUP);
+            let (q, s, m) = q.row(first + i, cols);
             for b in 0..nb {
-                let (scale, minimum) = match w {
-                    Rows::Q4(q) => {
-                        let (q, s) = q.row(first + i, cols);
-                        let packed = &q[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                        let (lo, hi) = levels.split_at_mut(BLOCK / 2);
-                        for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(packed) {
-                            (*l, *h) = (byte & 0xf, byte >> 4);
-                        }
-                        let s = s[b].to_f32();
-                        (s, -8.0 * s)
-                    }
-                    Rows::Q5(q) => {
-                        let (q, s, m) = q.row(first + i, cols);
-                        let high = u32::from_le_bytes(q[b].high);
-                        let fifth = |j: usize| (((high >> j) & 1) as u8) << 4;
-                        let (lo, hi) = levels.split_at_mut(BLOCK / 2);
-                        let halves = lo.iter_mut().zip(hi).zip(&q[b].low).enumerate();
-                        for (j, ((l, h), &byte)) in halves {
-                            (*l, *h) = ((byte & 0xf) | fifth(j), (byte >> 4) | fifth(j + 16));
-                        }
-                        (s[b].to_f32(), m[b].to_f32())
-                    }
-                    _ => unreachable!("int8 panels take q4 and q5 only"),
-                };
+                let high = u32::from_le_bytes(q[b].high);
+                let fifth = |j: usize| (((high >> j) & 1) as u8) << 4;
+                let (lo, hi) = levels.split_at_mut(BLOCK / 2);
+                let halves = lo.iter_mut().zip(hi).zip(&q[b].low).enumerate();
+                for (j, ((l, h), &byte)) in halves {
+                    (*l, *h) = ((byte & 0xf) | fifth(j), (byte >> 4) | fifth(j + 16));
+                }
                 let at = group * nb + b;
                 let runs = &mut self.levels[at * GROUP * BLOCK..(at + 1) * GROUP * BLOCK];
                 for (g, four) in levels.chunks_exact(4).enumerate() {
                     runs[(g * GROUP + j) * 4..][..4].copy_from_slice(four);
                 }
-                self.scales[at * GROUP + j] = scale;
-                self.minima[at * GROUP + j] = minimum;
+                self.scales[at * GROUP + j] = s[b].to_f32();
+                self.minima[at * GROUP + j] = m[b].to_f32();
             }
+        }
+    }
+
+    /// Group `g` of the panel.
+    fn group(&self, g: usize) -> Group<'_> {
+        let at = g * self.blocks;
+        Group::Packed {
+            levels: &self.levels[at * GROUP * BLOCK..(at + self.blocks) * GROUP * BLOCK],
+            scales: &self.scales[at * GROUP..(at + self.blocks) * GROUP],
+            minima: &self.minima[at * GROUP..(at + self.blocks) * GROUP],
         }
     }
 }
@@ -114,14 +107,95 @@ thread_local! {
     static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
 }
 
+/// One group of 8 rows as [`tile`] reads it.
+#[derive(Clone, Copy)]
+enum Group<'a> {
+    /// q4 as stored (`Q4::group`): per block four vectors of nibbles, two runs each, and 8
+    /// f16 scales; the levels are 8 above the weights'.
+    Q4 { quants: &'a [u8], scales: &'a [f16] },
+    /// Packed q5: per block 8 runs of bytes, 8 scales and 8 minima.
+    Packed {
+        levels: &'a [u8],
+        scales: &'a [f32],
+        minima: &'a [f32],
+    },
+}
+
+/// One block of a [`Group`]: its 8 runs of levels (run `g`: levels `4g..4g + 4` of each row),
+/// and per row the scale and what the row adds per unit of the input block's sum.
+struct Block {
+    runs: [__m256i; 8],
+    scales: __m256,
+    minima: __m256,
+}
+
+impl Group<'_> {
+    fn blocks(self) -> usize {
+        match self {
+            Group::Q4 { scales, .. } => scales.len() / GROUP,
+            Group::Packed { scales, .. } => scales.len() / GROUP,
+        }
+    }
+}
+
+/// [`tile`] over a group in either form, its levels unpacked in place. (The unpacking is
+/// written into closures, which are inlined into the loop; as a method of [`Group`] it was
+/// not, and the call and its return through memory cost a third of the time.)
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[f32; GROUP]]) {
+    let nb = rows.blocks();
+    match rows {
+        Group::Q4 { quants, scales } => {
+            let mask = _mm256_set1_epi8(0xf);
+            let minus_8 = _mm256_set1_ps(-8.0);
+            let block = |b: usize| {
+                let quants = &quants[b * Q4_GROUP_BLOCK..][..Q4_GROUP_BLOCK];
+                let ahead = quants.as_ptr().cast::<i8>().wrapping_add(PREFETCH);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                let mut runs = [_mm256_setzero_si256(); 8];
+                for r in 0..4 {
+                    let v = load_bytes(&quants[32 * r..]);
+                    runs[r] = _mm256_and_si256(v, mask);
+                    runs[r + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                }
+                let scales = &scales[b * GROUP..][..GROUP];
+                // SAFETY: `scales` has just been sliced to 8 f16, 16 bytes.
+                let scales = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr().cast()) });
+                Block {
+                    runs,
+                    scales,
+                    minima: _mm256_mul_ps(scales, minus_8),
+                }
+            };
+            tile::<T, true>(nb, block, x, out);
+        }
+        Group::Packed {
+            levels,
+            scales,
+            minima,
+        } => {
+            let block = |b: usize| {
+                let levels = &levels[b * GROUP * BLOCK..][..GROUP * BLOCK];
+                Block {
+                    runs: std::array::from_fn(|r| load_bytes(&levels[32 * r..])),
+                    scales: load(&scales[b * GROUP..]),
+                    minima: load(&minima[b * GROUP..]),
+                }
+            };
+            tile::<T, false>(nb, block, x, out);
+        }
+    }
+}
+
 /// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on AVX2, the input rounded to 8
-/// bits as the token step rounds it. Each rayon task packs a panel of rows and multiplies it
-/// with every input row.
+/// bits as the token step rounds it. Each rayon task takes a panel of rows (q5's packed first)
+/// and multiplies it with every input row.
 ///
 /// # Safety
 ///
-/// The CPU must run AVX2 and FMA, and `out` must be a `[T, rows]` matrix (`T = x.len() / cols`)
-/// valid for writes and not otherwise accessed during the call.
+/// The CPU must run AVX2, FMA and F16C, and `out` must be a `[T, rows]` matrix (`T = x.len()
+/// / cols`) valid for writes and not otherwise accessed during the call.
 pub(super) unsafe fn panels(
     w: Rows<'_>,
     rows: usize,
@@ -137,45 +211,76 @@ pub(super) unsafe fn panels(
             .for_each(|task| {
                 let first = task * PANEL_ROWS;
                 let n = PANEL_ROWS.min(rows - first);
-                PACKED.with_borrow_mut(|p| {
-                    p.pack(w, first, n, cols);
-                    // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`; this
-                    // task alone writes its rows `first..first + n`.
-                    unsafe { multiply(p, x, t, first, scale, out) };
-                });
+                match w {
+                    Rows::Q4(q) => {
+                        let group = |g| q4_group(q, cols, first / GROUP + g);
+                        // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`;
+                        // this task alone writes its rows `first..first + n`.
+                        unsafe { multiply(group, n, x, t, first, scale, out) };
+                    }
+                    Rows::Q5(q) => PACKED.with_borrow_mut(|p| {
+                        p.pack(q, first, n, cols);
+                        let group = |g| p.group(g);
+                        // SAFETY: as for q4.
+                        unsafe { multiply(group, n, x, t, first, scale, out) };
+                    }),
+                    _ => unreachable!("int8 panels take q4 and q5 only"),
+                }
             });
     })
 }
 
-/// `out[k, first + j] = scale * (row j of p . x[k])` for every input row `k < t` and every row
-/// `j` that `p` holds.
+fn q4_group(q: &Q4, cols: usize, g: usize) -> Group<'_> {
+    let (quants, scales) = q.group(g, cols);
+    Group::Q4 { quants, scales }
+}
+
+/// One group of q4 rows against one input: `kernels::dot_q4` on AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q4(quants: &[u8], scales: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+    let mut out = [[0f32; GROUP]];
+    tile_group::<1>(Group::Q4 { quants, scales }, [x], &mut out);
+    out[0]
+}
+
+/// `out[k, first + j] = scale * (row j of the rows' groups . x[k])` for every input row `k <
+/// t` and every row `j < n`, `group(g)` giving group `g` of those rows.
 ///
 /// # Safety
 ///
-/// The CPU must run AVX2 and FMA; `out` must be valid for writes at those elements, which
-/// nothing else accesses during the call.
-unsafe fn multiply(p: &Packed, x: &Int8Rows, t: usize, first: usize, scale: f32, out: Columns) {
+/// The CPU must run AVX2, FMA and F16C; `out` must be valid for writes at those elements,
+/// which nothing else accesses during the call.
+unsafe fn multiply<'a>(
+    group: impl Fn(usize) -> Group<'a>,
+    n: usize,
+    x: &Int8Rows,
+    t: usize,
+    first: usize,
+    scale: f32,
+    out: Columns,
+) {
     let mut t0 = 0;
     while t0 < t {
         // Whole tiles of input rows, then the rest one by one.
         let here = if t - t0 >= TOKENS { TOKENS } else { 1 };
-        for group in 0..p.rows.div_ceil(GROUP) {
+        for g in 0..n.div_ceil(GROUP) {
             let mut sums = [[0f32; GROUP]; TOKENS];
-            // SAFETY: the caller vouches for AVX2 and FMA, the features `tile` is compiled for.
+            let rows = group(g);
+            // SAFETY: the caller vouches for AVX2, FMA and F16C, the features `tile_group` is
+            // compiled for.
             unsafe {
-                match (here, p.wide) {
-                    (TOKENS, true) => tile::<TOKENS, true>(p, group, x, t0, &mut sums),
-                    (TOKENS, false) => tile::<TOKENS, false>(p, group, x, t0, &mut sums),
-                    (_, true) => tile::<1, true>(p, group, x, t0, &mut sums),
-                    (_, false) => tile::<1, false>(p, group, x, t0, &mut sums),
+                if here == TOKENS {
+                    tile_group::<TOKENS>(rows, inputs(x, t0), &mut sums);
+                } else {
+                    tile_group::<1>(rows, inputs(x, t0), &mut sums);
                 }
             }
-            let valid = GROUP.min(p.rows - group * GROUP);
+            let valid = GROUP.min(n - g * GROUP);
             for (k, sums) in sums[..here].iter().enumerate() {
                 for (j, s) in sums[..valid].iter().enumerate() {
-                    // SAFETY: `t0 + k < t` and `group * GROUP + j < p.rows`: an element the
-                    // caller vouches for.
-                    unsafe { out.write(t0 + k, first + group * GROUP + j, scale * s) };
+                    // SAFETY: `t0 + k < t` and `g * GROUP + j < n`: an element the caller
+                    // vouches for.
+                    unsafe { out.write(t0 + k, first + g * GROUP + j, scale * s) };
                 }
             }
         }
@@ -183,46 +288,42 @@ unsafe fn multiply(p: &Packed, x: &Int8Rows, t: usize, first: usize, scale: f32,
     }
 }
 
-/// The dot products of group `group` of `p` with input rows `t0..t0 + T` of `x`, into
-/// `out[k][j]` for input `t0 + k` and row `j` of the group (`out` holds at least `T`). `WIDE`
-/// is [`Packed::wide`]; otherwise each half block is widened on its own.
-#[target_feature(enable = "avx2,fma")]
+/// Input rows `t0..t0 + T` of `x`.
+fn inputs<const T: usize>(x: &Int8Rows, t0: usize) -> [Int8Row<'_>; T] {
+    std::array::from_fn(|k| x.int8_row(t0 + k))
+}
+
+/// The dot products of a group's 8 rows, `nb` blocks given by `block(b)`, with each of `x`,
+/// into `out[k][j]` for input `k` and row `j` (`out` holds at least `T`). `WIDE`: all of a
+/// block's products may be summed in i16 before they are widened, as q4's levels (below 16)
+/// times a byte fit eight pairs of products in an i16; q5's (below 32) fit only four, so each
+/// half block is widened on its own.
+#[target_feature(enable = "avx2,fma,f16c")]
 fn tile<const T: usize, const WIDE: bool>(
-    p: &Packed,
-    group: usize,
-    x: &Int8Rows,
-    t0: usize,
+    nb: usize,
+    block: impl Fn(usize) -> Block,
+    x: [Int8Row<'_>; T],
     out: &mut [[f32; GROUP]],
 ) {
-    let nb = p.blocks.min(x.blocks);
+    let nb = x.iter().fold(nb, |nb, x| nb.min(x.scales.len()));
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); T];
-    let at = group * p.blocks;
-    let runs = p.levels[at * GROUP * BLOCK..]
-        .as_chunks::<{ GROUP * BLOCK }>()
-        .0;
-    let scales = p.scales[at * GROUP..].as_chunks::<GROUP>().0;
-    let minima = p.minima[at * GROUP..].as_chunks::<GROUP>().0;
-    let inputs: [_; T] = std::array::from_fn(|k| {
-        let row = (t0 + k) * x.blocks;
-        (
-            x.quants[row * BLOCK..].as_chunks::<BLOCK>().0,
-            &x.scales[row..],
-            &x.sums[row..],
-        )
-    });
-    for (b, ((runs, scales), minima)) in runs.iter().zip(scales).zip(minima).take(nb).enumerate() {
-        let scales = load(scales);
-        let minima = load(minima);
+    let inputs = x.map(|x| (x.quants.as_chunks::<BLOCK>().0, x.scales, x.sums));
+    for b in 0..nb {
+        let Block {
+            runs,
+            scales,
+            minima,
+        } = block(b);
         for (acc, (xq, xs, sums)) in acc.iter_mut().zip(&inputs) {
             let (lo, hi) = halves(&xq[b]);
             let dot = if WIDE {
-                let pairs = _mm256_add_epi16(four(runs, 0, lo), four(runs, 4, hi));
+                let pairs = _mm256_add_epi16(four(&runs[..4], lo), four(&runs[4..], hi));
                 _mm256_madd_epi16(pairs, ones)
             } else {
                 _mm256_add_epi32(
-                    _mm256_madd_epi16(four(runs, 0, lo), ones),
-                    _mm256_madd_epi16(four(runs, 4, hi), ones),
+                    _mm256_madd_epi16(four(&runs[..4], lo), ones),
+                    _mm256_madd_epi16(four(&runs[4..], hi), ones),
                 )
             };
             let xs = _mm256_set1_ps(xs[b]);
@@ -248,16 +349,15 @@ fn halves(x: &[i8; BLOCK]) -> (__m256i, __m256i) {
     }
 }
 
-/// The products of runs `first..first + 4` of a block's levels with the four dwords of each
-/// lane of `x` (dword `i` broadcast against run `first + i`), pairs of products summed to i16
-/// and the four runs summed together.
+/// The products of four runs of a block's levels with the four dwords of each lane of `x`
+/// (dword `i` broadcast against run `i`), pairs of products summed to i16 and the four runs
+/// summed together.
 #[target_feature(enable = "avx2,fma")]
-fn four(runs: &[u8; GROUP * BLOCK], first: usize, x: __m256i) -> __m256i {
-    let run = |i: usize| load_bytes(&runs[(first + i) * 32..]);
-    let p0 = _mm256_maddubs_epi16(run(0), _mm256_shuffle_epi32::<0x00>(x));
-    let p1 = _mm256_maddubs_epi16(run(1), _mm256_shuffle_epi32::<0x55>(x));
-    let p2 = _mm256_maddubs_epi16(run(2), _mm256_shuffle_epi32::<0xaa>(x));
-    let p3 = _mm256_maddubs_epi16(run(3), _mm256_shuffle_epi32::<0xff>(x));
+fn four(runs: &[__m256i], x: __m256i) -> __m256i {
+    let p0 = _mm256_maddubs_epi16(runs[0], _mm256_shuffle_epi32::<0x00>(x));
+    let p1 = _mm256_maddubs_epi16(runs[1], _mm256_shuffle_epi32::<0x55>(x));
+    let p2 = _mm256_maddubs_epi16(runs[2], _mm256_shuffle_epi32::<0xaa>(x));
+    let p3 = _mm256_maddubs_epi16(runs[3], _mm256_shuffle_epi32::<0xff>(x));
     _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3))
 }
 
