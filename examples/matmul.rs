@@ -44,7 +44,7 @@ impl Matrix {
             Matrix::F32(w) => size_of_val(&w[..]),
             Matrix::F16(w) => size_of_val(&w[..]),
             Matrix::Q8(q) => q.quants.len() + 2 * q.scales.len(),
-            Matrix::Q5(q) => size_of_val(&q.blocks[..]) + 2 * (q.scales.len() + q.mins.len()),
+            Matrix::Q5(q) => q.quants.len() + 2 * (q.scales.len() + q.mins.len()),
             Matrix::Q4(q) => q.quants.len() + 2 * q.scales.len(),
         }
     }

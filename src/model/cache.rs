@@ -9,11 +9,11 @@
 //!
 //! Layout: `RWKVQNT2`, a little-endian u64 length and a JSON [`Header`], then each matrix's
 //! quants and its f16 values (little-endian) in header order, then a CRC32 of everything
-//! before it. The quants are q8's bytes, q4's nibbles in groups of interleaved rows as [`Q4`]
-//! holds them, or q5's [`Q5Block`]s (bits 4 as a little-endian u32, then the nibbles); the f16
-//! values are the scales, for q5 followed by the minima. The header's dtype must be the one
-//! asked for, so a file of one format is never read as another. (`RWKVQNT1` files held q4 a
-//! row at a time: they are ignored and replaced.)
+//! before it. The quants are q8's bytes, or q4's and q5's levels in groups of interleaved rows
+//! as [`Q4`] and [`Q5`] hold them; the f16 values are the scales, for q5 followed by the
+//! minima. The header's dtype must be the one asked for, so a file of one format is never
+//! read as another. (`RWKVQNT1` files held q4 and q5 a row at a time: they are ignored and
+//! replaced.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::WeightDtype;
-use super::gemv::{BLOCK, GROUP, Q4, Q5, Q5Block, Q8};
+use super::gemv::{BLOCK, GROUP, Q4, Q5, Q8};
 use super::linear::Weight;
 
 const MAGIC: &[u8; 8] = b"RWKVQNT2";
@@ -48,15 +48,15 @@ impl Entry {
     /// Bytes of quants and of f16 values; `None` for sizes no real matrix has (a damaged
     /// header).
     fn sizes(&self, dtype: WeightDtype) -> Option<(usize, usize)> {
-        // q4's rows come in whole groups.
+        // q4's and q5's rows come in whole groups.
         let rows = match dtype {
-            WeightDtype::Q4 => self.rows.div_ceil(GROUP).checked_mul(GROUP)?,
+            WeightDtype::Q4 | WeightDtype::Q5 => self.rows.div_ceil(GROUP).checked_mul(GROUP)?,
             _ => self.rows,
         };
         let blocks = rows.checked_mul(self.cols.div_ceil(BLOCK))?;
         let (quants, halves) = match dtype {
             WeightDtype::Q4 => (BLOCK / 2, 1),
-            WeightDtype::Q5 => (Q5Block::BYTES, 2),
+            WeightDtype::Q5 => (BLOCK * 5 / 8, 2),
             _ => (BLOCK, 1),
         };
         Some((blocks.checked_mul(quants)?, blocks.checked_mul(2 * halves)?))
@@ -208,9 +208,8 @@ fn read(path: &Path, dtype: WeightDtype) -> anyhow::Result<Found> {
             WeightDtype::Q4 => Weight::Q4(Q4 { quants, scales }),
             WeightDtype::Q5 => {
                 let mins = scales.split_off(scales.len() / 2);
-                let blocks = quants.as_chunks::<{ Q5Block::BYTES }>().0;
                 Weight::Q5(Q5 {
-                    blocks: blocks.iter().map(Q5Block::from_bytes).collect(),
+                    quants,
                     scales,
                     mins,
                 })
@@ -239,7 +238,7 @@ fn write<'a>(
     for (name, rows, cols, w) in matrices {
         data.push(match w {
             Weight::Q8(q) => (as_bytes(&q.quants), vec![&q.scales]),
-            Weight::Q5(q) => (blocks_as_bytes(&q.blocks), vec![&q.scales, &q.mins]),
+            Weight::Q5(q) => (&q.quants, vec![&q.scales, &q.mins]),
             Weight::Q4(q) => (&q.quants, vec![&q.scales]),
             Weight::Dense(_) => anyhow::bail!("{name} is not quantized"),
         });
@@ -295,11 +294,4 @@ fn as_bytes(q: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid for
     // both; the slice covers exactly the same memory.
     unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }
-}
-
-/// q5 blocks as the bytes they are, which is their layout in the file.
-fn blocks_as_bytes(q: &[Q5Block]) -> &[u8] {
-    // SAFETY: `Q5Block` is `repr(C)` of byte arrays only: alignment 1, no padding, so the
-    // blocks are exactly `size_of_val(q)` initialised bytes.
-    unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), size_of_val(q)) }
 }

@@ -73,48 +73,21 @@ pub struct Q4 {
     pub scales: Vec<f16>,
 }
 
-/// 5-bit weights: per row `ceil(cols / 32)` blocks, each with a scale and a minimum,
-/// `w = q * scale + min` for `q` in `0..32`.
+/// 5-bit weights, `w = q * scale + min` for `q` in `0..32` with one scale and minimum per
+/// block of 32, in groups of [`GROUP`] rows as [`Q4`] (the last padded with rows of zeros):
+/// per group, per block, 160 bytes and 8 scales and minima. The first 128 bytes hold each
+/// level's bits 0..4 where [`Q4`] holds its level; in the last 32, bit `r` of byte `4 j + k`
+/// is bit 4 of level `4 r + k` of row `j` and bit `4 + r` that of level `16 + 4 r + k`, so one
+/// shift and mask puts each run's bits 4 in place.
 #[derive(Debug, Clone)]
 pub struct Q5 {
-    pub blocks: Vec<Q5Block>,
+    pub quants: Vec<u8>,
     pub scales: Vec<f16>,
     pub mins: Vec<f16>,
 }
 
-/// The 32 levels of one [`Q5`] block. Byte `j` of `low` holds bits 0..4 of element `j` in its
-/// low nibble and of element `j + 16` in its high nibble; bit `j` of `high` (a little-endian
-/// u32) is bit 4 of element `j`. Bytes only, so the blocks are their own file layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Q5Block {
-    pub high: [u8; 4],
-    pub low: [u8; BLOCK / 2],
-}
-
-impl Q5Block {
-    /// Bytes of a block, in memory and in the weight cache.
-    pub const BYTES: usize = 4 + BLOCK / 2;
-
-    /// A block from its bytes in memory order: `high`, then `low`.
-    pub fn from_bytes(b: &[u8; Q5Block::BYTES]) -> Self {
-        Self {
-            high: [b[0], b[1], b[2], b[3]],
-            low: std::array::from_fn(|i| b[4 + i]),
-        }
-    }
-
-    /// Level `i` (0..32).
-    fn level(&self, i: usize) -> u8 {
-        let byte = self.low[i % (BLOCK / 2)];
-        let nibble = if i < BLOCK / 2 { byte & 0xf } else { byte >> 4 };
-        let high = (u32::from_le_bytes(self.high) >> i) & 1;
-        nibble | ((high as u8) << 4)
-    }
-}
-
-// The blocks are cast to bytes and back by that size (the weight cache).
-const _: () = assert!(size_of::<Q5Block>() == Q5Block::BYTES);
+/// Bytes of one block of a [`Q5`] group.
+pub const Q5_GROUP_BLOCK: usize = Q4_GROUP_BLOCK + GROUP * BLOCK / 8;
 
 /// A row-major `[rows, cols]` matrix in one of the host formats, borrowed.
 #[derive(Clone, Copy)]
@@ -230,58 +203,68 @@ impl Q5 {
     /// f16, so each weight gets the nearest of the levels it is read back as.
     pub fn quantize(w: &[f32], cols: usize) -> Self {
         let nb = blocks(cols);
-        let rows = w.len() / cols;
-        let empty = Q5Block {
-            high: [0; 4],
-            low: [0; BLOCK / 2],
-        };
-        let mut quants = vec![empty; rows * nb];
-        let mut scales = vec![f16::ZERO; rows * nb];
-        let mut mins = vec![f16::ZERO; rows * nb];
+        let groups = (w.len() / cols).div_ceil(GROUP);
+        let mut quants = vec![0u8; groups * nb * Q5_GROUP_BLOCK];
+        let mut scales = vec![f16::ZERO; groups * nb * GROUP];
+        let mut mins = vec![f16::ZERO; groups * nb * GROUP];
         quants
-            .par_chunks_mut(nb)
-            .zip(scales.par_chunks_mut(nb).zip(mins.par_chunks_mut(nb)))
-            .zip(w.par_chunks(cols))
-            .for_each(|((q, (s, m)), row)| {
-                let blocks = q.iter_mut().zip(s.iter_mut().zip(m));
-                for ((q, (s, m)), block) in blocks.zip(row.chunks(BLOCK)) {
-                    let (lo, hi) = block
-                        .iter()
-                        .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                    let (scale, inv) = rounded_scale(hi - lo, 31.0);
-                    *s = scale;
-                    *m = f16::from_f32(lo);
-                    let min = m.to_f32();
-                    // Padding gets level 0; the input is zero there, so its value never counts.
-                    let level = |i: usize| match block.get(i) {
-                        Some(&x) => ((x - min) * inv).round().clamp(0.0, 31.0) as u8,
-                        None => 0,
-                    };
-                    let mut high = 0u32;
-                    for (j, byte) in q.low.iter_mut().enumerate() {
-                        let (a, b) = (level(j), level(j + BLOCK / 2));
-                        *byte = (a & 0xf) | (b << 4);
-                        high |= u32::from(a >> 4) << j | u32::from(b >> 4) << (j + BLOCK / 2);
+            .par_chunks_mut(nb * Q5_GROUP_BLOCK)
+            .zip(scales.par_chunks_mut(nb * GROUP))
+            .zip(mins.par_chunks_mut(nb * GROUP))
+            .zip(w.par_chunks(GROUP * cols))
+            .for_each(|(((q, s), m), rows)| {
+                for (j, row) in rows.chunks(cols).enumerate() {
+                    let blocks = q.chunks_mut(Q5_GROUP_BLOCK).zip(s.chunks_mut(GROUP));
+                    let blocks = blocks.zip(m.chunks_mut(GROUP));
+                    for (((q, s), m), block) in blocks.zip(row.chunks(BLOCK)) {
+                        let (lo, hi) = block
+                            .iter()
+                            .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                        let (scale, inv) = rounded_scale(hi - lo, 31.0);
+                        s[j] = scale;
+                        m[j] = f16::from_f32(lo);
+                        let min = m[j].to_f32();
+                        // Padding gets level 0; the input is zero there, so its value never
+                        // counts.
+                        let level = |i: usize| match block.get(i) {
+                            Some(&x) => ((x - min) * inv).round().clamp(0.0, 31.0) as u8,
+                            None => 0,
+                        };
+                        let (nibbles, high) = q.split_at_mut(Q4_GROUP_BLOCK);
+                        for i in 0..BLOCK / 2 {
+                            let (a, b) = (level(i), level(i + BLOCK / 2));
+                            nibbles[q4_byte(j, i)] = (a & 0xf) | (b << 4);
+                            high[4 * j + i % 4] |= (a >> 4) << (i / 4) | (b >> 4) << (4 + i / 4);
+                        }
                     }
-                    q.high = high.to_le_bytes();
                 }
             });
         Self {
-            blocks: quants,
+            quants,
             scales,
             mins,
         }
     }
 
-    fn row(&self, r: usize, cols: usize) -> (&[Q5Block], &[f16], &[f16]) {
+    /// Group `g`'s levels, scales and minima.
+    fn group(&self, g: usize, cols: usize) -> (&[u8], &[f16], &[f16]) {
         let nb = blocks(cols);
-        let span = r * nb..(r + 1) * nb;
+        let span = g * nb * GROUP..(g + 1) * nb * GROUP;
         (
-            &self.blocks[span.clone()],
+            &self.quants[g * nb * Q5_GROUP_BLOCK..(g + 1) * nb * Q5_GROUP_BLOCK],
             &self.scales[span.clone()],
             &self.mins[span],
         )
     }
+}
+
+/// Level `i` (0..32) of row `j` of one block of a [`Q5`] group.
+fn q5_level(block: &[u8], j: usize, i: usize) -> u8 {
+    let (half, i) = (i / (BLOCK / 2), i % (BLOCK / 2));
+    let byte = block[q4_byte(j, i)];
+    let nibble = if half == 0 { byte & 0xf } else { byte >> 4 };
+    let high = (block[Q4_GROUP_BLOCK + 4 * j + i % 4] >> (4 * half + i / 4)) & 1;
+    nibble | (high << 4)
 }
 
 /// Input rows quantized to 8 bits in blocks of [`BLOCK`], each row padded with zeros to whole
@@ -405,22 +388,17 @@ impl Rows<'_> {
                     }
                 }
             }
-            // Whole blocks into an array and then the row, each half of a block in one loop
-            // (no per-element choice of nibble): prompt chunks widen every weight this way
-            // once per chunk.
             Rows::Q5(w) => {
-                let (q, s, m) = w.row(r, cols);
-                for ((out, q), (s, m)) in out.chunks_mut(BLOCK).zip(q).zip(s.iter().zip(m)) {
-                    let (s, m) = (s.to_f32(), m.to_f32());
-                    let high = u32::from_le_bytes(q.high);
-                    let fifth = |bit: u32| if high & bit != 0 { 16.0 } else { 0.0 };
-                    let mut block = [0f32; BLOCK];
-                    let (lo, hi) = block.split_at_mut(BLOCK / 2);
-                    for (j, ((l, h), &b)) in lo.iter_mut().zip(hi).zip(&q.low).enumerate() {
-                        *l = (f32::from(b & 0xf) + fifth(1 << j)) * s + m;
-                        *h = (f32::from(b >> 4) + fifth(1 << (j + BLOCK / 2))) * s + m;
+                let (q, s, m) = w.group(r / GROUP, cols);
+                let j = r % GROUP;
+                let blocks = q
+                    .chunks(Q5_GROUP_BLOCK)
+                    .zip(s.chunks(GROUP).zip(m.chunks(GROUP)));
+                for (out, (q, (s, m))) in out.chunks_mut(BLOCK).zip(blocks) {
+                    let (s, m) = (s[j].to_f32(), m[j].to_f32());
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = f32::from(q5_level(q, j, i)) * s + m;
                     }
-                    out.copy_from_slice(&block[..out.len()]);
                 }
             }
             Rows::Q4(m) => {
@@ -462,23 +440,28 @@ impl Rows<'_> {
                 let (q, s) = m.row(r, cols);
                 kernels::dot_q8(level, q, s, x)
             }
-            (Rows::Q5(w), Input::Int8(x)) => {
-                let (q, s, m) = w.row(r, cols);
-                kernels::dot_q5(level, q, s, m, x)
+            (Rows::Q4(_) | Rows::Q5(_), _) => {
+                unreachable!("q4 and q5 are multiplied a group at a time (`dots`)")
             }
-            (Rows::Q4(_), _) => unreachable!("q4 is multiplied a group at a time (`dots`)"),
             _ => unreachable!("gemv quantizes the input exactly for the quantized formats"),
         }
     }
 
     /// `out[i] = w[first + i] . x` for consecutive rows, `first` a multiple of [`GROUP`]:
-    /// q4 a group at a time, the others a row at a time.
+    /// q4 and q5 a group at a time, the others a row at a time.
     fn dots(&self, level: Simd, first: usize, cols: usize, x: Input<'_>, out: &mut [f32]) {
         match (*self, x) {
             (Rows::Q4(m), Input::Int8(x)) => {
                 for (g, out) in out.chunks_mut(GROUP).enumerate() {
                     let (q, s) = m.group(first / GROUP + g, cols);
                     let dots = kernels::dot_q4(level, q, s, x);
+                    out.copy_from_slice(&dots[..out.len()]);
+                }
+            }
+            (Rows::Q5(w), Input::Int8(x)) => {
+                for (g, out) in out.chunks_mut(GROUP).enumerate() {
+                    let (q, s, m) = w.group(first / GROUP + g, cols);
+                    let dots = kernels::dot_q5(level, q, s, m, x);
                     out.copy_from_slice(&dots[..out.len()]);
                 }
             }
@@ -746,7 +729,7 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
 
 /// Dot products per format, on the kernels of the [`Simd`] path asked for.
 mod kernels {
-    use super::{GROUP, Int8Row, Q5Block, bf16, f16};
+    use super::{GROUP, Int8Row, bf16, f16};
     use crate::model::simd::Simd;
 
     macro_rules! dispatch {
@@ -776,9 +759,10 @@ mod kernels {
     pub fn dot_q8(level: Simd, q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         dispatch!(level, super::x86::dot_q8, portable::dot_q8, q, s, x)
     }
-    /// Whole blocks of 5-bit weights against whole blocks of the 8-bit input.
-    pub fn dot_q5(level: Simd, q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(level, super::x86::dot_q5, portable::dot_q5, q, s, m, x)
+    /// One group of [`Q5`](super::Q5) rows (as `Q5::group` gives them) against whole blocks
+    /// of the 8-bit input: the group's 8 dot products.
+    pub fn dot_q5(level: Simd, q: &[u8], s: &[f16], m: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+        dispatch!(level, super::int8::dot_q5, portable::dot_q5, q, s, m, x)
     }
     /// One group of [`Q4`](super::Q4) rows (`q` and `s` as `Q4::group` gives them) against
     /// whole blocks of the 8-bit input: the group's 8 dot products.
@@ -790,8 +774,8 @@ mod kernels {
     /// reference the tests hold the SIMD kernels to. The integer ones sum each block exactly,
     /// as the SIMD kernels do.
     pub mod portable {
-        use super::super::{BLOCK, Q4_GROUP_BLOCK, q4_byte};
-        use super::{GROUP, Int8Row, Q5Block, bf16, f16};
+        use super::super::{BLOCK, Q4_GROUP_BLOCK, Q5_GROUP_BLOCK, q4_byte, q5_level};
+        use super::{GROUP, Int8Row, bf16, f16};
 
         pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
             w.iter().zip(x).map(|(w, x)| w * x).sum()
@@ -816,21 +800,30 @@ mod kernels {
                 })
                 .sum()
         }
-        /// `sum(q * x) * s * xs + m * sum(x)` per block, the input's sum being its `sums`.
-        pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
-            q.iter()
-                .zip(x.quants.chunks_exact(BLOCK))
-                .zip(s.iter().zip(m))
-                .zip(x.scales.iter().zip(x.sums))
-                .map(|(((q, x), (s, m)), (xs, sum))| {
-                    let dot: i32 = x
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &x)| i32::from(q.level(i)) * i32::from(x))
-                        .sum();
-                    dot as f32 * (s.to_f32() * xs) + m.to_f32() * sum
-                })
-                .sum()
+        /// `sum(q * x) * s * xs + m * sum(x)` per block and row, the input's sum being its
+        /// `sums`.
+        pub fn dot_q5(q: &[u8], s: &[f16], m: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+            let blocks = q
+                .chunks_exact(Q5_GROUP_BLOCK)
+                .zip(s.chunks_exact(GROUP).zip(m.chunks_exact(GROUP)))
+                .zip(
+                    x.quants
+                        .chunks_exact(BLOCK)
+                        .zip(x.scales.iter().zip(x.sums)),
+                );
+            std::array::from_fn(|j| {
+                blocks
+                    .clone()
+                    .map(|((q, (s, m)), (x, (xs, sum)))| {
+                        let dot: i32 = x
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &x)| i32::from(q5_level(q, j, i)) * i32::from(x))
+                            .sum();
+                        dot as f32 * (s[j].to_f32() * xs) + m[j].to_f32() * sum
+                    })
+                    .sum()
+            })
         }
         pub fn dot_q4(q: &[u8], s: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
             let blocks = q
@@ -864,7 +857,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::kernels::portable;
-    use super::{BLOCK, Int8Row, Q5Block, bf16, f16};
+    use super::{BLOCK, Int8Row, bf16, f16};
 
     #[target_feature(enable = "avx2,fma")]
     fn hsum(v: __m256) -> f32 {
@@ -961,12 +954,6 @@ mod x86 {
         unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    fn load_half(a: &[u8; 16]) -> __m128i {
-        // SAFETY: `a` spans exactly 16 bytes; `loadu` reads 16 unaligned bytes.
-        unsafe { _mm_loadu_si128(a.as_ptr().cast()) }
-    }
-
     /// How far ahead of the kernels' reads the weights are prefetched, in bytes. The hardware
     /// prefetcher alone left the 8-bit kernel at about 12 tok/s at 1b5; with this, 14.
     const PREFETCH: usize = 1024;
@@ -984,117 +971,34 @@ mod x86 {
         }
     }
 
-    /// What a format adds to each block's scaled products: nothing (q8), or `m[b] *
-    /// sum(x[b])` for each block's minimum `m[b]` (q5), which lets its levels be multiplied
-    /// unsigned (saving the sign moves of `products`).
-    #[derive(Clone, Copy)]
-    enum Minima<'a> {
-        None,
-        PerBlock(&'a [f16]),
-    }
-
-    /// Sums `block(q[b], x[b]) * s[b] * xs[b]` over the blocks, plus `m[b] * sum(x[b])` where
-    /// `minima` gives them. Eight blocks' scales are widened and multiplied in one vector, each then one
-    /// permute away, and the blocks alternate between two accumulators so the FMAs do not
-    /// wait on each other's latency.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn scaled_blocks<Q>(
-        q: &[Q],
-        s: &[f16],
-        x: Int8Row<'_>,
-        minima: Minima<'_>,
-        block: impl Fn(&Q, &[i8; BLOCK]) -> __m256,
-    ) -> f32 {
-        let (xq, xs, sums) = (x.quants.as_chunks::<BLOCK>().0, x.scales, x.sums);
-        let mut n = q
-            .len()
-            .min(s.len())
-            .min(xq.len())
-            .min(xs.len())
-            .min(sums.len());
-        let m = match minima {
-            Minima::None => &[][..],
-            Minima::PerBlock(m) => {
-                n = n.min(m.len());
-                m
-            }
-        };
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut minimum = _mm256_setzero_ps();
-        let groups = n / 8;
-        for g in 0..groups {
-            let r = g * 8..g * 8 + 8;
-            let (q, x) = (&q[r.clone()], &xq[r.clone()]);
-            let ahead = q.as_ptr().cast::<i8>().wrapping_add(PREFETCH);
-            for line in (0..size_of_val(q)).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
-            }
-            let weight_scales = _mm256_cvtph_ps(bytes16(s, g * 8));
-            let scales = _mm256_mul_ps(weight_scales, load(xs, g * 8));
-            if let Minima::PerBlock(_) = minima {
-                let k = _mm256_cvtph_ps(bytes16(m, g * 8));
-                minimum = _mm256_fmadd_ps(k, load(sums, g * 8), minimum);
-            }
-            let lane = |i: i32| _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(i));
-            for i in (0..8).step_by(2) {
-                even = _mm256_fmadd_ps(block(&q[i], &x[i]), lane(i as i32), even);
-                odd = _mm256_fmadd_ps(block(&q[i + 1], &x[i + 1]), lane(i as i32 + 1), odd);
-            }
-        }
-        let mut tail_minimum = 0.0;
-        for b in groups * 8..n {
-            even = _mm256_fmadd_ps(block(&q[b], &xq[b]), scale(s[b], xs[b]), even);
-            if let Minima::PerBlock(_) = minima {
-                tail_minimum += m[b].to_f32() * sums[b];
-            }
-        }
-        hsum(_mm256_add_ps(even, odd)) + hsum(minimum) + tail_minimum
-    }
-
+    /// `sum(q[b] . x[b]) * s[b] * xs[b]` over q8's blocks. Eight blocks' scales are widened
+    /// and multiplied in one vector, each then one permute away, and the blocks alternate
+    /// between two accumulators so the FMAs do not wait on each other's latency.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         let q = q.as_chunks::<BLOCK>().0;
-        let block = |q: &[i8; BLOCK], x: &[i8; BLOCK]| products(load_array(q), load_array(x));
-        scaled_blocks(q, s, x, Minima::None, block)
-    }
-
-    /// The 32 levels of 16 packed bytes, one per byte lane: the low nibbles are elements
-    /// 0..16, the high nibbles 16..32.
-    #[target_feature(enable = "avx2,fma")]
-    fn nibbles(q: &[u8; BLOCK / 2]) -> __m256i {
-        let packed = load_half(q);
-        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
-        _mm256_and_si256(both, _mm256_set1_epi8(0xf))
-    }
-
-    /// The 8 partial sums (as f32) of 32 products of unsigned levels (below 64, so pairs fit in
-    /// an i16) by the signed input.
-    #[target_feature(enable = "avx2,fma")]
-    fn unsigned_products(levels: __m256i, x: &[i8; BLOCK]) -> __m256 {
-        let pairs = _mm256_maddubs_epi16(levels, load_array(x));
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-
-    /// q4's nibbles with bit 4 of each level ORed in from `high` (ggml's `bytes_from_bits_32`):
-    /// byte lane `i` takes byte `i / 8` of it and keeps bit `i % 8`. The levels (0..32) are
-    /// unsigned; each block's minimum is added through the input's block sums.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_q5(q: &[Q5Block], s: &[f16], m: &[f16], x: Int8Row<'_>) -> f32 {
-        let spread = _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        );
-        let bit = _mm256_set1_epi64x(i64::from_le_bytes([1, 2, 4, 8, 16, 32, 64, 128]));
-        let fifth = _mm256_set1_epi8(0x10);
-        scaled_blocks(q, s, x, Minima::PerBlock(m), |q, x| {
-            let high = _mm256_set1_epi32(i32::from_le_bytes(q.high));
-            let spread = _mm256_shuffle_epi8(high, spread);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-            let levels = _mm256_or_si256(nibbles(&q.low), _mm256_and_si256(set, fifth));
-            unsigned_products(levels, x)
-        })
+        let (xq, xs) = (x.quants.as_chunks::<BLOCK>().0, x.scales);
+        let n = q.len().min(s.len()).min(xq.len()).min(xs.len());
+        let block = |b: usize| products(load_array(&q[b]), load_array(&xq[b]));
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let groups = n / 8;
+        for g in 0..groups {
+            let ahead = q[g * 8].as_ptr().wrapping_add(PREFETCH);
+            for line in (0..8 * BLOCK).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+            }
+            let scales = _mm256_mul_ps(_mm256_cvtph_ps(bytes16(s, g * 8)), load(xs, g * 8));
+            let lane = |i: i32| _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(i));
+            for i in (0..8).step_by(2) {
+                let b = g * 8 + i;
+                even = _mm256_fmadd_ps(block(b), lane(i as i32), even);
+                odd = _mm256_fmadd_ps(block(b + 1), lane(i as i32 + 1), odd);
+            }
+        }
+        for b in groups * 8..n {
+            even = _mm256_fmadd_ps(block(b), scale(s[b], xs[b]), even);
+        }
+        hsum(_mm256_add_ps(even, odd))
     }
 }
 
@@ -1291,15 +1195,18 @@ mod tests {
     }
 
     /// Each q5 block's levels reach both ends of its range: the smallest weight is level 0
-    /// and the largest level 31, with bit 4 stored in `high`.
+    /// and the largest level 31, bit 4 included.
     #[test]
     fn q5_levels_span_each_block() {
         let mut rng = StdRng::seed_from_u64(13);
         let cols = 64;
         let w = random(3 * cols, &mut rng);
         let q5 = Q5::quantize(&w, cols);
-        for (block, values) in q5.blocks.iter().zip(w.chunks(BLOCK)) {
-            let levels: Vec<u8> = (0..BLOCK).map(|i| block.level(i)).collect();
+        let (q, _, _) = q5.group(0, cols);
+        for (b, values) in w.chunks(BLOCK).enumerate() {
+            let (row, block) = (b / blocks(cols), b % blocks(cols));
+            let block = &q[block * Q5_GROUP_BLOCK..][..Q5_GROUP_BLOCK];
+            let levels: Vec<u8> = (0..BLOCK).map(|i| q5_level(block, row, i)).collect();
             let at = |pick: fn(f32, f32) -> bool| {
                 (0..BLOCK)
                     .reduce(|a, b| if pick(values[b], values[a]) { b } else { a })
@@ -1336,9 +1243,9 @@ mod tests {
         let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let q8 = Q8::quantize(&w, cols);
-        let q5 = Q5::quantize(&w, cols);
-        // One group of q4 rows, the last padding.
-        let q4 = Q4::quantize(&random((GROUP - 1) * cols, &mut rng), cols);
+        // One group of q4 and of q5 rows, the last padding.
+        let group = random((GROUP - 1) * cols, &mut rng);
+        let (q4, q5) = (Q4::quantize(&group, cols), Q5::quantize(&group, cols));
         let xq = Int8Rows::quantize(&x, cols);
         let Input::Int8(xq) = xq.row(0) else {
             unreachable!()
@@ -1361,15 +1268,16 @@ mod tests {
                     kernels::dot_q8(level, &q8.quants, &q8.scales, xq),
                     kernels::portable::dot_q8(&q8.quants, &q8.scales, xq),
                 ),
-                (
-                    kernels::dot_q5(level, &q5.blocks, &q5.scales, &q5.mins, xq),
-                    kernels::portable::dot_q5(&q5.blocks, &q5.scales, &q5.mins, xq),
-                ),
             ];
             let simd = kernels::dot_q4(level, &q4.quants, &q4.scales, xq);
             let plain = kernels::portable::dot_q4(&q4.quants, &q4.scales, xq);
             let q4_pairs = simd.into_iter().zip(plain);
-            for (i, (simd, plain)) in pairs.into_iter().chain(q4_pairs).enumerate() {
+            let (q, s, m) = (&q5.quants, &q5.scales, &q5.mins);
+            let simd = kernels::dot_q5(level, q, s, m, xq);
+            let plain = kernels::portable::dot_q5(q, s, m, xq);
+            let q5_pairs = simd.into_iter().zip(plain);
+            let all = pairs.into_iter().chain(q4_pairs).chain(q5_pairs);
+            for (i, (simd, plain)) in all.enumerate() {
                 assert!(
                     (simd - plain).abs() < 1e-3,
                     "{level} kernel {i}: {simd} vs {plain}"

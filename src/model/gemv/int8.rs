@@ -6,8 +6,8 @@
 //! time interleaved four levels at a time, so one `maddubs` multiplies four levels of each of 8
 //! rows by four input bytes broadcast (32 products), and the lanes of its sums are the rows. A
 //! block's scales then reach all 8 rows in one FMA. (ggml's repacked `q4_0` kernels
-//! interleave rows the same way.) [`Q4`] is stored so; q5 rows are packed a panel at a time
-//! for prompt chunks (the token step's q5 dot products stay a row at a time in `x86`).
+//! interleave rows the same way.) [`Q4`] and [`Q5`] are stored so, and the token step and
+//! prompt chunks multiply them as stored.
 //!
 //! q8 stays on the f32 path: its signed levels need their signs moved onto the input for every
 //! product, and the sum of two of its pairs of products overflows an i16, so it saves little.
@@ -15,17 +15,17 @@
 //! [`gemv`]: super
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 use half::f16;
 use rayon::prelude::*;
 
 use super::{
-    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Rows, blocks, with_int8_rows,
+    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Q5, Q5_GROUP_BLOCK, Rows,
+    with_int8_rows,
 };
 
-/// Weight rows one prompt task multiplies: its weights (packed q5 a byte a weight) stay in
-/// L2 while every input row passes over them.
+/// Weight rows one prompt task multiplies: its weights stay in L2 while every input row
+/// passes over them.
 const PANEL_ROWS: usize = 64;
 
 /// Input rows multiplied per pass over a group's levels.
@@ -40,84 +40,17 @@ pub(super) fn takes(w: Rows<'_>) -> bool {
     matches!(w, Rows::Q4(_) | Rows::Q5(_))
 }
 
-/// A panel of q5 rows, packed for [`tile`].
-#[derive(Default)]
-struct Packed {
-    /// Per group, per block, 8 runs of 32 bytes: run `g` holds levels `4g..4g + 4` of each of
-    /// the group's rows in turn.
-    levels: Vec<u8>,
-    /// Per group, per block, each row's scale.
-    scales: Vec<f32>,
-    /// Per group, per block, each row's minimum.
-    minima: Vec<f32>,
-    blocks: usize,
-    /// Rows packed (the last group's padding not counted).
-    rows: usize,
-}
-
-impl Packed {
-    /// Packs rows `first..first + n` of q5 weights; the last group is padded with rows of
-    /// zeros.
-    fn pack(&mut self, q: &super::Q5, first: usize, n: usize, cols: usize) {
-        let nb = blocks(cols);
-        let groups = n.div_ceil(GROUP);
-        self.blocks = nb;
-        self.rows = n;
-        self.levels.clear();
-        self.levels.resize(groups * nb * GROUP * BLOCK, 0);
-        self.scales.clear();
-        self.scales.resize(groups * nb * GROUP, 0.0);
-        self.minima.clear();
-        self.minima.resize(groups * nb * GROUP, 0.0);
-        let mut levels = [0u8; BLOCK];
-        for i in 0..n {
-            let (group, j) = (i / GROUP, i % GROUP);
-            let (q, s, m) = q.row(first + i, cols);
-            for b in 0..nb {
-                let high = u32::from_le_bytes(q[b].high);
-                let fifth = |j: usize| (((high >> j) & 1) as u8) << 4;
-                let (lo, hi) = levels.split_at_mut(BLOCK / 2);
-                let halves = lo.iter_mut().zip(hi).zip(&q[b].low).enumerate();
-                for (j, ((l, h), &byte)) in halves {
-                    (*l, *h) = ((byte & 0xf) | fifth(j), (byte >> 4) | fifth(j + 16));
-                }
-                let at = group * nb + b;
-                let runs = &mut self.levels[at * GROUP * BLOCK..(at + 1) * GROUP * BLOCK];
-                for (g, four) in levels.chunks_exact(4).enumerate() {
-                    runs[(g * GROUP + j) * 4..][..4].copy_from_slice(four);
-                }
-                self.scales[at * GROUP + j] = s[b].to_f32();
-                self.minima[at * GROUP + j] = m[b].to_f32();
-            }
-        }
-    }
-
-    /// Group `g` of the panel.
-    fn group(&self, g: usize) -> Group<'_> {
-        let at = g * self.blocks;
-        Group::Packed {
-            levels: &self.levels[at * GROUP * BLOCK..(at + self.blocks) * GROUP * BLOCK],
-            scales: &self.scales[at * GROUP..(at + self.blocks) * GROUP],
-            minima: &self.minima[at * GROUP..(at + self.blocks) * GROUP],
-        }
-    }
-}
-
-thread_local! {
-    static PACKED: RefCell<Packed> = RefCell::new(Packed::default());
-}
-
-/// One group of 8 rows as [`tile`] reads it.
+/// One group of 8 rows as [`tile`] reads it, as stored.
 #[derive(Clone, Copy)]
 enum Group<'a> {
-    /// q4 as stored (`Q4::group`): per block four vectors of nibbles, two runs each, and 8
-    /// f16 scales; the levels are 8 above the weights'.
+    /// `Q4::group`: per block four vectors of nibbles, two runs each, and 8 f16 scales; the
+    /// levels are 8 above the weights'.
     Q4 { quants: &'a [u8], scales: &'a [f16] },
-    /// Packed q5: per block 8 runs of bytes, 8 scales and 8 minima.
-    Packed {
-        levels: &'a [u8],
-        scales: &'a [f32],
-        minima: &'a [f32],
+    /// `Q5::group`: per block q4's nibbles and a vector of bits 4, 8 f16 scales and minima.
+    Q5 {
+        quants: &'a [u8],
+        scales: &'a [f16],
+        mins: &'a [f16],
     },
 }
 
@@ -132,8 +65,7 @@ struct Block {
 impl Group<'_> {
     fn blocks(self) -> usize {
         match self {
-            Group::Q4 { scales, .. } => scales.len() / GROUP,
-            Group::Packed { scales, .. } => scales.len() / GROUP,
+            Group::Q4 { scales, .. } | Group::Q5 { scales, .. } => scales.len() / GROUP,
         }
     }
 }
@@ -159,9 +91,7 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
                     runs[r] = _mm256_and_si256(v, mask);
                     runs[r + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
                 }
-                let scales = &scales[b * GROUP..][..GROUP];
-                // SAFETY: `scales` has just been sliced to 8 f16, 16 bytes.
-                let scales = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr().cast()) });
+                let scales = widen(&scales[b * GROUP..]);
                 Block {
                     runs,
                     scales,
@@ -170,17 +100,49 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
             };
             tile::<T, true>(nb, block, x, out);
         }
-        Group::Packed {
-            levels,
+        Group::Q5 {
+            quants,
             scales,
-            minima,
+            mins,
         } => {
+            let mask = _mm256_set1_epi8(0xf);
+            let fifth = _mm256_set1_epi8(0x10);
             let block = |b: usize| {
-                let levels = &levels[b * GROUP * BLOCK..][..GROUP * BLOCK];
+                let quants = &quants[b * Q5_GROUP_BLOCK..][..Q5_GROUP_BLOCK];
+                let ahead = quants.as_ptr().cast::<i8>().wrapping_add(PREFETCH);
+                for line in (0..Q5_GROUP_BLOCK).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                }
+                let high = load_bytes(&quants[Q4_GROUP_BLOCK..]);
+                // Bit 4 of run `r`'s levels is bit `r` (low half) or `4 + r` (high half) of
+                // `high`: shifted to bit 4, within each byte for shifts of up to 4.
+                let bits = [
+                    _mm256_slli_epi16::<4>(high),
+                    _mm256_slli_epi16::<3>(high),
+                    _mm256_slli_epi16::<2>(high),
+                    _mm256_slli_epi16::<1>(high),
+                    high,
+                    _mm256_srli_epi16::<1>(high),
+                    _mm256_srli_epi16::<2>(high),
+                    _mm256_srli_epi16::<3>(high),
+                ];
+                let mut runs = [_mm256_setzero_si256(); 8];
+                for r in 0..4 {
+                    let v = load_bytes(&quants[32 * r..]);
+                    let (lo, hi) = (v, _mm256_srli_epi16::<4>(v));
+                    let with = |nibbles, bits| {
+                        _mm256_or_si256(
+                            _mm256_and_si256(nibbles, mask),
+                            _mm256_and_si256(bits, fifth),
+                        )
+                    };
+                    runs[r] = with(lo, bits[r]);
+                    runs[r + 4] = with(hi, bits[r + 4]);
+                }
                 Block {
-                    runs: std::array::from_fn(|r| load_bytes(&levels[32 * r..])),
-                    scales: load(&scales[b * GROUP..]),
-                    minima: load(&minima[b * GROUP..]),
+                    runs,
+                    scales: widen(&scales[b * GROUP..]),
+                    minima: widen(&mins[b * GROUP..]),
                 }
             };
             tile::<T, false>(nb, block, x, out);
@@ -188,9 +150,17 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
     }
 }
 
+/// 8 f16 from the start of `v` as f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen(v: &[f16]) -> __m256 {
+    let v = &v[..GROUP];
+    // SAFETY: `v` has just been sliced to 8 f16, 16 bytes; unaligned loads are allowed.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+}
+
 /// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on AVX2, the input rounded to 8
-/// bits as the token step rounds it. Each rayon task takes a panel of rows (q5's packed first)
-/// and multiplies it with every input row.
+/// bits as the token step rounds it. Each rayon task takes a panel of rows and multiplies it
+/// with every input row.
 ///
 /// # Safety
 ///
@@ -211,21 +181,14 @@ pub(super) unsafe fn panels(
             .for_each(|task| {
                 let first = task * PANEL_ROWS;
                 let n = PANEL_ROWS.min(rows - first);
-                match w {
-                    Rows::Q4(q) => {
-                        let group = |g| q4_group(q, cols, first / GROUP + g);
-                        // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`;
-                        // this task alone writes its rows `first..first + n`.
-                        unsafe { multiply(group, n, x, t, first, scale, out) };
-                    }
-                    Rows::Q5(q) => PACKED.with_borrow_mut(|p| {
-                        p.pack(q, first, n, cols);
-                        let group = |g| p.group(g);
-                        // SAFETY: as for q4.
-                        unsafe { multiply(group, n, x, t, first, scale, out) };
-                    }),
+                let group = |g| match w {
+                    Rows::Q4(q) => q4_group(q, cols, first / GROUP + g),
+                    Rows::Q5(q) => q5_group(q, cols, first / GROUP + g),
                     _ => unreachable!("int8 panels take q4 and q5 only"),
-                }
+                };
+                // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`; this task
+                // alone writes its rows `first..first + n`.
+                unsafe { multiply(group, n, x, t, first, scale, out) };
             });
     })
 }
@@ -235,11 +198,33 @@ fn q4_group(q: &Q4, cols: usize, g: usize) -> Group<'_> {
     Group::Q4 { quants, scales }
 }
 
+fn q5_group(q: &Q5, cols: usize, g: usize) -> Group<'_> {
+    let (quants, scales, mins) = q.group(g, cols);
+    Group::Q5 {
+        quants,
+        scales,
+        mins,
+    }
+}
+
 /// One group of q4 rows against one input: `kernels::dot_q4` on AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_q4(quants: &[u8], scales: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
     tile_group::<1>(Group::Q4 { quants, scales }, [x], &mut out);
+    out[0]
+}
+
+/// One group of q5 rows against one input: `kernels::dot_q5` on AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q5(quants: &[u8], scales: &[f16], mins: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
+    let mut out = [[0f32; GROUP]];
+    let group = Group::Q5 {
+        quants,
+        scales,
+        mins,
+    };
+    tile_group::<1>(group, [x], &mut out);
     out[0]
 }
 
@@ -359,14 +344,6 @@ fn four(runs: &[__m256i], x: __m256i) -> __m256i {
     let p2 = _mm256_maddubs_epi16(runs[2], _mm256_shuffle_epi32::<0xaa>(x));
     let p3 = _mm256_maddubs_epi16(runs[3], _mm256_shuffle_epi32::<0xff>(x));
     _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3))
-}
-
-/// Loads 8 floats from the start of `v`.
-#[target_feature(enable = "avx2,fma")]
-fn load(v: &[f32]) -> __m256 {
-    let v = &v[..8];
-    // SAFETY: `v` has just been sliced to exactly 8 floats; unaligned loads are allowed.
-    unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
 /// Loads 32 bytes from the start of `v`.
