@@ -4,9 +4,10 @@
 //!
 //!     cargo run --release --example matmul -- FORMAT INPUTS   (FORMAT: f32, f16, q8, q5 or q4)
 //!
-//! Up to 8 inputs (the token step's products) cycle over copies of the matrix filling 512 MB,
-//! so the weights come from memory as a model's do; more inputs multiply one matrix, in
-//! cache, as a prompt chunk's products are bound by arithmetic. `RWKV_CHAT_SIMD=portable` or
+//! Up to 8 inputs (the token step's products) cycle over copies of the matrix filling 512 MB
+//! (`MB=N` for another size: `MB=8` stays in cache), so the weights come from memory as a
+//! model's do; more inputs multiply one matrix, in cache, as a prompt chunk's products are
+//! bound by arithmetic. `RWKV_CHAT_SIMD=portable` or
 //! `=avx2` picks the kernels, as for the app.
 
 use std::process::ExitCode;
@@ -80,10 +81,14 @@ fn main() -> ExitCode {
     };
     let mut out = vec![0f32; inputs * ROWS];
     if inputs <= GEMV_MAX_ROWS {
-        let mb: usize = std::env::var("MB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(512);
+        let mb = match std::env::var("MB").map(|v| v.parse::<usize>()) {
+            Err(_) => 512,
+            Ok(Ok(mb)) if mb > 0 => mb,
+            Ok(_) => {
+                eprintln!("MB must be a whole number above 0");
+                return ExitCode::FAILURE;
+            }
+        };
         let copies = (mb << 20).div_ceil(matrix.bytes());
         let all: Vec<Matrix> = vec![matrix.clone(); copies];
         // Once over every copy first, so the pages are in place.

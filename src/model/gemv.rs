@@ -7,19 +7,22 @@
 //! read of the weights dotted with the input in SIMD registers. 16-bit weights are widened to
 //! f32 on the fly; for the 8-, 5- and 4-bit formats the input is quantized to 8 bits per block too
 //! (as ggml does), so a block of 32 products is a handful of integer instructions and the
-//! kernels keep up with memory. Every output element is computed by one thread in one fixed
-//! order, so the result does not depend on the thread count.
+//! kernels keep up with memory. q4 and q5 are stored [`GROUP`] rows interleaved, so their
+//! kernels (`int8`) multiply 8 rows at once, one lane a row. Every output element is computed
+//! by one thread in one fixed order, so the result does not depend on the thread count.
 //!
 //! Prompt chunks (many rows of input) are compute-bound: [`matmul`] hands them to the `gemm`
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
 //! panel to f32 in a per-thread buffer rather than the whole matrix. For the quantized
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
 //! text is split into chunks (to rounding); on AVX2 the 4- and 5-bit panels are multiplied in
-//! integers instead (`int8`).
+//! integers instead (`int8`), in the same operations as the token step's, so there the chunking
+//! does not change the results at all.
 //!
 //! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
-//! 8 and 4 bits sharing one f16 scale (ggml's q8_0 and q4_0), or 5 bits with an f16 scale and
-//! minimum (ggml's q5_1), which rwkv.cpp recommends for RWKV as q4_0 costs real quality.
+//! 8 and 4 bits sharing one f16 scale (the values of ggml's q8_0 and q4_0), or 5 bits with an
+//! f16 scale and minimum (ggml's q5_1), which rwkv.cpp recommends for RWKV as q4_0 costs real
+//! quality.
 
 use std::cell::RefCell;
 
@@ -40,7 +43,8 @@ const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
-/// it the product is compute-bound and goes through `gemm` (q4 and q5 on AVX2: `int8`).
+/// it the product is compute-bound and goes through `gemm`. (q4 and q5 on AVX2 go through
+/// `int8`'s panels from two inputs on: they multiply four inputs per pass over the levels.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
@@ -476,7 +480,7 @@ impl Rows<'_> {
 
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
 /// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time
-/// (q4 and q5 on AVX2 through integer panels, `int8`).
+/// (q4 and q5 on AVX2: one input through `gemv`, more through integer panels, `int8`).
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
@@ -492,7 +496,8 @@ fn matmul_on(
     scale: f32,
     out: &mut [f32],
 ) {
-    if x.len() / cols <= GEMV_MAX_ROWS {
+    let t = x.len() / cols;
+    if t == 1 || (t <= GEMV_MAX_ROWS && !integer_panels(level, w)) {
         gemv(level, w, rows, cols, x, scale, out);
     } else {
         panels(level, w, rows, cols, x, scale, out);
@@ -587,6 +592,14 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
     }
 }
 
+/// Whether [`panels`] multiplies `w` in integers (`int8`).
+fn integer_panels(level: Simd, w: Rows<'_>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
 /// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
 /// which writes the panel's columns of `out` in place. On AVX2, q4 and q5 panels stay in
@@ -607,7 +620,7 @@ fn panels(
         stride: rows,
     };
     #[cfg(target_arch = "x86_64")]
-    if level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w) {
+    if integer_panels(level, w) {
         // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, and `out` is `[t, rows]`
         // (asserted above), borrowed mutably for this whole call.
         return unsafe { int8::panels(w, rows, cols, x, scale, out) };
@@ -1149,6 +1162,33 @@ mod tests {
                         (a - b).abs() <= 1e-4 * b.abs().max(1.0),
                         "{level}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Where q4 and q5 are multiplied in integers, a chunk of inputs gives each input exactly
+    /// what it gives alone (the token step), whatever the chunk's size.
+    #[test]
+    fn integer_products_do_not_depend_on_the_chunk() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let (rows, cols) = (70, 200);
+        let w = random(rows * cols, &mut rng);
+        let (q4, q5) = (Q4::quantize(&w, cols), Q5::quantize(&w, cols));
+        for t in [2, 5, 11] {
+            let x = random(t * cols, &mut rng);
+            for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5)] {
+                for level in Simd::supported() {
+                    if !integer_panels(level, rows_view) {
+                        continue;
+                    }
+                    let mut chunk = vec![0f32; t * rows];
+                    matmul_on(level, rows_view, rows, cols, &x, 0.5, &mut chunk);
+                    for (x, chunk) in x.chunks(cols).zip(chunk.chunks(rows)) {
+                        let mut alone = vec![0f32; rows];
+                        matmul_on(level, rows_view, rows, cols, x, 0.5, &mut alone);
+                        assert_eq!(chunk, &alone[..], "{level} t={t}");
+                    }
                 }
             }
         }
