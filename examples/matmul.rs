@@ -4,11 +4,11 @@
 //!
 //!     cargo run --release --example matmul -- FORMAT INPUTS   (FORMAT: f32, f16, q8, q5 or q4)
 //!
-//! Up to 8 inputs (the token step's products) cycle over copies of the matrix filling 512 MB
-//! (`MB=N` for another size: `MB=8` stays in cache), so the weights come from memory as a
-//! model's do; more inputs multiply one matrix, in cache, as a prompt chunk's products are
-//! bound by arithmetic. `RWKV_CHAT_SIMD=portable` or
-//! `=avx2` picks the kernels, as for the app.
+//! Up to 8 inputs (products read from memory: the token step's, and a few-token prompt's)
+//! cycle over copies of the matrix filling 512 MB (`MB=N` for another size: `MB=8` stays in
+//! cache), so the weights come from memory as a model's do; more inputs multiply one matrix,
+//! in cache, as a prompt chunk's products are bound by arithmetic. `RWKV_CHAT_SIMD=portable`
+//! or `=avx2` picks the kernels, as for the app.
 
 use std::process::ExitCode;
 use std::time::Instant;

@@ -63,7 +63,7 @@ fn warnings_on_a_pipe_carry_no_colour_codes() {
     assert!(generate().status.success());
     let cache = data.path().join("quantized");
     for entry in std::fs::read_dir(&cache).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"RWKVQNT2 and then nonsense").unwrap();
+        std::fs::write(entry.unwrap().path(), b"RWKVQNT3 and then nonsense").unwrap();
     }
     let out = generate();
     let err = stderr(&out);

@@ -40,9 +40,10 @@ fn every_path_gives_the_portable_loops_results_in_every_format() {
     }
     for model in &models {
         for dtype in ["f32", "f16", "bf16", "q8", "q5", "q4"] {
-            // One row at a time (the token step), seven (the most the token step's kernels
-            // take), and sixteen: prompt chunks, where q4 and q5 on AVX2 are multiplied in
-            // integers and the portable path widens them for `gemm`.
+            // One row at a time (the token step), seven (the most the row-by-row kernels
+            // take; q4 and q5 on AVX2 take the integer panels from two on), and sixteen:
+            // prompt chunks, where q4 and q5 on AVX2 are multiplied in integers and the
+            // portable path widens them for `gemm`.
             for chunk in ["1", "7", "16"] {
                 let portable = nll(model, &text, dtype, chunk, "portable");
                 // The paths sum in different orders, so their results differ in the last bits;

@@ -81,16 +81,23 @@ fn a_damaged_cache_is_ignored_and_replaced() {
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x40;
     let header = br#"{"dtype":"q8","matrices":[{"name":"head.weight","rows":18446744073709551615,"cols":64}]}"#;
-    let mut huge = b"RWKVQNT2".to_vec();
+    let mut huge = b"RWKVQNT3".to_vec();
     huge.extend((header.len() as u64).to_le_bytes());
     huge.extend(header);
     huge.extend([0; 4]);
-    // The magic of the files that held q4 a row at a time.
-    let mut before_groups = good.clone();
-    before_groups[..8].copy_from_slice(b"RWKVQNT1");
-    let damaged: [(&str, Vec<u8>); 7] = [
+    // The magics of the files that held q4 and q5 (`RWKVQNT1`) or q5 (`RWKVQNT2`) a row at
+    // a time: of the same size as today's when the rows come in whole groups.
+    let older = |magic: &[u8; 8]| [&magic[..], &good[8..]].concat();
+    let damaged: [(&str, Vec<u8>); 8] = [
         ("a flipped byte", flipped),
-        ("a file of the layout before q4's groups", before_groups),
+        (
+            "a file of the layout before q4's groups",
+            older(b"RWKVQNT1"),
+        ),
+        (
+            "a file of the layout before q5's groups",
+            older(b"RWKVQNT2"),
+        ),
         ("a header with sizes that overflow", huge),
         ("cut short", good[..good.len() - 100].to_vec()),
         ("only the magic", good[..8].to_vec()),
@@ -192,7 +199,7 @@ fn the_cli_flag_caches_under_the_data_dir_and_warns_about_a_bad_file() {
     let files = cache_files(&data.path().join("quantized"));
     assert_eq!(files.len(), 1);
 
-    std::fs::write(&files[0], b"RWKVQNT2 and then nonsense").unwrap();
+    std::fs::write(&files[0], b"RWKVQNT3 and then nonsense").unwrap();
     let second = generate();
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(

@@ -7,13 +7,13 @@
 //! that fails any check (magic, header, sizes, CRC) is ignored and replaced, never trusted;
 //! files are written to a temporary name, fsynced and renamed into place.
 //!
-//! Layout: `RWKVQNT2`, a little-endian u64 length and a JSON [`Header`], then each matrix's
+//! Layout: `RWKVQNT3`, a little-endian u64 length and a JSON [`Header`], then each matrix's
 //! quants and its f16 values (little-endian) in header order, then a CRC32 of everything
 //! before it. The quants are q8's bytes, or q4's and q5's levels in groups of interleaved rows
 //! as [`Q4`] and [`Q5`] hold them; the f16 values are the scales, for q5 followed by the
 //! minima. The header's dtype must be the one asked for, so a file of one format is never
-//! read as another. (`RWKVQNT1` files held q4 and q5 a row at a time: they are ignored and
-//! replaced.)
+//! read as another. (`RWKVQNT1` files held q4 and q5 a row at a time, `RWKVQNT2` q5 so:
+//! they are ignored and replaced.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +29,7 @@ use super::WeightDtype;
 use super::gemv::{BLOCK, GROUP, Q4, Q5, Q8};
 use super::linear::Weight;
 
-const MAGIC: &[u8; 8] = b"RWKVQNT2";
+const MAGIC: &[u8; 8] = b"RWKVQNT3";
 
 #[derive(Serialize, Deserialize)]
 struct Header {

@@ -3,8 +3,8 @@
 //! Generating a token reads every weight once and does two flops per weight, so its speed is
 //! memory bandwidth divided by the weights' bytes. candle's matmul with one row runs far below
 //! that bandwidth (and has no fast bf16 or 8-bit path on the CPU), so the few-row products run
-//! here ([`gemv`]): output rows are split across rayon's threads, each row is one contiguous
-//! read of the weights dotted with the input in SIMD registers. 16-bit weights are widened to
+//! here ([`gemv`]): output rows are split across rayon's threads, each row (q4 and q5: each
+//! group of 8 rows) one contiguous read of the weights dotted with the input in SIMD registers. 16-bit weights are widened to
 //! f32 on the fly; for the 8-, 5- and 4-bit formats the input is quantized to 8 bits per block too
 //! (as ggml does), so a block of 32 products is a handful of integer instructions and the
 //! kernels keep up with memory. q4 and q5 are stored [`GROUP`] rows interleaved, so their
@@ -38,7 +38,7 @@ mod int8;
 pub const BLOCK: usize = 32;
 
 /// Output rows one rayon task computes in [`gemv`]: enough to amortise the task, few enough
-/// that both cores stay busy on the smallest matrices; whole groups of [`Q4`].
+/// that both cores stay busy on the smallest matrices; whole groups of [`Q4`] and [`Q5`].
 const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
@@ -60,7 +60,7 @@ pub struct Q8 {
     pub scales: Vec<f16>,
 }
 
-/// Rows of [`Q4`] stored interleaved, so the integer kernels' lanes are rows.
+/// Rows of [`Q4`] and [`Q5`] stored interleaved, so the integer kernels' lanes are rows.
 pub const GROUP: usize = 8;
 
 /// 4-bit weights, `w = (q - 8) * scale` with one scale per block of 32, stored in groups of
@@ -1162,6 +1162,41 @@ mod tests {
                         (a - b).abs() <= 1e-4 * b.abs().max(1.0),
                         "{level}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The stored bytes are the layout [`Q4`] and [`Q5`] document (which the weight cache
+    /// holds): levels chosen per row and column, `(3 j + c) % 16` (q4) or `% 32` (q5) in row
+    /// `j`, are read back from the bytes by the documented formulas.
+    #[test]
+    fn q4_and_q5_bytes_are_the_documented_layout() {
+        let level = |j: usize, c: usize, n: usize| ((3 * j + c) % n) as u8;
+        // Each row holds -8 (q4: the scale is then exactly 1) or 0 and 31 (q5: scale 1,
+        // minimum 0), so every level is exact.
+        let w = |n: usize, offset: f32| -> Vec<f32> {
+            (0..GROUP * BLOCK)
+                .map(|i| f32::from(level(i / BLOCK, i % BLOCK, n)) - offset)
+                .collect()
+        };
+        let (q4, q5) = (
+            Q4::quantize(&w(16, 8.0), BLOCK),
+            Q5::quantize(&w(32, 0.0), BLOCK),
+        );
+        assert!(q4.scales.iter().all(|&s| s == f16::ONE), "{:?}", q4.scales);
+        assert!(q5.scales.iter().all(|&s| s == f16::ONE), "{:?}", q5.scales);
+        for j in 0..GROUP {
+            for r in 0..4 {
+                for k in 0..4 {
+                    let byte = 32 * r + 4 * j + k;
+                    let (lo, hi) = (4 * r + k, 16 + 4 * r + k);
+                    assert_eq!(q4.quants[byte], level(j, lo, 16) | level(j, hi, 16) << 4);
+                    let (l5, h5) = (level(j, lo, 32), level(j, hi, 32));
+                    assert_eq!(q5.quants[byte], (l5 & 0xf) | (h5 & 0xf) << 4);
+                    let high = q5.quants[Q4_GROUP_BLOCK + 4 * j + k];
+                    assert_eq!((high >> r) & 1, l5 >> 4, "row {j} level {lo}");
+                    assert_eq!((high >> (4 + r)) & 1, h5 >> 4, "row {j} level {hi}");
                 }
             }
         }

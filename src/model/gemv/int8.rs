@@ -27,12 +27,13 @@ use super::{
 /// Weight rows one prompt task multiplies: its weights stay in L2 while every input row
 /// passes over them.
 const PANEL_ROWS: usize = 64;
+const _: () = assert!(PANEL_ROWS.is_multiple_of(GROUP));
 
 /// Input rows multiplied per pass over a group's levels.
 const TOKENS: usize = 4;
 
-/// How far ahead of its reads [`dot_q4`] prefetches the weights, in bytes (as the row-by-row
-/// kernels do).
+/// How far ahead of its reads [`tile_group`] prefetches the weights, in bytes (as the
+/// row-by-row kernels do).
 const PREFETCH: usize = 1024;
 
 /// Whether [`panels`] takes weights of this format.
