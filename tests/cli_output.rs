@@ -134,3 +134,43 @@ fn bench_ui_reports_frame_and_scroll_medians_per_history_length() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--ui"), "{}", stderr(&out));
 }
+
+/// The chat app's flags before a subcommand would be ignored by it (`generate` has its own
+/// `--dtype`; `sessions` its own `--data-dir`): refused with both named, nothing run.
+#[test]
+fn the_chat_apps_flags_before_a_subcommand_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str, &str); 2] = [
+        (
+            &["--dtype", "q4", "generate", "--model"],
+            "generate",
+            "--dtype",
+        ),
+        (
+            &["--data-dir", "elsewhere", "sessions", "list"],
+            "sessions",
+            "--data-dir",
+        ),
+    ];
+    for (args, subcommand, flag) in cases {
+        let out = bin()
+            .env("RWKV_CHAT_DATA_DIR", data.path())
+            .args(args)
+            .arg(tiny())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(
+            err.contains(&format!("'{subcommand}'")) && err.contains(flag),
+            "{err}"
+        );
+        assert!(
+            !err.contains("backtrace") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(stdout(&out).is_empty());
+    }
+    assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+}

@@ -25,7 +25,10 @@ use crate::model::{DeviceSpec, LoadOptions, WeightDtype};
 #[command(
     name = "rwkv-chat",
     version,
-    about = "Chat with RWKV-4 language models on your own machine"
+    about = "Chat with RWKV language models on your own machine",
+    // The chat app's flags mean nothing to a subcommand, which has its own: before one
+    // (`rwkv-chat --dtype q4 generate ...`) they are refused, not silently ignored.
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
