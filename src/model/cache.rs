@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::WeightDtype;
-use super::gemv::{BLOCK, GROUP, Q4, Q5, Q8};
+use super::gemv::{BLOCK, GROUP, Q4, Q4_GROUP_BLOCK, Q5, Q5_GROUP_BLOCK, Q8};
 use super::linear::Weight;
 
 const MAGIC: &[u8; 8] = b"RWKVQNT3";
@@ -55,8 +55,8 @@ impl Entry {
         };
         let blocks = rows.checked_mul(self.cols.div_ceil(BLOCK))?;
         let (quants, halves) = match dtype {
-            WeightDtype::Q4 => (BLOCK / 2, 1),
-            WeightDtype::Q5 => (BLOCK * 5 / 8, 2),
+            WeightDtype::Q4 => (Q4_GROUP_BLOCK / GROUP, 1),
+            WeightDtype::Q5 => (Q5_GROUP_BLOCK / GROUP, 2),
             _ => (BLOCK, 1),
         };
         Some((blocks.checked_mul(quants)?, blocks.checked_mul(2 * halves)?))

@@ -149,7 +149,7 @@ impl Q8 {
 }
 
 /// Bytes of one block of a [`Q4`] group: 32 levels of 4 bits for each of its rows.
-const Q4_GROUP_BLOCK: usize = GROUP * BLOCK / 2;
+pub const Q4_GROUP_BLOCK: usize = GROUP * BLOCK / 2;
 
 impl Q4 {
     /// Quantizes a row-major `[rows, cols]` matrix: each block's scale maps the weight of
@@ -454,21 +454,21 @@ impl Rows<'_> {
     /// `out[i] = w[first + i] . x` for consecutive rows, `first` a multiple of [`GROUP`]:
     /// q4 and q5 a group at a time, the others a row at a time.
     fn dots(&self, level: Simd, first: usize, cols: usize, x: Input<'_>, out: &mut [f32]) {
+        // The rows' groups in turn, group `g`'s 8 dot products by `dots(g)`.
+        fn groups(first: usize, out: &mut [f32], dots: impl Fn(usize) -> [f32; GROUP]) {
+            for (g, out) in out.chunks_mut(GROUP).enumerate() {
+                out.copy_from_slice(&dots(first / GROUP + g)[..out.len()]);
+            }
+        }
         match (*self, x) {
-            (Rows::Q4(m), Input::Int8(x)) => {
-                for (g, out) in out.chunks_mut(GROUP).enumerate() {
-                    let (q, s) = m.group(first / GROUP + g, cols);
-                    let dots = kernels::dot_q4(level, q, s, x);
-                    out.copy_from_slice(&dots[..out.len()]);
-                }
-            }
-            (Rows::Q5(w), Input::Int8(x)) => {
-                for (g, out) in out.chunks_mut(GROUP).enumerate() {
-                    let (q, s, m) = w.group(first / GROUP + g, cols);
-                    let dots = kernels::dot_q5(level, q, s, m, x);
-                    out.copy_from_slice(&dots[..out.len()]);
-                }
-            }
+            (Rows::Q4(m), Input::Int8(x)) => groups(first, out, |g| {
+                let (q, s) = m.group(g, cols);
+                kernels::dot_q4(level, q, s, x)
+            }),
+            (Rows::Q5(w), Input::Int8(x)) => groups(first, out, |g| {
+                let (q, s, m) = w.group(g, cols);
+                kernels::dot_q5(level, q, s, m, x)
+            }),
             _ => {
                 for (i, o) in out.iter_mut().enumerate() {
                     *o = self.dot(level, first + i, cols, x);
