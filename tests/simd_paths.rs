@@ -77,10 +77,15 @@ fn a_path_that_cannot_run_is_refused_with_the_reason() {
             .unwrap()
     };
     common::assert_user_error(&run("sse9"), &["RWKV_CHAT_SIMD=`sse9` is not a SIMD path"]);
-    common::assert_user_error(&run("avx512"), &["no AVX-512 kernels yet"]);
-    if !Simd::supported().contains(&Simd::Avx2) {
-        common::assert_user_error(&run("avx2"), &["this CPU cannot run it (it has: portable)"]);
+    let supported = Simd::supported();
+    let has: Vec<String> = supported.iter().map(Simd::to_string).collect();
+    let lacks = format!("this CPU cannot run it (it has: {})", has.join(", "));
+    for path in [Simd::Portable, Simd::Avx2, Simd::Avx512] {
+        let out = run(&path.to_string());
+        if supported.contains(&path) {
+            assert!(out.status.success(), "{path}: {}", stderr(&out));
+        } else {
+            common::assert_user_error(&out, &[&format!("RWKV_CHAT_SIMD={path}: {lacks}")]);
+        }
     }
-    let out = run("portable");
-    assert!(out.status.success(), "{}", stderr(&out));
 }

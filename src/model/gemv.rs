@@ -4,20 +4,22 @@
 //! memory bandwidth divided by the weights' bytes. candle's matmul with one row runs far below
 //! that bandwidth (and has no fast bf16 or 8-bit path on the CPU), so the few-row products run
 //! here ([`gemv`]): output rows are split across rayon's threads, each row (q4 and q5: each
-//! group of 8 rows) one contiguous read of the weights dotted with the input in SIMD registers. 16-bit weights are widened to
-//! f32 on the fly; for the 8-, 5- and 4-bit formats the input is quantized to 8 bits per block too
-//! (as ggml does), so a block of 32 products is a handful of integer instructions and the
-//! kernels keep up with memory. q4 and q5 are stored [`GROUP`] rows interleaved, so their
-//! kernels (`int8`) multiply 8 rows at once, one lane a row. Every output element is computed
-//! by one thread in one fixed order, so the result does not depend on the thread count.
+//! group of 8 rows) one contiguous read of the weights dotted with the input in SIMD
+//! registers, on the best kernels the CPU has (AVX-512 in `avx512`, AVX2 in `x86`, else
+//! portable loops; see [`Simd`]). 16-bit weights are widened to f32 on the fly; for the 8-, 5-
+//! and 4-bit formats the input is quantized to 8 bits per block too (as ggml does), so a block
+//! of 32 products is a handful of integer instructions and the kernels keep up with memory. q4
+//! and q5 are stored [`GROUP`] rows interleaved, so their kernels (`int8`, `avx512`) multiply 8
+//! rows at once, one lane a row. Every output element is computed by one thread in one fixed
+//! order, so the result does not depend on the thread count.
 //!
 //! Prompt chunks (many rows of input) are compute-bound: [`matmul`] hands them to the `gemm`
 //! crate (what candle's CPU matmul uses) one panel of weight rows at a time, widening each
 //! panel to f32 in a per-thread buffer rather than the whole matrix. For the quantized
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
-//! text is split into chunks (to rounding); on AVX2 the 4- and 5-bit panels are multiplied in
-//! integers instead (`int8`), in the same operations as the token step's, so there the chunking
-//! does not change the results at all.
+//! text is split into chunks (to rounding); on AVX2 and AVX-512 the 4- and 5-bit panels are
+//! multiplied in integers instead (`int8`), in the same operations as the token step's, so
+//! there the chunking does not change the results at all.
 //!
 //! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
 //! 8 and 4 bits sharing one f16 scale (the values of ggml's q8_0 and q4_0), or 5 bits with an
@@ -32,6 +34,8 @@ use rayon::prelude::*;
 use super::simd::{self, Simd};
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod int8;
 
 /// Weights per quantization block.
@@ -43,8 +47,9 @@ const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
-/// it the product is compute-bound and goes through `gemm`. (q4 and q5 on AVX2 go through
-/// `int8`'s panels from two inputs on: they multiply four inputs per pass over the levels.)
+/// it the product is compute-bound and goes through `gemm`. (q4 and q5 on AVX2 and AVX-512 go
+/// through `int8`'s panels from two inputs on: they multiply four inputs per pass over the
+/// levels.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
@@ -376,8 +381,9 @@ impl Rows<'_> {
         matches!(self, Rows::Q8(_) | Rows::Q5(_) | Rows::Q4(_))
     }
 
-    /// Writes row `r` as f32 into `out` (`cols` long).
-    fn dequantize_row(&self, r: usize, cols: usize, out: &mut [f32]) {
+    /// Writes row `r` as f32 into `out` (`cols` long), on the kernels of `level` where that
+    /// matters for speed (the values are exact either way).
+    fn dequantize_row(&self, level: Simd, r: usize, cols: usize, out: &mut [f32]) {
         let span = r * cols..(r + 1) * cols;
         match *self {
             Rows::F32(w) => out.copy_from_slice(&w[span]),
@@ -385,12 +391,7 @@ impl Rows<'_> {
             Rows::Bf16(w) => w[span].convert_to_f32_slice(out),
             Rows::Q8(m) => {
                 let (q, s) = m.row(r, cols);
-                for ((out, q), s) in out.chunks_mut(BLOCK).zip(q.chunks(BLOCK)).zip(s) {
-                    let s = s.to_f32();
-                    for (o, &q) in out.iter_mut().zip(q) {
-                        *o = f32::from(q) * s;
-                    }
-                }
+                widen_q8(level, q, s, out);
             }
             Rows::Q5(w) => {
                 let (q, s, m) = w.group(r / GROUP, cols);
@@ -429,7 +430,7 @@ impl Rows<'_> {
         let mut out = vec![0f32; rows * cols];
         out.par_chunks_mut(cols)
             .enumerate()
-            .for_each(|(r, o)| self.dequantize_row(r, cols, o));
+            .for_each(|(r, o)| self.dequantize_row(Simd::Portable, r, cols, o));
         out
     }
 
@@ -478,9 +479,40 @@ impl Rows<'_> {
     }
 }
 
+/// Widens 8-bit levels times their blocks' scales into `out`. One loop, compiled a second time
+/// for AVX2: prompt chunks widen every q8 weight of a product this way, and the baseline
+/// x86-64 has no instruction that sign-extends bytes to dwords, so the plain loop vectorises
+/// poorly.
+fn widen_q8(level: Simd, q: &[i8], s: &[f16], out: &mut [f32]) {
+    #[inline(always)]
+    fn widen(q: &[i8], s: &[f16], out: &mut [f32]) {
+        for ((out, q), s) in out.chunks_mut(BLOCK).zip(q.chunks(BLOCK)).zip(s) {
+            let s = s.to_f32();
+            for (o, &q) in out.iter_mut().zip(q) {
+                *o = f32::from(q) * s;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen_avx2(q: &[i8], s: &[f16], out: &mut [f32]) {
+        widen(q, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level != Simd::Portable && simd::cpu_runs(level) {
+        // SAFETY: the CPU has just been checked for the features of `level`, AVX2, FMA and
+        // F16C among them.
+        return unsafe { widen_avx2(q, s, out) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    widen(q, s, out)
+}
+
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
 /// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time
-/// (q4 and q5 on AVX2: one input through `gemv`, more through integer panels, `int8`).
+/// (q4 and q5 on AVX2 and AVX-512: one input through `gemv`, more through integer panels,
+/// `int8`).
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
@@ -595,15 +627,15 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 /// Whether [`panels`] multiplies `w` in integers (`int8`).
 fn integer_panels(level: Simd, w: Rows<'_>) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return level == Simd::Avx2 && simd::cpu_runs(Simd::Avx2) && int8::takes(w);
+    return level != Simd::Portable && simd::cpu_runs(level) && int8::takes(w);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
 /// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
-/// which writes the panel's columns of `out` in place. On AVX2, q4 and q5 panels stay in
-/// integers instead (`int8`).
+/// which writes the panel's columns of `out` in place. On AVX2 and AVX-512, q4 and q5 panels
+/// stay in integers instead (`int8`).
 fn panels(
     level: Simd,
     w: Rows<'_>,
@@ -621,9 +653,14 @@ fn panels(
     };
     #[cfg(target_arch = "x86_64")]
     if integer_panels(level, w) {
-        // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, and `out` is `[t, rows]`
-        // (asserted above), borrowed mutably for this whole call.
-        return unsafe { int8::panels(w, rows, cols, x, scale, out) };
+        // SAFETY: the CPU has just been checked for the features of `level`, and `out` is `[t,
+        // rows]` (asserted above), borrowed mutably for this whole call.
+        return unsafe {
+            match level {
+                Simd::Avx512 => int8::panels::<avx512::Avx512>(w, rows, cols, x, scale, out),
+                _ => int8::panels::<int8::Avx2>(w, rows, cols, x, scale, out),
+            }
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = level;
@@ -649,7 +686,7 @@ fn panels(
                 _ => {
                     buf.resize(n * cols, 0.0);
                     for (i, row) in buf.chunks_mut(cols).enumerate() {
-                        w.dequantize_row(first + i, cols, row);
+                        w.dequantize_row(level, first + i, cols, row);
                     }
                     buf
                 }
@@ -743,44 +780,96 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
 /// Dot products per format, on the kernels of the [`Simd`] path asked for.
 mod kernels {
     use super::{GROUP, Int8Row, bf16, f16};
+    #[cfg(target_arch = "x86_64")]
+    use super::{avx512, int8, x86};
     use crate::model::simd::Simd;
 
     macro_rules! dispatch {
-        ($level:expr, $simd:path, $portable:path, $($arg:expr),*) => {{
+        ($level:expr, $avx512:path, $avx2:path, $portable:path, $($arg:expr),*) => {{
             #[cfg(not(target_arch = "x86_64"))]
             let _ = $level;
             #[cfg(target_arch = "x86_64")]
-            if $level == Simd::Avx2 && crate::model::simd::cpu_runs(Simd::Avx2) {
-                // SAFETY: the CPU has just been checked for AVX2, FMA and F16C, the features
-                // the kernel is compiled for.
-                return unsafe { $simd($($arg),*) };
+            if crate::model::simd::cpu_runs($level) {
+                match $level {
+                    // SAFETY: the CPU has just been checked for the features of the path,
+                    // which its kernels are compiled for.
+                    Simd::Avx512 => return unsafe { $avx512($($arg),*) },
+                    Simd::Avx2 => return unsafe { $avx2($($arg),*) },
+                    Simd::Portable => {}
+                }
             }
             $portable($($arg),*)
         }};
     }
 
     pub fn dot_f32(level: Simd, w: &[f32], x: &[f32]) -> f32 {
-        dispatch!(level, super::x86::dot_f32, portable::dot_f32, w, x)
+        dispatch!(
+            level,
+            avx512::dot_f32,
+            x86::dot_f32,
+            portable::dot_f32,
+            w,
+            x
+        )
     }
     pub fn dot_f16(level: Simd, w: &[f16], x: &[f32]) -> f32 {
-        dispatch!(level, super::x86::dot_f16, portable::dot_f16, w, x)
+        dispatch!(
+            level,
+            avx512::dot_f16,
+            x86::dot_f16,
+            portable::dot_f16,
+            w,
+            x
+        )
     }
     pub fn dot_bf16(level: Simd, w: &[bf16], x: &[f32]) -> f32 {
-        dispatch!(level, super::x86::dot_bf16, portable::dot_bf16, w, x)
+        dispatch!(
+            level,
+            avx512::dot_bf16,
+            x86::dot_bf16,
+            portable::dot_bf16,
+            w,
+            x
+        )
     }
     /// Whole blocks of 8-bit weights against whole blocks of the 8-bit input.
     pub fn dot_q8(level: Simd, q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
-        dispatch!(level, super::x86::dot_q8, portable::dot_q8, q, s, x)
+        dispatch!(
+            level,
+            avx512::dot_q8,
+            x86::dot_q8,
+            portable::dot_q8,
+            q,
+            s,
+            x
+        )
     }
     /// One group of [`Q5`](super::Q5) rows (as `Q5::group` gives them) against whole blocks
     /// of the 8-bit input: the group's 8 dot products.
     pub fn dot_q5(level: Simd, q: &[u8], s: &[f16], m: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
-        dispatch!(level, super::int8::dot_q5, portable::dot_q5, q, s, m, x)
+        dispatch!(
+            level,
+            int8::dot_q5::<avx512::Avx512>,
+            int8::dot_q5::<int8::Avx2>,
+            portable::dot_q5,
+            q,
+            s,
+            m,
+            x
+        )
     }
     /// One group of [`Q4`](super::Q4) rows (`q` and `s` as `Q4::group` gives them) against
     /// whole blocks of the 8-bit input: the group's 8 dot products.
     pub fn dot_q4(level: Simd, q: &[u8], s: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
-        dispatch!(level, super::int8::dot_q4, portable::dot_q4, q, s, x)
+        dispatch!(
+            level,
+            int8::dot_q4::<avx512::Avx512>,
+            int8::dot_q4::<int8::Avx2>,
+            portable::dot_q4,
+            q,
+            s,
+            x
+        )
     }
 
     /// Plain loops: the fallback on other CPUs, the tail of the SIMD kernels, and the

@@ -1,5 +1,5 @@
 //! Which SIMD kernels run: the best this CPU has, or the one `RWKV_CHAT_SIMD` forces
-//! (`portable` or `avx2`), chosen once per process. Forcing a path is for measuring one
+//! (`portable`, `avx2` or `avx512`), chosen once per process. Forcing a path is for measuring one
 //! against another and for checking that each gives the portable loops' results; a path the
 //! CPU cannot run, or one this build has no kernels for, is refused with the reason.
 
@@ -16,17 +16,15 @@ pub enum Simd {
     Portable,
     /// AVX2 with FMA and F16C (x86-64 since Haswell and Zen).
     Avx2,
+    /// AVX-512 F and BW with VNNI, beside AVX2 (Intel since Ice Lake and Cascade Lake, AMD
+    /// since Zen 4). CPUs with AVX-512 but no VNNI (Skylake-SP) run the AVX2 kernels.
+    Avx512,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimdError {
-    #[error("{VARIABLE}=`{0}` is not a SIMD path; expected portable or avx2")]
+    #[error("{VARIABLE}=`{0}` is not a SIMD path; expected portable, avx2 or avx512")]
     Unknown(String),
-    #[error(
-        "{VARIABLE}=avx512: this build has no AVX-512 kernels yet; the paths are portable and \
-         avx2"
-    )]
-    NotBuilt,
     #[error("{VARIABLE}={0}: this CPU cannot run it (it has: {1})")]
     Unsupported(Simd, String),
 }
@@ -36,6 +34,7 @@ impl fmt::Display for Simd {
         f.write_str(match self {
             Simd::Portable => "portable",
             Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
         })
     }
 }
@@ -46,6 +45,9 @@ impl Simd {
         let mut all = vec![Simd::Portable];
         if avx2() {
             all.push(Simd::Avx2);
+            if avx512() {
+                all.push(Simd::Avx512);
+            }
         }
         all
     }
@@ -62,7 +64,7 @@ impl Simd {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "portable" => Simd::Portable,
                 "avx2" => Simd::Avx2,
-                "avx512" => return Err(SimdError::NotBuilt),
+                "avx512" => Simd::Avx512,
                 _ => return Err(SimdError::Unknown(v.to_owned())),
             },
         };
@@ -81,6 +83,7 @@ pub fn cpu_runs(simd: Simd) -> bool {
     match simd {
         Simd::Portable => true,
         Simd::Avx2 => avx2(),
+        Simd::Avx512 => avx2() && avx512(),
     }
 }
 
@@ -91,8 +94,20 @@ fn avx2() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512() -> bool {
     false
 }
 
@@ -130,8 +145,6 @@ mod tests {
         assert_eq!(Simd::from_setting(Some("Portable")), Ok(Simd::Portable));
         let unknown = Simd::from_setting(Some("sse9")).unwrap_err().to_string();
         assert!(unknown.contains("`sse9` is not a SIMD path"), "{unknown}");
-        let avx512 = Simd::from_setting(Some("avx512")).unwrap_err().to_string();
-        assert!(avx512.contains("no AVX-512 kernels"), "{avx512}");
         match Simd::from_setting(Some("avx2")) {
             Ok(s) => assert!(avx2() && s == Simd::Avx2),
             Err(e) => {
@@ -142,5 +155,15 @@ mod tests {
                 );
             }
         }
+        match Simd::from_setting(Some("AVX512")) {
+            Ok(s) => assert!(avx2() && avx512() && s == Simd::Avx512),
+            Err(e) => {
+                assert!(!(avx2() && avx512()));
+                let has = if avx2() { "portable, avx2" } else { "portable" };
+                let expected = format!("avx512: this CPU cannot run it (it has: {has})");
+                assert!(e.to_string().contains(&expected), "{e}");
+            }
+        }
+        assert_eq!(Simd::best(), *Simd::supported().last().unwrap());
     }
 }

@@ -1,4 +1,5 @@
-//! Products over 4- and 5-bit weights in 8-bit integer arithmetic, on AVX2.
+//! Products over 4- and 5-bit weights in 8-bit integer arithmetic, on AVX2 (and the panels
+//! that AVX-512's tiles, `avx512`, share).
 //!
 //! Widening a panel of weights to f32 for `gemm` multiplies at the speed of f32 FMAs, 8
 //! products an instruction, and a row-by-row dot reduces every block across lanes. Here the
@@ -43,7 +44,7 @@ pub(super) fn takes(w: Rows<'_>) -> bool {
 
 /// One group of 8 rows as [`tile`] reads it, as stored.
 #[derive(Clone, Copy)]
-enum Group<'a> {
+pub(super) enum Group<'a> {
     /// `Q4::group`: per block four vectors of nibbles, two runs each, and 8 f16 scales; the
     /// levels are 8 above the weights'.
     Q4 { quants: &'a [u8], scales: &'a [f16] },
@@ -64,10 +65,44 @@ struct Block {
 }
 
 impl Group<'_> {
-    fn blocks(self) -> usize {
+    pub(super) fn blocks(self) -> usize {
         match self {
             Group::Q4 { scales, .. } | Group::Q5 { scales, .. } => scales.len() / GROUP,
         }
+    }
+}
+
+/// Kernels that multiply one group of rows by one input or by [`TOKENS`] of them: [`Avx2`]'s
+/// and `avx512`'s.
+pub(super) trait Tiles {
+    /// The group's 8 dot products with each of `x`, into `out[k][j]` for input `k` and row
+    /// `j` (`out` holds at least `T`).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must run the features the kernels are compiled for.
+    unsafe fn tile<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[f32; GROUP]]);
+
+    /// The group's 8 dot products with `x`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Tiles::tile`].
+    unsafe fn one(rows: Group<'_>, x: Int8Row<'_>) -> [f32; GROUP] {
+        let mut out = [[0f32; GROUP]];
+        // SAFETY: the caller vouches for the CPU's features.
+        unsafe { Self::tile::<1>(rows, [x], &mut out) };
+        out[0]
+    }
+}
+
+/// The tiles of this module, on AVX2, FMA and F16C.
+pub(super) struct Avx2;
+
+impl Tiles for Avx2 {
+    unsafe fn tile<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[f32; GROUP]]) {
+        // SAFETY: the caller vouches for AVX2, FMA and F16C.
+        unsafe { tile_group::<T>(rows, x, out) }
     }
 }
 
@@ -159,15 +194,15 @@ fn widen(v: &[f16]) -> __m256 {
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
 }
 
-/// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on AVX2, the input rounded to 8
-/// bits as the token step rounds it. Each rayon task takes a panel of rows and multiplies it
-/// with every input row.
+/// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on the tiles of `K`, the input
+/// rounded to 8 bits as the token step rounds it. Each rayon task takes a panel of rows and
+/// multiplies it with every input row.
 ///
 /// # Safety
 ///
-/// The CPU must run AVX2, FMA and F16C, and `out` must be a `[T, rows]` matrix (`T = x.len()
-/// / cols`) valid for writes and not otherwise accessed during the call.
-pub(super) unsafe fn panels(
+/// The CPU must run `K`'s features, and `out` must be a `[T, rows]` matrix (`T = x.len() /
+/// cols`) valid for writes and not otherwise accessed during the call.
+pub(super) unsafe fn panels<K: Tiles>(
     w: Rows<'_>,
     rows: usize,
     cols: usize,
@@ -189,7 +224,7 @@ pub(super) unsafe fn panels(
                 };
                 // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`; this task
                 // alone writes its rows `first..first + n`.
-                unsafe { multiply(group, n, x, t, first, scale, out) };
+                unsafe { multiply::<K>(group, n, x, t, first, scale, out) };
             });
     })
 }
@@ -208,25 +243,38 @@ fn q5_group(q: &Q5, cols: usize, g: usize) -> Group<'_> {
     }
 }
 
-/// One group of q4 rows against one input: `kernels::dot_q4` on AVX2.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_q4(quants: &[u8], scales: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
-    let mut out = [[0f32; GROUP]];
-    tile_group::<1>(Group::Q4 { quants, scales }, [x], &mut out);
-    out[0]
+/// One group of q4 rows against one input on `K`'s tiles: `kernels::dot_q4`.
+///
+/// # Safety
+///
+/// The CPU must run `K`'s features.
+pub(super) unsafe fn dot_q4<K: Tiles>(
+    quants: &[u8],
+    scales: &[f16],
+    x: Int8Row<'_>,
+) -> [f32; GROUP] {
+    // SAFETY: the caller vouches for the CPU.
+    unsafe { K::one(Group::Q4 { quants, scales }, x) }
 }
 
-/// One group of q5 rows against one input: `kernels::dot_q5` on AVX2.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_q5(quants: &[u8], scales: &[f16], mins: &[f16], x: Int8Row<'_>) -> [f32; GROUP] {
-    let mut out = [[0f32; GROUP]];
+/// One group of q5 rows against one input on `K`'s tiles: `kernels::dot_q5`.
+///
+/// # Safety
+///
+/// The CPU must run `K`'s features.
+pub(super) unsafe fn dot_q5<K: Tiles>(
+    quants: &[u8],
+    scales: &[f16],
+    mins: &[f16],
+    x: Int8Row<'_>,
+) -> [f32; GROUP] {
     let group = Group::Q5 {
         quants,
         scales,
         mins,
     };
-    tile_group::<1>(group, [x], &mut out);
-    out[0]
+    // SAFETY: the caller vouches for the CPU.
+    unsafe { K::one(group, x) }
 }
 
 /// `out[k, first + j] = scale * (row j of the rows' groups . x[k])` for every input row `k <
@@ -234,9 +282,9 @@ pub(super) fn dot_q5(quants: &[u8], scales: &[f16], mins: &[f16], x: Int8Row<'_>
 ///
 /// # Safety
 ///
-/// The CPU must run AVX2, FMA and F16C; `out` must be valid for writes at those elements,
-/// which nothing else accesses during the call.
-unsafe fn multiply<'a>(
+/// The CPU must run `K`'s features; `out` must be valid for writes at those elements, which
+/// nothing else accesses during the call.
+unsafe fn multiply<'a, K: Tiles>(
     group: impl Fn(usize) -> Group<'a>,
     n: usize,
     x: &Int8Rows,
@@ -252,13 +300,12 @@ unsafe fn multiply<'a>(
         for g in 0..n.div_ceil(GROUP) {
             let mut sums = [[0f32; GROUP]; TOKENS];
             let rows = group(g);
-            // SAFETY: the caller vouches for AVX2, FMA and F16C, the features `tile_group` is
-            // compiled for.
+            // SAFETY: the caller vouches for `K`'s features.
             unsafe {
                 if here == TOKENS {
-                    tile_group::<TOKENS>(rows, inputs(x, t0), &mut sums);
+                    K::tile::<TOKENS>(rows, inputs(x, t0), &mut sums);
                 } else {
-                    tile_group::<1>(rows, inputs(x, t0), &mut sums);
+                    K::tile::<1>(rows, inputs(x, t0), &mut sums);
                 }
             }
             let valid = GROUP.min(n - g * GROUP);
