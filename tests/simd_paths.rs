@@ -34,6 +34,9 @@ fn every_path_gives_the_portable_loops_results_in_every_format() {
     std::fs::write(&text, readme.chars().take(300).collect::<String>()).unwrap();
     let models = [common::tiny(), common::fixture("world/e2e-v7/model.pth")];
     let paths = Simd::supported();
+    if !paths.contains(&Simd::Avx512) {
+        eprintln!("this CPU has no AVX-512 with VNNI: the avx512 kernels are not run here");
+    }
     if paths.len() < 2 {
         eprintln!("this CPU runs the portable path only: nothing to compare it with");
         return;
@@ -41,9 +44,9 @@ fn every_path_gives_the_portable_loops_results_in_every_format() {
     for model in &models {
         for dtype in ["f32", "f16", "bf16", "q8", "q5", "q4"] {
             // One row at a time (the token step), seven (the most the row-by-row kernels
-            // take; q4 and q5 on AVX2 take the integer panels from two on), and sixteen:
-            // prompt chunks, where q4 and q5 on AVX2 are multiplied in integers and the
-            // portable path widens them for `gemm`.
+            // take; q4 and q5 on AVX2 and AVX-512 take the integer panels from two on), and
+            // sixteen: prompt chunks, where q4 and q5 on AVX2 and AVX-512 are multiplied in
+            // integers and the portable path widens them for `gemm`.
             for chunk in ["1", "7", "16"] {
                 let portable = nll(model, &text, dtype, chunk, "portable");
                 // The paths sum in different orders, so their results differ in the last bits;

@@ -1137,7 +1137,7 @@ mod tests {
 
     /// Odd sizes (not multiples of 8, 16 or 32) exercise every kernel's tail; more than
     /// [`GEMV_MAX_ROWS`] inputs go through the panels, and 300 rows make more than one.
-    const SHAPES: [(usize, usize, usize); 10] = [
+    const SHAPES: [(usize, usize, usize); 11] = [
         (1, 1, 1),
         (3, 17, 1),
         (37, 45, 1),
@@ -1148,6 +1148,9 @@ mod tests {
         (21, 70, 11),
         (300, 64, 12),
         (5, 3000, 20),
+        // The token step over 35 blocks: two runs of 16, a pair and a last block in the
+        // AVX-512 q8 dot, and a float tail of 12 past the last 64.
+        (3, 1100, 1),
     ];
 
     fn check(make: impl Fn(&[f32], usize) -> Box<dyn Fn(&dyn Fn(Rows<'_>))>) {
@@ -1397,11 +1400,12 @@ mod tests {
         }
     }
 
-    /// The SIMD kernels against the plain loops directly, at a size with no tail.
+    /// The SIMD kernels against the plain loops directly, at a size with every kind of tail:
+    /// 1100 is 35 blocks (two runs of 16, a pair and one more) and 12 floats past the last 64.
     #[test]
     fn simd_kernels_match_portable_loops() {
         let mut rng = StdRng::seed_from_u64(11);
-        let cols = 1024;
+        let cols = 1100;
         let w = random(cols, &mut rng);
         let x = random(cols, &mut rng);
         let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();

@@ -1,7 +1,7 @@
 //! Which SIMD kernels run: the best this CPU has, or the one `RWKV_CHAT_SIMD` forces
 //! (`portable`, `avx2` or `avx512`), chosen once per process. Forcing a path is for measuring one
 //! against another and for checking that each gives the portable loops' results; a path the
-//! CPU cannot run, or one this build has no kernels for, is refused with the reason.
+//! CPU cannot run is refused with the reason.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -16,8 +16,9 @@ pub enum Simd {
     Portable,
     /// AVX2 with FMA and F16C (x86-64 since Haswell and Zen).
     Avx2,
-    /// AVX-512 F and BW with VNNI, beside AVX2 (Intel since Ice Lake and Cascade Lake, AMD
-    /// since Zen 4). CPUs with AVX-512 but no VNNI (Skylake-SP) run the AVX2 kernels.
+    /// AVX-512 F and BW with VNNI, beside AVX2 (Intel Xeon since Cascade Lake, Ice Lake and
+    /// Tiger Lake laptops, AMD since Zen 4; Intel's desktop and laptop chips since Alder Lake
+    /// have no AVX-512). CPUs with AVX-512 but no VNNI (Skylake-SP) run the AVX2 kernels.
     Avx512,
 }
 

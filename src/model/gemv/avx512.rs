@@ -1,12 +1,13 @@
 //! AVX-512 kernels (F, BW and VNNI): the row-by-row dots of the float formats and q8, and the
 //! group tiles of q4 and q5, 16 lanes wide.
 //!
-//! The token step is bound by memory, and a 64-byte load is one cache line: the float dots
-//! read a line per vector, and the integer ones need no widening at all, as VNNI's `vpdpbusd`
+//! The token step is bound by memory: the f32 dot reads a cache line per 64-byte vector (f16
+//! and bf16 half a line), and the integer dots need no widening at all, as VNNI's `vpdpbusd`
 //! multiplies unsigned by signed bytes and sums each four products straight into an i32 lane
 //! (AVX2 needs `maddubs`, `madd` and i16 sums whose range q5 already fills). A q4 or q5
-//! group's block is two vectors of levels here (AVX2: four), each lane half of one a run of 8
-//! rows; the two halves' partial sums are added once, at the end of the group.
+//! group's block is two 64-byte loads and four vectors of levels here (AVX2: four loads, eight
+//! vectors), each 256-bit half of a vector one run of the 8 rows; the two halves' partial sums
+//! are added once, at the end of the group.
 //!
 //! bf16 weights are widened by a shift rather than multiplied by `vdpbf16ps`, which would
 //! round the input to bf16 too: results would then differ from the other paths', and the dot
@@ -21,7 +22,8 @@ use super::kernels::portable;
 use super::{BLOCK, GROUP, Int8Row, Q4_GROUP_BLOCK, Q5_GROUP_BLOCK};
 
 /// How far ahead of the kernels' reads the weights are prefetched, in bytes: twice as far as
-/// the AVX2 kernels, which measured best on the AVX-512 machine (BENCHMARKS.md).
+/// the AVX2 kernels. On the AVX-512 machine 2048 read faster than 1024 in f32, f16, q8 and q5
+/// and about as fast in q4 (BENCHMARKS.md); the distances from 1536 to 3072 were close.
 const PREFETCH: usize = 2048;
 
 /// Loads 16 f32 from `x[i..i + 16]`.
@@ -35,6 +37,7 @@ fn load(x: &[f32], i: usize) -> __m512 {
 /// Loads 32 bytes at `q[i..]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn bytes32<T>(q: &[T], i: usize) -> __m256i {
+    const { assert!(32 % size_of::<T>() == 0) };
     let q = &q[i..i + 32 / size_of::<T>()];
     // SAFETY: the slice above spans exactly 32 bytes; `loadu` reads 32 unaligned bytes.
     unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
@@ -43,6 +46,7 @@ fn bytes32<T>(q: &[T], i: usize) -> __m256i {
 /// Loads 64 bytes at `q[i..]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn bytes64<T>(q: &[T], i: usize) -> __m512i {
+    const { assert!(64 % size_of::<T>() == 0) };
     let q = &q[i..i + 64 / size_of::<T>()];
     // SAFETY: the slice above spans exactly 64 bytes; `loadu` reads 64 unaligned bytes.
     unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }
@@ -248,8 +252,9 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
         } => {
             let fifth = _mm512_set1_epi8(0x10);
             // Bit 4 of the levels of run `r` is bit `r` of the last 32 bytes (low nibbles) or
-            // bit `4 + r` (high nibbles): per half, the shift that puts it at bit 4, within
-            // each byte for shifts of up to 4.
+            // bit `4 + r` (high nibbles): per half, the shift that puts it at bit 4. The
+            // shifts are of 16-bit lanes, but no bit crosses into bit 4 of the other byte:
+            // left shifts are of up to 4, right shifts of up to 3.
             let counts = |low: i16, high: i16| {
                 _mm512_inserti64x4::<1>(_mm512_set1_epi16(low), _mm256_set1_epi16(high))
             };

@@ -151,7 +151,8 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
                 }
                 let high = load_bytes(&quants[Q4_GROUP_BLOCK..]);
                 // Bit 4 of run `r`'s levels is bit `r` (low half) or `4 + r` (high half) of
-                // `high`: shifted to bit 4, within each byte for shifts of up to 4.
+                // `high`: shifted to bit 4, within each byte for left shifts of up to 4 and right
+                // shifts of up to 3.
                 let bits = [
                     _mm256_slli_epi16::<4>(high),
                     _mm256_slli_epi16::<3>(high),
