@@ -1148,7 +1148,7 @@ mod tests {
         (21, 70, 11),
         (300, 64, 12),
         (5, 3000, 20),
-        // The token step over 35 blocks: two runs of 16, a pair and a last block in the
+        // The token step over 35 blocks: four runs of 8, a pair and a last block in the
         // AVX-512 q8 dot, and a float tail of 12 past the last 64.
         (3, 1100, 1),
     ];
@@ -1401,7 +1401,7 @@ mod tests {
     }
 
     /// The SIMD kernels against the plain loops directly, at a size with every kind of tail:
-    /// 1100 is 35 blocks (two runs of 16, a pair and one more) and 12 floats past the last 64.
+    /// 1100 is 35 blocks (four runs of 8, a pair and one more) and 12 floats past the last 64.
     #[test]
     fn simd_kernels_match_portable_loops() {
         let mut rng = StdRng::seed_from_u64(11);

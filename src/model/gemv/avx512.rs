@@ -123,8 +123,9 @@ fn products(w: __m512i, x: __m512i) -> __m512i {
 }
 
 /// `sum(q[b] . x[b]) * s[b] * xs[b]` over q8's blocks, two blocks a vector (lanes 0..8 the
-/// first block's sums, 8..16 the second's). Sixteen blocks' scales are widened and multiplied
-/// in one vector, each pair then one permute away; the pairs alternate between two
+/// first block's sums, 8..16 the second's). Runs of eight blocks have their scales widened and
+/// multiplied in one vector, each pair's then one permute away (runs of sixteen left rows of
+/// 768 weights, 169m's, with a slow remainder of four pairs); the pairs alternate between two
 /// accumulators so the FMAs do not wait on each other's latency.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
@@ -135,41 +136,35 @@ pub(super) fn dot_q8(q: &[i8], s: &[f16], x: Int8Row<'_>) -> f32 {
         .min(xs.len());
     let pair =
         |b: usize| _mm512_cvtepi32_ps(products(bytes64(q, b * BLOCK), bytes64(xq, b * BLOCK)));
+    // Lanes 0..8 from scale `2 p` of a run, 8..16 from scale `2 p + 1`.
+    let index: [__m512i; 4] = std::array::from_fn(|p| {
+        let p = p as i32;
+        _mm512_inserti64x4::<1>(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1))
+    });
     let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let groups = n / 16;
-    for g in 0..groups {
-        ahead(q, g * 16 * BLOCK, 16 * BLOCK);
-        let scales = _mm512_mul_ps(_mm512_cvtph_ps(bytes32(s, g * 16)), load(xs, g * 16));
-        for i in (0..8).step_by(2) {
-            let lanes = |i: i32| {
-                let index = _mm512_set_epi32(
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i + 1,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                    2 * i,
-                );
-                _mm512_permutexvar_ps(index, scales)
-            };
-            let b = g * 16 + 2 * i;
-            even = _mm512_fmadd_ps(pair(b), lanes(i as i32), even);
-            odd = _mm512_fmadd_ps(pair(b + 2), lanes(i as i32 + 1), odd);
+    let runs = n / 8;
+    for g in 0..runs {
+        ahead(q, g * 8 * BLOCK, 8 * BLOCK);
+        let (s, xs) = (&s[g * 8..g * 8 + 8], &xs[g * 8..g * 8 + 8]);
+        // SAFETY: `s` is 8 f16 (16 bytes) and `xs` 8 f32, just sliced; unaligned loads.
+        let scales = unsafe {
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
+            _mm256_mul_ps(s, _mm256_loadu_ps(xs.as_ptr()))
+        };
+        let scales = _mm512_zextps256_ps512(scales);
+        for p in (0..4).step_by(2) {
+            let b = g * 8 + 2 * p;
+            even = _mm512_fmadd_ps(pair(b), _mm512_permutexvar_ps(index[p], scales), even);
+            odd = _mm512_fmadd_ps(
+                pair(b + 2),
+                _mm512_permutexvar_ps(index[p + 1], scales),
+                odd,
+            );
         }
     }
     // The rest a pair at a time, and a last block alone in the low half.
     let scale = |b: usize| s[b].to_f32() * xs[b];
-    let mut b = groups * 16;
+    let mut b = runs * 8;
     while b + 2 <= n {
         let lanes = _mm512_mask_blend_ps(
             0xff00,
