@@ -658,7 +658,8 @@ fn panels(
         return unsafe {
             match level {
                 Simd::Avx512 => int8::panels::<avx512::Avx512>(w, rows, cols, x, scale, out),
-                _ => int8::panels::<int8::Avx2>(w, rows, cols, x, scale, out),
+                Simd::Avx2 => int8::panels::<int8::Avx2>(w, rows, cols, x, scale, out),
+                Simd::Portable => unreachable!("the portable path has no integer panels"),
             }
         };
     }

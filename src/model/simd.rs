@@ -60,8 +60,15 @@ impl Simd {
 
     /// The path `value` (the variable's value) asks for; the best one when unset or empty.
     pub fn from_setting(value: Option<&str>) -> Result<Simd, SimdError> {
+        Self::from_setting_among(value, &Self::supported())
+    }
+
+    /// [`Simd::from_setting`] on a CPU that runs the paths `supported` (portable first, the
+    /// best last).
+    fn from_setting_among(value: Option<&str>, supported: &[Simd]) -> Result<Simd, SimdError> {
+        let best = supported.last().copied().unwrap_or(Simd::Portable);
         let wanted = match value.map(str::trim) {
-            None | Some("") => return Ok(Self::best()),
+            None | Some("") => return Ok(best),
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "portable" => Simd::Portable,
                 "avx2" => Simd::Avx2,
@@ -69,7 +76,6 @@ impl Simd {
                 _ => return Err(SimdError::Unknown(v.to_owned())),
             },
         };
-        let supported = Self::supported();
         if supported.contains(&wanted) {
             Ok(wanted)
         } else {
@@ -166,5 +172,30 @@ mod tests {
             }
         }
         assert_eq!(Simd::best(), *Simd::supported().last().unwrap());
+    }
+
+    /// The refusals of CPUs other than this one's: one with AVX2 but no AVX-512, and one with
+    /// neither.
+    #[test]
+    fn a_path_the_cpu_lacks_is_refused_naming_what_it_has() {
+        let avx2_only = [Simd::Portable, Simd::Avx2];
+        let refused = |value, supported: &[Simd]| {
+            Simd::from_setting_among(Some(value), supported)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("avx512", &avx2_only),
+            "RWKV_CHAT_SIMD=avx512: this CPU cannot run it (it has: portable, avx2)"
+        );
+        assert_eq!(
+            refused("avx2", &[Simd::Portable]),
+            "RWKV_CHAT_SIMD=avx2: this CPU cannot run it (it has: portable)"
+        );
+        assert_eq!(Simd::from_setting_among(None, &avx2_only), Ok(Simd::Avx2));
+        assert_eq!(
+            Simd::from_setting_among(Some("avx2"), &avx2_only),
+            Ok(Simd::Avx2)
+        );
     }
 }
