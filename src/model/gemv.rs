@@ -19,7 +19,9 @@
 //! formats the input is rounded to 8 bits there too, so that results do not depend on how a
 //! text is split into chunks (to rounding); on AVX2 and AVX-512 the 4- and 5-bit panels are
 //! multiplied in integers instead (`int8`), in the same operations as the token step's, so
-//! there the chunking does not change the results at all.
+//! there the chunking does not change the results at all. On AVX-512 q8 panels are
+//! multiplied in integers too (a chunk's results then differ from the token step's by
+//! rounding only, as through `gemm`).
 //!
 //! The quantized formats are blocks of [`BLOCK`] weights made at load time from f32 weights:
 //! 8 and 4 bits sharing one f16 scale (the values of ggml's q8_0 and q4_0), or 5 bits with an
@@ -47,9 +49,9 @@ const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
-/// it the product is compute-bound and goes through `gemm`. (q4 and q5 on AVX2 and AVX-512 go
-/// through `int8`'s panels from two inputs on: they multiply four inputs per pass over the
-/// levels.)
+/// it the product is compute-bound and goes through `gemm`. (Where `int8`'s panels take a
+/// format, it goes through them from two inputs on: they multiply four inputs per pass over
+/// the levels.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
@@ -511,8 +513,8 @@ fn widen_q8(level: Simd, q: &[i8], s: &[f16], out: &mut [f32]) {
 
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
 /// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time
-/// (q4 and q5 on AVX2 and AVX-512: one input through `gemv`, more through integer panels,
-/// `int8`).
+/// (q4 and q5 on AVX2 and AVX-512, and q8 on AVX-512: one input through `gemv`, more through
+/// integer panels, `int8`).
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
@@ -627,7 +629,7 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
 /// Whether [`panels`] multiplies `w` in integers (`int8`).
 fn integer_panels(level: Simd, w: Rows<'_>) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return level != Simd::Portable && simd::cpu_runs(level) && int8::takes(w);
+    return level != Simd::Portable && simd::cpu_runs(level) && int8::takes(level, w);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -635,7 +637,7 @@ fn integer_panels(level: Simd, w: Rows<'_>) -> bool {
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
 /// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
 /// which writes the panel's columns of `out` in place. On AVX2 and AVX-512, q4 and q5 panels
-/// stay in integers instead (`int8`).
+/// stay in integers instead (`int8`), and so do q8's on AVX-512.
 fn panels(
     level: Simd,
     w: Rows<'_>,
@@ -1227,7 +1229,7 @@ mod tests {
 
     /// The integer panels at the ends of their ranges, where a sum kept in i16 would first
     /// overflow: nearly every q4 level 15 and q5 level 31 (one weight of -1 per block, the
-    /// rest 0.875), against inputs of all +1 or all -1 (8-bit levels of +-127). Eleven inputs
+    /// rest 0.875), and q8's extreme levels, against inputs of all +1 or all -1 (8-bit levels of +-127). Eleven inputs
     /// make two tiles of four and three single rows; 19 rows, a partial group.
     #[test]
     fn integer_panels_hold_at_the_ends_of_their_ranges() {
@@ -1245,7 +1247,16 @@ mod tests {
             .map(|i| if (i / cols) % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
         let (q4, q5) = (Q4::quantize(&w, cols), Q5::quantize(&w, cols));
-        for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5)] {
+        // q8's levels -127 and 111, and negated 127 and -111: 1 and 255 once made unsigned.
+        let negated: Vec<f32> = w.iter().map(|w| -w).collect();
+        let (q8, q8_negated) = (Q8::quantize(&w, cols), Q8::quantize(&negated, cols));
+        let formats = [
+            Rows::Q4(&q4),
+            Rows::Q5(&q5),
+            Rows::Q8(&q8),
+            Rows::Q8(&q8_negated),
+        ];
+        for rows_view in formats {
             let expected = reference(rows_view, rows, cols, &x, 1.0);
             let mut out = vec![0f32; t * rows];
             for level in Simd::supported() {
@@ -1296,16 +1307,23 @@ mod tests {
     }
 
     /// Where q4 and q5 are multiplied in integers, a chunk of inputs gives each input exactly
-    /// what it gives alone (the token step), whatever the chunk's size.
+    /// what it gives alone (the token step), whatever the chunk's size. q8's token step is a
+    /// row-by-row dot that sums in another order, so there a chunk gives each input exactly
+    /// what a chunk of two copies of it gives, and what it gives alone to rounding.
     #[test]
     fn integer_products_do_not_depend_on_the_chunk() {
         let mut rng = StdRng::seed_from_u64(17);
         let (rows, cols) = (70, 200);
         let w = random(rows * cols, &mut rng);
-        let (q4, q5) = (Q4::quantize(&w, cols), Q5::quantize(&w, cols));
+        let (q4, q5, q8) = (
+            Q4::quantize(&w, cols),
+            Q5::quantize(&w, cols),
+            Q8::quantize(&w, cols),
+        );
+        let mut checked_q8 = false;
         for t in [2, 5, 11] {
             let x = random(t * cols, &mut rng);
-            for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5)] {
+            for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5), Rows::Q8(&q8)] {
                 for level in Simd::supported() {
                     if !integer_panels(level, rows_view) {
                         continue;
@@ -1315,11 +1333,25 @@ mod tests {
                     for (x, chunk) in x.chunks(cols).zip(chunk.chunks(rows)) {
                         let mut alone = vec![0f32; rows];
                         matmul_on(level, rows_view, rows, cols, x, 0.5, &mut alone);
-                        assert_eq!(chunk, &alone[..], "{level} t={t}");
+                        if !matches!(rows_view, Rows::Q8(_)) {
+                            assert_eq!(chunk, &alone[..], "{level} t={t}");
+                            continue;
+                        }
+                        checked_q8 = true;
+                        for (a, b) in chunk.iter().zip(&alone) {
+                            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                        }
+                        let twice = [x, x].concat();
+                        let mut pair = vec![0f32; 2 * rows];
+                        matmul_on(level, rows_view, rows, cols, &twice, 0.5, &mut pair);
+                        assert_eq!(chunk, &pair[..rows], "{level} t={t}");
+                        assert_eq!(chunk, &pair[rows..], "{level} t={t}");
                     }
                 }
             }
         }
+        let avx512 = Simd::supported().contains(&Simd::Avx512);
+        assert_eq!(checked_q8, avx512, "q8 panels are integer on AVX-512 only");
     }
 
     /// Quantization error is at most half a step of each block's scale (the scale itself

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::int8::{Group, Tiles};
+use super::int8::{Group, Q8_GROUP_BLOCK, Tiles};
 use super::kernels::portable;
 use super::{BLOCK, GROUP, Int8Row, Q4_GROUP_BLOCK, Q5_GROUP_BLOCK};
 
@@ -195,9 +195,9 @@ struct Block {
 /// Which dwords of the input block meet each of a [`Block`]'s vectors, per half: a group
 /// block's first 64 bytes hold runs 0 and 1 (levels `4 r..4 r + 4` of each row) in their low
 /// nibbles and levels `16 + 4 r..` in their high nibbles, the next 64 bytes runs 2 and 3.
-const X_DWORDS: [[i32; 2]; 4] = [[0, 1], [4, 5], [2, 3], [6, 7]];
+pub(super) const X_DWORDS: [[i32; 2]; 4] = [[0, 1], [4, 5], [2, 3], [6, 7]];
 
-/// The tiles of q4 and q5 groups on AVX-512.
+/// The tiles of q4, q5 and q8 groups on AVX-512.
 pub(super) struct Avx512;
 
 impl Tiles for Avx512 {
@@ -274,6 +274,20 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
                     runs,
                     scales: widen(&scales[b * GROUP..]),
                     minima: _mm512_maskz_mov_ps(0x00ff, widen(&mins[b * GROUP..])),
+                }
+            };
+            tile::<T>(nb, block, x, out);
+        }
+        Group::Q8 { levels, scales } => {
+            let minus_128 = _mm512_set1_ps(-128.0);
+            // Not prefetched: this thread has just written the panel, which is in its cache.
+            let block = |b: usize| {
+                let levels = &levels[b * Q8_GROUP_BLOCK..][..Q8_GROUP_BLOCK];
+                let scales = widen(&scales[b * GROUP..]);
+                Block {
+                    runs: std::array::from_fn(|i| bytes64(levels, 64 * i)),
+                    scales,
+                    minima: _mm512_maskz_mul_ps(0x00ff, scales, minus_128),
                 }
             };
             tile::<T>(nb, block, x, out);

@@ -1,5 +1,5 @@
 //! Products over 4- and 5-bit weights in 8-bit integer arithmetic, on AVX2 (and the panels
-//! that AVX-512's tiles, `avx512`, share).
+//! that AVX-512's tiles, `avx512`, share, where 8-bit weights join them).
 //!
 //! Widening a panel of weights to f32 for `gemm` multiplies at the speed of f32 FMAs, 8
 //! products an instruction, and a row-by-row dot reduces every block across lanes. Here the
@@ -10,19 +10,25 @@
 //! interleave rows the same way.) [`Q4`] and [`Q5`] are stored so, and the token step and
 //! prompt chunks multiply them as stored.
 //!
-//! q8 stays on the f32 path: its signed levels need their signs moved onto the input for every
-//! product, and the sum of two of its pairs of products overflows an i16, so it saves little.
+//! q8 is multiplied so on AVX-512 only: VNNI's `vpdpbusd` sums four products of unsigned by
+//! signed bytes straight into an i32, so a panel's levels, repacked into the tiles' layout
+//! with 128 added ([`Q8Panel`]), meet the input as q4's do and the offset comes off afterwards
+//! as q4's 8 does. AVX2's `maddubs` would sum two such products in an i16, which they
+//! overflow (and moving the levels' signs onto the input instead costs a sign and a widening
+//! per `maddubs`), so there q8 panels stay on the f32 path.
 //!
 //! [`gemv`]: super
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 use half::f16;
 use rayon::prelude::*;
 
+use super::avx512::X_DWORDS;
 use super::{
-    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Q5, Q5_GROUP_BLOCK, Rows,
-    with_int8_rows,
+    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Q5, Q5_GROUP_BLOCK, Q8, Rows,
+    Simd, blocks, with_int8_rows,
 };
 
 /// Weight rows one prompt task multiplies: its weights stay in L2 while every input row
@@ -37,12 +43,19 @@ const TOKENS: usize = 4;
 /// row-by-row kernels do).
 const PREFETCH: usize = 1024;
 
-/// Whether [`panels`] takes weights of this format.
-pub(super) fn takes(w: Rows<'_>) -> bool {
-    matches!(w, Rows::Q4(_) | Rows::Q5(_))
+/// Whether [`panels`] takes weights of this format on the tiles of `level`.
+pub(super) fn takes(level: Simd, w: Rows<'_>) -> bool {
+    match w {
+        Rows::Q4(_) | Rows::Q5(_) => true,
+        Rows::Q8(_) => level == Simd::Avx512,
+        Rows::F32(_) | Rows::F16(_) | Rows::Bf16(_) => false,
+    }
 }
 
-/// One group of 8 rows as [`tile`] reads it, as stored.
+/// Bytes of one block of a [`Q8Panel`] group: 32 levels of each of its rows.
+pub(super) const Q8_GROUP_BLOCK: usize = GROUP * BLOCK;
+
+/// One group of 8 rows as [`tile`] reads it: as stored, or for q8 as repacked.
 #[derive(Clone, Copy)]
 pub(super) enum Group<'a> {
     /// `Q4::group`: per block four vectors of nibbles, two runs each, and 8 f16 scales; the
@@ -54,6 +67,9 @@ pub(super) enum Group<'a> {
         scales: &'a [f16],
         mins: &'a [f16],
     },
+    /// A group of a [`Q8Panel`]: per block 256 bytes of levels 128 above the weights', and 8
+    /// f16 scales. AVX-512's tiles only.
+    Q8 { levels: &'a [u8], scales: &'a [f16] },
 }
 
 /// One block of a [`Group`]: its 8 runs of levels (run `g`: levels `4g..4g + 4` of each row),
@@ -67,7 +83,9 @@ struct Block {
 impl Group<'_> {
     pub(super) fn blocks(self) -> usize {
         match self {
-            Group::Q4 { scales, .. } | Group::Q5 { scales, .. } => scales.len() / GROUP,
+            Group::Q4 { scales, .. } | Group::Q5 { scales, .. } | Group::Q8 { scales, .. } => {
+                scales.len() / GROUP
+            }
         }
     }
 }
@@ -184,6 +202,8 @@ fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[
             };
             tile::<T, false>(nb, block, x, out);
         }
+        // `takes` keeps q8 off these tiles: its products would overflow `maddubs`'s i16 sums.
+        Group::Q8 { .. } => unreachable!("q8 panels are multiplied on AVX-512 only"),
     }
 }
 
@@ -195,7 +215,7 @@ fn widen(v: &[f16]) -> __m256 {
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
 }
 
-/// `out[t, r] = scale * (w[r] . x[t])` for q4 or q5 weights on the tiles of `K`, the input
+/// `out[t, r] = scale * (w[r] . x[t])` for q4, q5 or (AVX-512) q8 weights on the tiles of `K`, the input
 /// rounded to 8 bits as the token step rounds it. Each rayon task takes a panel of rows and
 /// multiplies it with every input row.
 ///
@@ -218,16 +238,85 @@ pub(super) unsafe fn panels<K: Tiles>(
             .for_each(|task| {
                 let first = task * PANEL_ROWS;
                 let n = PANEL_ROWS.min(rows - first);
-                let group = |g| match w {
-                    Rows::Q4(q) => q4_group(q, cols, first / GROUP + g),
-                    Rows::Q5(q) => q5_group(q, cols, first / GROUP + g),
-                    _ => unreachable!("int8 panels take q4 and q5 only"),
-                };
-                // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`; this task
-                // alone writes its rows `first..first + n`.
-                unsafe { multiply::<K>(group, n, x, t, first, scale, out) };
+                match w {
+                    Rows::Q4(q) => {
+                        let group = |g| q4_group(q, cols, first / GROUP + g);
+                        // SAFETY: the caller vouches for the CPU and for `out`, `[t, rows]`;
+                        // this task alone writes its rows `first..first + n`.
+                        unsafe { multiply::<K>(group, n, x, t, first, scale, out) };
+                    }
+                    Rows::Q5(q) => {
+                        let group = |g| q5_group(q, cols, first / GROUP + g);
+                        // SAFETY: as for q4.
+                        unsafe { multiply::<K>(group, n, x, t, first, scale, out) };
+                    }
+                    Rows::Q8(q) => Q8_PANELS.with_borrow_mut(|panel| {
+                        panel.fill(q, cols, first, n);
+                        let group = |g| panel.group(g, cols);
+                        // SAFETY: as for q4 (`takes` lets q8 reach only AVX-512's tiles).
+                        unsafe { multiply::<K>(group, n, x, t, first, scale, out) };
+                    }),
+                    Rows::F32(_) | Rows::F16(_) | Rows::Bf16(_) => {
+                        unreachable!("int8 panels take the quantized formats only: `takes`")
+                    }
+                }
             });
     })
+}
+
+thread_local! {
+    /// Each thread's [`Q8Panel`], kept between calls as `gemv`'s f32 panels are.
+    static Q8_PANELS: RefCell<Q8Panel> = RefCell::new(Q8Panel::default());
+}
+
+/// Up to [`PANEL_ROWS`] rows of [`Q8`] weights in groups of [`GROUP`] rows, as AVX-512's tiles
+/// take them (the last group padded with rows of level and scale 0): per group, per block,
+/// four vectors of 64 bytes whose half `h` of vector `i` holds, for each row `j` in turn, its
+/// four levels of dword `X_DWORDS[i][h]` of the block (the dwords `vpdpbusd` meets with that
+/// half's input), each plus 128 to make it unsigned; then per group, per block, the rows'
+/// scales. The q4 tiles read their nibbles in that order.
+#[derive(Default)]
+struct Q8Panel {
+    levels: Vec<u8>,
+    scales: Vec<f16>,
+}
+
+impl Q8Panel {
+    /// Repacks rows `first..first + n` of `q`.
+    fn fill(&mut self, q: &Q8, cols: usize, first: usize, n: usize) {
+        let nb = blocks(cols);
+        let groups = n.div_ceil(GROUP);
+        self.levels.clear();
+        self.levels.resize(groups * nb * Q8_GROUP_BLOCK, 0x80);
+        self.scales.clear();
+        self.scales.resize(groups * nb * GROUP, f16::ZERO);
+        for r in 0..n {
+            let (quants, scales) = q.row(first + r, cols);
+            let (g, j) = (r / GROUP, r % GROUP);
+            let blocks = quants.as_chunks::<BLOCK>().0.iter().zip(scales);
+            for (b, (levels, &scale)) in blocks.enumerate() {
+                let at = (g * nb + b) * Q8_GROUP_BLOCK + 4 * j;
+                for (i, halves) in X_DWORDS.iter().enumerate() {
+                    for (h, &dword) in halves.iter().enumerate() {
+                        let from = &levels[4 * dword as usize..][..4];
+                        let to = &mut self.levels[at + 64 * i + 32 * h..][..4];
+                        for (to, &from) in to.iter_mut().zip(from) {
+                            *to = from.cast_unsigned() ^ 0x80;
+                        }
+                    }
+                }
+                self.scales[(g * nb + b) * GROUP + j] = scale;
+            }
+        }
+    }
+
+    fn group(&self, g: usize, cols: usize) -> Group<'_> {
+        let nb = blocks(cols);
+        Group::Q8 {
+            levels: &self.levels[g * nb * Q8_GROUP_BLOCK..][..nb * Q8_GROUP_BLOCK],
+            scales: &self.scales[g * nb * GROUP..][..nb * GROUP],
+        }
+    }
 }
 
 fn q4_group(q: &Q4, cols: usize, g: usize) -> Group<'_> {
