@@ -284,6 +284,8 @@ pub struct BenchReport {
     pub threads: usize,
     /// The kernels the dot products ran on (`RWKV_CHAT_SIMD` forces a path).
     pub simd: String,
+    /// How far ahead the AVX-512 float dots prefetched, in bytes (`RWKV_CHAT_PREFETCH`).
+    pub float_prefetch_bytes: usize,
     pub load_s: f64,
     /// The quantized weights came from the weight cache (`--cache-weights`).
     pub weights_from_cache: bool,
@@ -354,6 +356,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         dtype: model.dtype().to_string(),
         threads: candle_core::utils::get_num_threads(),
         simd: crate::model::simd::chosen().to_string(),
+        float_prefetch_bytes: crate::model::simd::float_prefetch(),
         load_s,
         weights_from_cache: model.weights_from_cache(),
         prefill_tokens: prompt.len(),

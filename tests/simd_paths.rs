@@ -92,3 +92,48 @@ fn a_path_that_cannot_run_is_refused_with_the_reason() {
         }
     }
 }
+
+/// `RWKV_CHAT_PREFETCH` is checked before anything loads, reaches the kernels (`bench` says
+/// what they used) and, being a prefetch, changes no result.
+#[test]
+fn a_prefetch_distance_is_checked_reported_and_changes_nothing() {
+    let bad = common::bin()
+        .args(["bench", "--model"])
+        .arg(common::tiny())
+        .env("RWKV_CHAT_PREFETCH", "100")
+        .output()
+        .unwrap();
+    common::assert_user_error(
+        &bad,
+        &["RWKV_CHAT_PREFETCH=`100` is not a prefetch distance; expected a number of bytes"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "Prefetching moves no bits of any result. ".repeat(4)).unwrap();
+    let mut nlls = Vec::new();
+    for bytes in ["0", "4096"] {
+        let out = common::bin()
+            .args(["bench", "--model"])
+            .arg(common::tiny())
+            .args(["--prefill", "4", "--decode", "2", "--format", "json"])
+            .env("RWKV_CHAT_PREFETCH", bytes)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bytes}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(report["float_prefetch_bytes"].to_string(), bytes);
+        let out = common::bin()
+            .args(["perplexity", "--model"])
+            .arg(common::tiny())
+            .arg("-f")
+            .arg(&text)
+            .args(["--chunk-size", "1", "--format", "json"])
+            .env("RWKV_CHAT_PREFETCH", bytes)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bytes}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        nlls.push(report["nll"].as_f64().unwrap());
+    }
+    assert_eq!(nlls[0], nlls[1]);
+}

@@ -2,12 +2,23 @@
 //! (`portable`, `avx2` or `avx512`), chosen once per process. Forcing a path is for measuring one
 //! against another and for checking that each gives the portable loops' results; a path the
 //! CPU cannot run is refused with the reason.
+//!
+//! Also how far ahead the AVX-512 float dots prefetch their weights ([`float_prefetch`]):
+//! software prefetch sped the token step up on the Intel machine this project measured and
+//! slowed it down on the AMD Zen 4 (BENCHMARKS.md), so it depends on the CPU, and
+//! `RWKV_CHAT_PREFETCH` (bytes, 0 for none) sets it for measuring.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 /// The environment variable that forces a path.
 pub const VARIABLE: &str = "RWKV_CHAT_SIMD";
+
+/// The environment variable that sets [`float_prefetch`].
+pub const PREFETCH_VARIABLE: &str = "RWKV_CHAT_PREFETCH";
+
+/// The longest prefetch distance `RWKV_CHAT_PREFETCH` takes, in bytes.
+const MAX_PREFETCH: usize = 16384;
 
 /// A set of kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +39,11 @@ pub enum SimdError {
     Unknown(String),
     #[error("{VARIABLE}={0}: this CPU cannot run it (it has: {1})")]
     Unsupported(Simd, String),
+    #[error(
+        "{PREFETCH_VARIABLE}=`{0}` is not a prefetch distance; expected a number of bytes, a \
+         multiple of 64 up to {MAX_PREFETCH} (0: no prefetch)"
+    )]
+    Prefetch(String),
 }
 
 impl fmt::Display for Simd {
@@ -118,6 +134,52 @@ fn avx512() -> bool {
     false
 }
 
+/// The float dots' prefetch distance `value` (the variable's value) asks for, in bytes; on
+/// `amd_zen4` when unset or empty, none (measured slower there), else 2048 (the distance
+/// tuned on the Intel machine).
+fn prefetch_from_setting(value: Option<&str>, amd_zen4: bool) -> Result<usize, SimdError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(if amd_zen4 { 0 } else { 2048 }),
+        Some(v) => match v.parse::<usize>() {
+            Ok(bytes) if bytes.is_multiple_of(64) && bytes <= MAX_PREFETCH => Ok(bytes),
+            _ => Err(SimdError::Prefetch(v.to_owned())),
+        },
+    }
+}
+
+/// Whether this is an AMD CPU of family 19h (Zen 3 and Zen 4; of them only Zen 4 has AVX-512).
+#[cfg(target_arch = "x86_64")]
+fn amd_zen4() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: `cpuid` is on every x86-64 CPU, and leaves 0 and 1 always exist. (A safe
+    // function in newer Rust; `unsafe` in the oldest this crate builds with.)
+    #[allow(unused_unsafe)]
+    let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    // Family 0xf plus the extended family, as AMD documents it.
+    let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
+    amd && family == 0x19
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amd_zen4() -> bool {
+    false
+}
+
+static PREFETCH: OnceLock<usize> = OnceLock::new();
+
+fn prefetch_from_env() -> Result<usize, SimdError> {
+    prefetch_from_setting(std::env::var(PREFETCH_VARIABLE).ok().as_deref(), amd_zen4())
+}
+
+/// How many bytes ahead of their reads the AVX-512 f32, f16 and bf16 dots prefetch the
+/// weights (0: they leave it to the hardware). Without [`init`], a bad value is ignored.
+pub fn float_prefetch() -> usize {
+    *PREFETCH.get_or_init(|| {
+        prefetch_from_env().unwrap_or_else(|_| prefetch_from_setting(None, amd_zen4()).unwrap_or(0))
+    })
+}
+
 static CHOSEN: OnceLock<Simd> = OnceLock::new();
 
 /// The path the variable asks for.
@@ -125,9 +187,14 @@ fn from_env() -> Result<Simd, SimdError> {
     Simd::from_setting(std::env::var(VARIABLE).ok().as_deref())
 }
 
-/// Reads `RWKV_CHAT_SIMD` and fixes the path for the process; the commands call it first, so
-/// a bad value is an error before any work. Later calls return the path already fixed.
+/// Reads `RWKV_CHAT_SIMD` and `RWKV_CHAT_PREFETCH` and fixes them for the process; the
+/// commands call it first, so a bad value is an error before any work. Later calls return the
+/// path already fixed.
 pub fn init() -> Result<Simd, SimdError> {
+    if PREFETCH.get().is_none() {
+        let bytes = prefetch_from_env()?;
+        PREFETCH.get_or_init(|| bytes);
+    }
     if let Some(&chosen) = CHOSEN.get() {
         return Ok(chosen);
     }
@@ -172,6 +239,27 @@ mod tests {
             }
         }
         assert_eq!(Simd::best(), *Simd::supported().last().unwrap());
+    }
+
+    #[test]
+    fn prefetch_distances_are_read_and_checked() {
+        assert_eq!(prefetch_from_setting(None, true), Ok(0));
+        assert_eq!(prefetch_from_setting(Some(""), false), Ok(2048));
+        assert_eq!(prefetch_from_setting(Some(" 1024 "), true), Ok(1024));
+        assert_eq!(prefetch_from_setting(Some("0"), false), Ok(0));
+        assert_eq!(prefetch_from_setting(Some("16384"), false), Ok(16384));
+        for bad in ["100", "16448", "-64", "2k", "lots"] {
+            let message = prefetch_from_setting(Some(bad), false)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                message,
+                format!(
+                    "RWKV_CHAT_PREFETCH=`{bad}` is not a prefetch distance; expected a number \
+                     of bytes, a multiple of 64 up to 16384 (0: no prefetch)"
+                )
+            );
+        }
     }
 
     /// The refusals of CPUs other than this one's: one with AVX2 but no AVX-512, and one with

@@ -20,10 +20,12 @@ use half::{bf16, f16};
 use super::int8::{Group, Q8_GROUP_BLOCK, Tiles};
 use super::kernels::portable;
 use super::{BLOCK, GROUP, Int8Row, Q4_GROUP_BLOCK, Q5_GROUP_BLOCK};
+use crate::model::simd;
 
-/// How far ahead of the kernels' reads the weights are prefetched, in bytes: twice as far as
-/// the AVX2 kernels. On the AVX-512 machine 2048 read faster than 1024 in f32, f16, q8 and q5
-/// and about as fast in q4 (BENCHMARKS.md); the distances from 1536 to 3072 were close.
+/// How far ahead of the integer kernels' reads the weights are prefetched, in bytes: twice
+/// as far as the AVX2 kernels. On the Intel AVX-512 machine 2048 read faster than 1024 in
+/// f32, f16, q8 and q5 and about as fast in q4 (BENCHMARKS.md); the distances from 1536 to
+/// 3072 were close. (The float dots' distance depends on the CPU: `simd::float_prefetch`.)
 const PREFETCH: usize = 2048;
 
 /// Loads 16 f32 from `x[i..i + 16]`.
@@ -55,18 +57,25 @@ fn bytes64<T>(q: &[T], i: usize) -> __m512i {
 /// Prefetches the `bytes` (a multiple of 64) that lie `PREFETCH` bytes past `w[i..]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn ahead<T>(w: &[T], i: usize, bytes: usize) {
+    ahead_by(PREFETCH, w, i, bytes);
+}
+
+/// Prefetches the `bytes` (a multiple of 64) that lie `distance` bytes past `w[i..]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn ahead_by<T>(distance: usize, w: &[T], i: usize, bytes: usize) {
     let at = w
         .as_ptr()
         .wrapping_add(i)
         .cast::<i8>()
-        .wrapping_add(PREFETCH);
+        .wrapping_add(distance);
     for line in (0..bytes).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line));
     }
 }
 
 /// `w . x` with `widen(w, i)` giving weights `i..i + 16` as f32, four accumulators deep;
-/// `tail` takes what is left past the last multiple of 64.
+/// `tail` takes what is left past the last multiple of 64. Prefetched as far ahead as
+/// `simd::float_prefetch` says (not at all on AMD's Zen 4, where it was slower).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn widened_dot<T>(
     w: &[T],
@@ -76,9 +85,12 @@ fn widened_dot<T>(
 ) -> f32 {
     let n = w.len().min(x.len());
     let main = n - n % 64;
+    let distance = simd::float_prefetch();
     let mut acc = [_mm512_setzero_ps(); 4];
     for i in (0..main).step_by(64) {
-        ahead(w, i, 64 * size_of::<T>());
+        if distance > 0 {
+            ahead_by(distance, w, i, 64 * size_of::<T>());
+        }
         for (k, acc) in acc.iter_mut().enumerate() {
             *acc = _mm512_fmadd_ps(widen(w, i + 16 * k), load(x, i + 16 * k), *acc);
         }
