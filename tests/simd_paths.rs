@@ -45,8 +45,8 @@ fn every_path_gives_the_portable_loops_results_in_every_format() {
         for dtype in ["f32", "f16", "bf16", "q8", "q5", "q4"] {
             // One row at a time (the token step), seven (the most the row-by-row kernels
             // take; q4 and q5 on AVX2 and AVX-512 take the integer panels from two on), and
-            // sixteen: prompt chunks, where q4 and q5 on AVX2 and AVX-512 are multiplied in
-            // integers and the portable path widens them for `gemm`.
+            // sixteen: prompt chunks, where q4 and q5 on AVX2 and AVX-512, and q8 on AVX-512,
+            // are multiplied in integers and the portable path widens them for `gemm`.
             for chunk in ["1", "7", "16"] {
                 let portable = nll(model, &text, dtype, chunk, "portable");
                 // The paths sum in different orders, so their results differ in the last bits;
@@ -93,8 +93,8 @@ fn a_path_that_cannot_run_is_refused_with_the_reason() {
     }
 }
 
-/// `RWKV_CHAT_PREFETCH` is checked before anything loads, reaches the kernels (`bench` says
-/// what they used) and, being a prefetch, changes no result.
+/// `RWKV_CHAT_PREFETCH` is checked before anything loads, is taken (`bench` reports the
+/// distance; only the AVX-512 float dots use it) and, being a prefetch, changes no result.
 #[test]
 fn a_prefetch_distance_is_checked_reported_and_changes_nothing() {
     let bad = common::bin()

@@ -49,9 +49,9 @@ const ROWS_PER_TASK: usize = 32;
 const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 
 /// Input rows up to which [`matmul`] reads the weights once per call through [`gemv`]; above
-/// it the product is compute-bound and goes through `gemm`. (Where `int8`'s panels take a
-/// format, it goes through them from two inputs on: they multiply four inputs per pass over
-/// the levels.)
+/// it the product is compute-bound and goes through `gemm`, or `int8`'s panels. (q4 and q5 go
+/// through the panels from two inputs on: they multiply four inputs per pass over the levels
+/// as stored.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
@@ -482,7 +482,7 @@ impl Rows<'_> {
 }
 
 /// Widens 8-bit levels times their blocks' scales into `out`. One loop, compiled a second time
-/// for AVX2: prompt chunks widen every q8 weight of a product this way, and the baseline
+/// for AVX2: prompt chunks off AVX-512 widen every q8 weight of a product this way, and the baseline
 /// x86-64 has no instruction that sign-extends bytes to dwords, so the plain loop vectorises
 /// poorly.
 fn widen_q8(level: Simd, q: &[i8], s: &[f16], out: &mut [f32]) {
@@ -513,8 +513,8 @@ fn widen_q8(level: Simd, q: &[i8], s: &[f16], out: &mut [f32]) {
 
 /// `out[t, r] = scale * (w[r] . x[t])` for `x` `[T, cols]` and `w` `[rows, cols]`; `out` is
 /// `[T, rows]`. Few input rows go through [`gemv`], many through `gemm` one panel at a time
-/// (q4 and q5 on AVX2 and AVX-512, and q8 on AVX-512: one input through `gemv`, more through
-/// integer panels, `int8`).
+/// (q4 and q5 on AVX2 and AVX-512: one input through `gemv`, more through integer panels,
+/// `int8`; q8 on AVX-512 through those panels above [`GEMV_MAX_ROWS`] inputs).
 pub fn matmul(w: Rows<'_>, rows: usize, cols: usize, x: &[f32], scale: f32, out: &mut [f32]) {
     matmul_on(simd::chosen(), w, rows, cols, x, scale, out);
 }
@@ -531,7 +531,10 @@ fn matmul_on(
     out: &mut [f32],
 ) {
     let t = x.len() / cols;
-    if t == 1 || (t <= GEMV_MAX_ROWS && !integer_panels(level, w)) {
+    // q4 and q5 panels read the levels as stored, and beat `gemv` from two inputs on; q8's
+    // are repacked first, which costs more than `gemv` up to its most inputs.
+    let panels_from_two = integer_panels(level, w) && !matches!(w, Rows::Q8(_));
+    if t == 1 || (t <= GEMV_MAX_ROWS && !panels_from_two) {
         gemv(level, w, rows, cols, x, scale, out);
     } else {
         panels(level, w, rows, cols, x, scale, out);
@@ -1229,8 +1232,9 @@ mod tests {
 
     /// The integer panels at the ends of their ranges, where a sum kept in i16 would first
     /// overflow: nearly every q4 level 15 and q5 level 31 (one weight of -1 per block, the
-    /// rest 0.875), and q8's extreme levels, against inputs of all +1 or all -1 (8-bit levels of +-127). Eleven inputs
-    /// make two tiles of four and three single rows; 19 rows, a partial group.
+    /// rest 0.875), and q8's levels at both ends once 128 is added (1 and 255), against
+    /// inputs of all +1 or all -1 (8-bit levels of +-127). Eleven inputs make two tiles of
+    /// four and three single rows; 19 rows, a partial group.
     #[test]
     fn integer_panels_hold_at_the_ends_of_their_ranges() {
         let (rows, cols, t) = (19, 96, 11);
@@ -1307,9 +1311,10 @@ mod tests {
     }
 
     /// Where q4 and q5 are multiplied in integers, a chunk of inputs gives each input exactly
-    /// what it gives alone (the token step), whatever the chunk's size. q8's token step is a
-    /// row-by-row dot that sums in another order, so there a chunk gives each input exactly
-    /// what a chunk of two copies of it gives, and what it gives alone to rounding.
+    /// what it gives alone (the token step), whatever the chunk's size. q8's panels (more than
+    /// [`GEMV_MAX_ROWS`] inputs) sum in another order than its row-by-row dot, so there a
+    /// chunk gives each input exactly what a chunk of copies of it gives, and what it gives
+    /// alone to rounding; smaller chunks give exactly what it gives alone.
     #[test]
     fn integer_products_do_not_depend_on_the_chunk() {
         let mut rng = StdRng::seed_from_u64(17);
@@ -1333,7 +1338,7 @@ mod tests {
                     for (x, chunk) in x.chunks(cols).zip(chunk.chunks(rows)) {
                         let mut alone = vec![0f32; rows];
                         matmul_on(level, rows_view, rows, cols, x, 0.5, &mut alone);
-                        if !matches!(rows_view, Rows::Q8(_)) {
+                        if !matches!(rows_view, Rows::Q8(_)) || t <= GEMV_MAX_ROWS {
                             assert_eq!(chunk, &alone[..], "{level} t={t}");
                             continue;
                         }
@@ -1341,11 +1346,13 @@ mod tests {
                         for (a, b) in chunk.iter().zip(&alone) {
                             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
                         }
-                        let twice = [x, x].concat();
-                        let mut pair = vec![0f32; 2 * rows];
-                        matmul_on(level, rows_view, rows, cols, &twice, 0.5, &mut pair);
-                        assert_eq!(chunk, &pair[..rows], "{level} t={t}");
-                        assert_eq!(chunk, &pair[rows..], "{level} t={t}");
+                        let copies = GEMV_MAX_ROWS + 1;
+                        let same = x.repeat(copies);
+                        let mut all = vec![0f32; copies * rows];
+                        matmul_on(level, rows_view, rows, cols, &same, 0.5, &mut all);
+                        for copy in all.chunks(rows) {
+                            assert_eq!(chunk, copy, "{level} t={t}");
+                        }
                     }
                 }
             }

@@ -156,7 +156,7 @@ fn amd_zen4() -> bool {
     #[allow(unused_unsafe)]
     let (vendor, signature) = unsafe { (__cpuid(0), __cpuid(1).eax) };
     let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-    // Family 0xf plus the extended family, as AMD documents it.
+    // The base family plus the extended family (which AMD sets only when the base is 0xf).
     let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
     amd && family == 0x19
 }

@@ -1,5 +1,5 @@
 //! AVX-512 kernels (F, BW and VNNI): the row-by-row dots of the float formats and q8, and the
-//! group tiles of q4 and q5, 16 lanes wide.
+//! group tiles of q4 and q5 (and of q8 repacked for prompt chunks), 16 lanes wide.
 //!
 //! The token step is bound by memory: the f32 dot reads a cache line per 64-byte vector (f16
 //! and bf16 half a line), and the integer dots need no widening at all, as VNNI's `vpdpbusd`
@@ -7,7 +7,7 @@
 //! (AVX2 needs `maddubs`, `madd` and i16 sums whose range q5 already fills). A q4 or q5
 //! group's block is two 64-byte loads and four vectors of levels here (AVX2: four loads, eight
 //! vectors), each 256-bit half of a vector one run of the 8 rows; the two halves' partial sums
-//! are added once, at the end of the group.
+//! are added once, at the end of the group. A repacked q8 group's block is four plain loads.
 //!
 //! bf16 weights are widened by a shift rather than multiplied by `vdpbf16ps`, which would
 //! round the input to bf16 too: results would then differ from the other paths', and the dot
@@ -228,7 +228,7 @@ fn widen(v: &[f16]) -> __m512 {
     _mm512_cvtph_ps(_mm256_broadcastsi128_si256(v))
 }
 
-/// [`tile`] over a group in either form, its levels unpacked in place (in closures, which are
+/// [`tile`] over a group in any of its forms, its levels unpacked in place (in closures, which are
 /// inlined into the loop, as in the AVX2 tiles).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn tile_group<const T: usize>(rows: Group<'_>, x: [Int8Row<'_>; T], out: &mut [[f32; GROUP]]) {
