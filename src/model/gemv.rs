@@ -531,10 +531,7 @@ fn matmul_on(
     out: &mut [f32],
 ) {
     let t = x.len() / cols;
-    // q4 and q5 panels read the levels as stored, and beat `gemv` from two inputs on; q8's
-    // are repacked first, which costs more than `gemv` up to its most inputs.
-    let panels_from_two = integer_panels(level, w) && !matches!(w, Rows::Q8(_));
-    if t == 1 || (t <= GEMV_MAX_ROWS && !panels_from_two) {
+    if t <= GEMV_MAX_ROWS && !integer_panels(level, w, t) {
         gemv(level, w, rows, cols, x, scale, out);
     } else {
         panels(level, w, rows, cols, x, scale, out);
@@ -629,10 +626,10 @@ fn transpose_into(by_row: &[f32], t: usize, out: &mut [f32]) {
     }
 }
 
-/// Whether [`panels`] multiplies `w` in integers (`int8`).
-fn integer_panels(level: Simd, w: Rows<'_>) -> bool {
+/// Whether [`panels`] multiplies `t` inputs over `w` in integers (`int8`).
+fn integer_panels(level: Simd, w: Rows<'_>, t: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return level != Simd::Portable && simd::cpu_runs(level) && int8::takes(level, w);
+    return level != Simd::Portable && simd::cpu_runs(level) && int8::takes(level, w, t);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -657,7 +654,7 @@ fn panels(
         stride: rows,
     };
     #[cfg(target_arch = "x86_64")]
-    if integer_panels(level, w) {
+    if integer_panels(level, w, t) {
         // SAFETY: the CPU has just been checked for the features of `level`, and `out` is `[t,
         // rows]` (asserted above), borrowed mutably for this whole call.
         return unsafe {
@@ -1330,7 +1327,8 @@ mod tests {
             let x = random(t * cols, &mut rng);
             for rows_view in [Rows::Q4(&q4), Rows::Q5(&q5), Rows::Q8(&q8)] {
                 for level in Simd::supported() {
-                    if !integer_panels(level, rows_view) {
+                    // The formats this path multiplies in integers in long chunks.
+                    if !integer_panels(level, rows_view, GEMV_MAX_ROWS + 1) {
                         continue;
                     }
                     let mut chunk = vec![0f32; t * rows];

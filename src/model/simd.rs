@@ -134,12 +134,21 @@ fn avx512() -> bool {
     false
 }
 
-/// The float dots' prefetch distance `value` (the variable's value) asks for, in bytes; on
-/// `amd_zen4` when unset or empty, none (measured slower there), else 2048 (the distance
-/// tuned on the Intel machine).
+/// How far ahead the AVX-512 kernels prefetch, in bytes, where nothing says otherwise: the
+/// distance tuned on the Intel machine (the integer kernels always use it).
+pub const PREFETCH_DISTANCE: usize = 2048;
+
+/// The float dots' distance without `RWKV_CHAT_PREFETCH`: none on `amd_zen4` (measured slower
+/// there), else [`PREFETCH_DISTANCE`].
+fn default_prefetch(amd_zen4: bool) -> usize {
+    if amd_zen4 { 0 } else { PREFETCH_DISTANCE }
+}
+
+/// The float dots' prefetch distance `value` (the variable's value) asks for, in bytes; the
+/// default when unset or empty.
 fn prefetch_from_setting(value: Option<&str>, amd_zen4: bool) -> Result<usize, SimdError> {
     match value.map(str::trim) {
-        None | Some("") => Ok(if amd_zen4 { 0 } else { 2048 }),
+        None | Some("") => Ok(default_prefetch(amd_zen4)),
         Some(v) => match v.parse::<usize>() {
             Ok(bytes) if bytes.is_multiple_of(64) && bytes <= MAX_PREFETCH => Ok(bytes),
             _ => Err(SimdError::Prefetch(v.to_owned())),
@@ -175,9 +184,7 @@ fn prefetch_from_env() -> Result<usize, SimdError> {
 /// How many bytes ahead of their reads the AVX-512 f32, f16 and bf16 dots prefetch the
 /// weights (0: they leave it to the hardware). Without [`init`], a bad value is ignored.
 pub fn float_prefetch() -> usize {
-    *PREFETCH.get_or_init(|| {
-        prefetch_from_env().unwrap_or_else(|_| prefetch_from_setting(None, amd_zen4()).unwrap_or(0))
-    })
+    *PREFETCH.get_or_init(|| prefetch_from_env().unwrap_or_else(|_| default_prefetch(amd_zen4())))
 }
 
 static CHOSEN: OnceLock<Simd> = OnceLock::new();

@@ -26,7 +26,7 @@ use crate::model::simd;
 /// as far as the AVX2 kernels. On the Intel AVX-512 machine 2048 read faster than 1024 in
 /// f32, f16, q8 and q5 and about as fast in q4 (BENCHMARKS.md); the distances from 1536 to
 /// 3072 were close. (The float dots' distance depends on the CPU: `simd::float_prefetch`.)
-const PREFETCH: usize = 2048;
+const PREFETCH: usize = simd::PREFETCH_DISTANCE;
 
 /// Loads 16 f32 from `x[i..i + 16]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]

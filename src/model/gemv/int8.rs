@@ -27,8 +27,8 @@ use rayon::prelude::*;
 
 use super::avx512::X_DWORDS;
 use super::{
-    BLOCK, Columns, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Q5, Q5_GROUP_BLOCK, Q8, Rows,
-    Simd, blocks, with_int8_rows,
+    BLOCK, Columns, GEMV_MAX_ROWS, GROUP, Int8Row, Int8Rows, Q4, Q4_GROUP_BLOCK, Q5,
+    Q5_GROUP_BLOCK, Q8, Rows, Simd, blocks, with_int8_rows,
 };
 
 /// Weight rows one prompt task multiplies: its weights stay in L2 while every input row
@@ -43,11 +43,14 @@ const TOKENS: usize = 4;
 /// row-by-row kernels do).
 const PREFETCH: usize = 1024;
 
-/// Whether [`panels`] takes weights of this format on the tiles of `level`.
-pub(super) fn takes(level: Simd, w: Rows<'_>) -> bool {
+/// Whether [`panels`] takes `t` inputs over weights of this format on the tiles of `level`:
+/// q4 and q5 from two inputs on (their levels are read as stored), q8 on AVX-512 only and above
+/// `GEMV_MAX_ROWS` inputs (its panels are repacked first, which costs more than `gemv` up to
+/// there).
+pub(super) fn takes(level: Simd, w: Rows<'_>, t: usize) -> bool {
     match w {
-        Rows::Q4(_) | Rows::Q5(_) => true,
-        Rows::Q8(_) => level == Simd::Avx512,
+        Rows::Q4(_) | Rows::Q5(_) => t > 1,
+        Rows::Q8(_) => level == Simd::Avx512 && t > GEMV_MAX_ROWS,
         Rows::F32(_) | Rows::F16(_) | Rows::Bf16(_) => false,
     }
 }
