@@ -8,7 +8,8 @@
 //! cycle over copies of the matrix filling 512 MB (`MB=N` for another size: `MB=8` stays in
 //! cache), so the weights come from memory as a model's do; more inputs multiply one matrix,
 //! in cache, as a prompt chunk's products are bound by arithmetic. `RWKV_CHAT_SIMD=portable`
-//! or `=avx2` picks the kernels, as for the app.
+//! or `=avx2` picks the kernels, as for the app. `COLS=N` sets the row length (2048 by
+//! default): `COLS=96` is one of RWKV-7's LoRA up-projections.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,7 +18,6 @@ use half::f16;
 use rwkv_chat::model::gemv::{GEMV_MAX_ROWS, Q4, Q5, Q8, Rows, matmul};
 
 const ROWS: usize = 2048;
-const COLS: usize = 2048;
 
 /// The matrix in one of the formats.
 #[derive(Clone)]
@@ -62,18 +62,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let w: Vec<f32> = (0..ROWS * COLS)
+    let Some(cols) = env_count("COLS", 2048) else {
+        return ExitCode::FAILURE;
+    };
+    let w: Vec<f32> = (0..ROWS * cols)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
-    let x: Vec<f32> = (0..inputs * COLS)
+    let x: Vec<f32> = (0..inputs * cols)
         .map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0)
         .collect();
     let matrix = match format.as_str() {
         "f32" => Matrix::F32(w),
         "f16" => Matrix::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
-        "q8" => Matrix::Q8(Q8::quantize(&w, COLS)),
-        "q5" => Matrix::Q5(Q5::quantize(&w, COLS)),
-        "q4" => Matrix::Q4(Q4::quantize(&w, COLS)),
+        "q8" => Matrix::Q8(Q8::quantize(&w, cols)),
+        "q5" => Matrix::Q5(Q5::quantize(&w, cols)),
+        "q4" => Matrix::Q4(Q4::quantize(&w, cols)),
         other => {
             eprintln!("`{other}` is not a format here; expected f32, f16, q8, q5 or q4");
             return ExitCode::FAILURE;
@@ -81,19 +84,14 @@ fn main() -> ExitCode {
     };
     let mut out = vec![0f32; inputs * ROWS];
     if inputs <= GEMV_MAX_ROWS {
-        let mb = match std::env::var("MB").map(|v| v.parse::<usize>()) {
-            Err(_) => 512,
-            Ok(Ok(mb)) if mb > 0 => mb,
-            Ok(_) => {
-                eprintln!("MB must be a whole number above 0");
-                return ExitCode::FAILURE;
-            }
+        let Some(mb) = env_count("MB", 512) else {
+            return ExitCode::FAILURE;
         };
         let copies = (mb << 20).div_ceil(matrix.bytes());
         let all: Vec<Matrix> = vec![matrix.clone(); copies];
         // Once over every copy first, so the pages are in place.
         for m in &all {
-            matmul(m.rows(), ROWS, COLS, &x, 1.0, &mut out);
+            matmul(m.rows(), ROWS, cols, &x, 1.0, &mut out);
         }
         let reps = (8usize << 30).div_ceil(copies * matrix.bytes()).max(8);
         let start = Instant::now();
@@ -102,7 +100,7 @@ fn main() -> ExitCode {
         rayon::scope(|_| {
             for _ in 0..reps {
                 for m in &all {
-                    matmul(m.rows(), ROWS, COLS, &x, 1.0, &mut out);
+                    matmul(m.rows(), ROWS, cols, &x, 1.0, &mut out);
                 }
             }
         });
@@ -118,12 +116,25 @@ fn main() -> ExitCode {
     let reps = (60 * 256 / inputs).max(1);
     let start = Instant::now();
     for _ in 0..reps {
-        matmul(matrix.rows(), ROWS, COLS, &x, 1.0, &mut out);
+        matmul(matrix.rows(), ROWS, cols, &x, 1.0, &mut out);
     }
-    let flops = 2.0 * (ROWS * COLS * inputs * reps) as f64;
+    let flops = 2.0 * (ROWS * cols * inputs * reps) as f64;
     println!(
         "{format} x {inputs} inputs: {:.1} GFLOP/s",
         flops / start.elapsed().as_secs_f64() / 1e9
     );
     ExitCode::SUCCESS
+}
+
+/// The whole number above 0 in the environment variable `name`, or `default` where it is not
+/// set; `None` (with the message printed) where it is something else.
+fn env_count(name: &str, default: usize) -> Option<usize> {
+    match std::env::var(name).map(|v| v.parse::<usize>()) {
+        Err(_) => Some(default),
+        Ok(Ok(n)) if n > 0 => Some(n),
+        Ok(_) => {
+            eprintln!("{name} must be a whole number above 0");
+            None
+        }
+    }
 }

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::ops;
 use super::reference::LN_X_EPS;
+use super::simd::{self, Simd};
 
 /// Lanes of the partial sums: one AVX2 register of f32.
 const LANES: usize = 8;
@@ -60,6 +61,12 @@ pub enum Kind<'a> {
 /// Runs the chunk's tokens through every head of `state` (`[heads, n, n]`), writing the
 /// gated, normalised output `[T, hidden]` into `out`.
 pub fn run(rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, out: &mut [f32]) {
+    run_on(simd::chosen(), rows, kind, state, n, out);
+}
+
+/// [`run`] with the loops compiled for `level`'s instructions (the same operations in the same
+/// order on every path, so every path gives the portable loops' results to the bit).
+fn run_on(level: Simd, rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, out: &mut [f32]) {
     let c = rows.ln_weight.len();
     let t = rows.r.len() / c;
     // Each head's output `[T, n]`, then put in place: heads write disjoint columns.
@@ -68,57 +75,7 @@ pub fn run(rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, out: &mut [f32
         .par_chunks_mut(t * n)
         .zip(state.par_chunks_mut(n * n))
         .enumerate()
-        .for_each(|(h, (head_out, s))| {
-            let (mut ka, mut normed) = (vec![0f32; n], vec![0f32; n]);
-            for tok in 0..t {
-                let at = tok * c + h * n;
-                let span = at..at + n;
-                let o = &mut head_out[tok * n..(tok + 1) * n];
-                let (r, k, v) = (
-                    &rows.r[span.clone()],
-                    &rows.k[span.clone()],
-                    &rows.v[span.clone()],
-                );
-                let w = &rows.w[span.clone()];
-                match kind {
-                    Kind::Finch { u } => finch_step(r, k, v, w, &u[h * n..(h + 1) * n], s, o),
-                    Kind::Goose { kk, a, .. } => {
-                        let kk = &kk[span.clone()];
-                        for ((ka, kk), a) in ka.iter_mut().zip(kk).zip(&a[span.clone()]) {
-                            *ka = kk * a;
-                        }
-                        goose_step(r, k, v, w, kk, &ka, s, o);
-                    }
-                }
-                let ln = h * n..(h + 1) * n;
-                ops::layer_norm(
-                    o,
-                    &rows.ln_weight[ln.clone()],
-                    &rows.ln_bias[ln.clone()],
-                    LN_X_EPS,
-                    &mut normed,
-                );
-                let g = &rows.g[span.clone()];
-                match kind {
-                    Kind::Finch { .. } => {
-                        for ((o, nv), g) in o.iter_mut().zip(&normed).zip(g) {
-                            *o = nv * g;
-                        }
-                    }
-                    Kind::Goose { r_k, .. } => {
-                        let bonus: f32 = r
-                            .iter()
-                            .zip(k)
-                            .zip(&r_k[ln])
-                            .map(|((r, k), rk)| r * k * rk)
-                            .sum();
-                        for (((o, nv), v), g) in o.iter_mut().zip(&normed).zip(v).zip(g) {
-                            *o = (nv + bonus * v) * g;
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(h, (head_out, s))| head_on(level, rows, kind, h, s, head_out));
     for (tok, row) in out.chunks_exact_mut(c).enumerate() {
         for (h, head) in row.chunks_exact_mut(n).enumerate() {
             head.copy_from_slice(&by_head[h * t * n + tok * n..][..n]);
@@ -126,9 +83,99 @@ pub fn run(rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, out: &mut [f32
     }
 }
 
+/// [`head`] on `level`'s instructions where the CPU has them: the baseline x86-64 target
+/// has SSE2 only, and a head's loops are most of a World model's time outside the products.
+fn head_on(level: Simd, rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::cpu_runs(level) {
+        match level {
+            // SAFETY: the CPU has just been checked for the features of the path, which
+            // these copies of `head` are compiled for.
+            Simd::Avx512 => return unsafe { x86::head_avx512(rows, kind, h, s, out) },
+            Simd::Avx2 => return unsafe { x86::head_avx2(rows, kind, h, s, out) },
+            Simd::Portable => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    head(rows, kind, h, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Kind, Rows, head};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) fn head_avx512(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
+        head(rows, kind, h, s, out);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn head_avx2(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
+        head(rows, kind, h, s, out);
+    }
+}
+
+/// Every token of the chunk through head `h`, its state `s` (`[n, n]`), into its output
+/// `out` (`[T, n]`). Inlined into each path's copy, with everything it calls.
+#[inline(always)]
+fn head(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], head_out: &mut [f32]) {
+    let c = rows.ln_weight.len();
+    let n = head_out.len() / (rows.r.len() / c);
+    let (mut ka, mut normed) = (vec![0f32; n], vec![0f32; n]);
+    for (tok, o) in head_out.chunks_exact_mut(n).enumerate() {
+        let at = tok * c + h * n;
+        let span = at..at + n;
+        let (r, k, v) = (
+            &rows.r[span.clone()],
+            &rows.k[span.clone()],
+            &rows.v[span.clone()],
+        );
+        let w = &rows.w[span.clone()];
+        match kind {
+            Kind::Finch { u } => finch_step(r, k, v, w, &u[h * n..(h + 1) * n], s, o),
+            Kind::Goose { kk, a, .. } => {
+                let kk = &kk[span.clone()];
+                for ((ka, kk), a) in ka.iter_mut().zip(kk).zip(&a[span.clone()]) {
+                    *ka = kk * a;
+                }
+                goose_step(r, k, v, w, kk, &ka, s, o);
+            }
+        }
+        let ln = h * n..(h + 1) * n;
+        ops::layer_norm(
+            o,
+            &rows.ln_weight[ln.clone()],
+            &rows.ln_bias[ln.clone()],
+            LN_X_EPS,
+            &mut normed,
+        );
+        let g = &rows.g[span.clone()];
+        match kind {
+            Kind::Finch { .. } => {
+                for ((o, nv), g) in o.iter_mut().zip(&normed).zip(g) {
+                    *o = nv * g;
+                }
+            }
+            Kind::Goose { r_k, .. } => {
+                let bonus: f32 = r
+                    .iter()
+                    .zip(k)
+                    .zip(&r_k[ln])
+                    .map(|((r, k), rk)| r * k * rk)
+                    .sum();
+                for (((o, nv), v), g) in o.iter_mut().zip(&normed).zip(v).zip(g) {
+                    *o = (nv + bonus * v) * g;
+                }
+            }
+        }
+    }
+}
+
 /// One token of one v5/v6 head: `out_j = Σ_i r_i (u_i k_i v_j + S_ij)`,
 /// `S_ij ← k_i v_j + w_i S_ij`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn finch_step(
     r: &[f32],
     k: &[f32],
@@ -152,6 +199,7 @@ fn finch_step(
 /// One token of one v7 head: `S ← S·diag(w) − (S·κ̂)(κ̂∘a)ᵀ + v kᵀ`, `out = S r`, with
 /// `ka = κ̂∘a`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn goose_step(
     r: &[f32],
     k: &[f32],
@@ -169,5 +217,65 @@ fn goose_step(
             *s = *s * w - sk * ka + vi * k;
         }
         *o = dot(row, r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in (-1, 1) that differ from one call to the next.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + 1) * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Every path this CPU runs gives the portable loops' outputs and states to the bit, for
+    /// both generations' recurrences, with a head size that fills whole vectors (64) and one
+    /// that leaves a tail in each (20).
+    #[test]
+    fn every_path_gives_the_portable_results_to_the_bit() {
+        for (n, heads, t) in [(64, 3, 4), (20, 2, 3)] {
+            let c = n * heads;
+            let [r, k, v, g, kk, a] = [1, 2, 3, 4, 5, 6].map(|seed| values(t * c, seed));
+            // Decays in (0, 1), as the engines make them.
+            let w: Vec<f32> = values(t * c, 7).iter().map(|x| 0.5 + 0.45 * x).collect();
+            let [ln_weight, ln_bias, u, r_k] = [8, 9, 10, 11].map(|seed| values(c, seed));
+            let rows = Rows {
+                r: &r,
+                k: &k,
+                v: &v,
+                w: &w,
+                g: &g,
+                ln_weight: &ln_weight,
+                ln_bias: &ln_bias,
+            };
+            let kinds = [
+                Kind::Finch { u: &u },
+                Kind::Goose {
+                    kk: &kk,
+                    a: &a,
+                    r_k: &r_k,
+                },
+            ];
+            for kind in &kinds {
+                let run = |level| {
+                    let mut state = values(heads * n * n, 12);
+                    let mut out = vec![0f32; t * c];
+                    run_on(level, &rows, kind, &mut state, n, &mut out);
+                    (out, state)
+                };
+                let portable = run(Simd::Portable);
+                assert!(portable.0.iter().all(|o| o.is_finite()));
+                assert!(portable.0.iter().filter(|o| **o != 0.0).count() > t * c / 2);
+                for level in Simd::supported() {
+                    let (out, state) = run(level);
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&out), bits(&portable.0), "{level}: output, n {n}");
+                    assert_eq!(bits(&state), bits(&portable.1), "{level}: state, n {n}");
+                }
+            }
+        }
     }
 }
