@@ -785,25 +785,7 @@ mod kernels {
     use super::{GROUP, Int8Row, bf16, f16};
     #[cfg(target_arch = "x86_64")]
     use super::{avx512, int8, x86};
-    use crate::model::simd::Simd;
-
-    macro_rules! dispatch {
-        ($level:expr, $avx512:path, $avx2:path, $portable:path, $($arg:expr),*) => {{
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = $level;
-            #[cfg(target_arch = "x86_64")]
-            if crate::model::simd::cpu_runs($level) {
-                match $level {
-                    // SAFETY: the CPU has just been checked for the features of the path,
-                    // which its kernels are compiled for.
-                    Simd::Avx512 => return unsafe { $avx512($($arg),*) },
-                    Simd::Avx2 => return unsafe { $avx2($($arg),*) },
-                    Simd::Portable => {}
-                }
-            }
-            $portable($($arg),*)
-        }};
-    }
+    use crate::model::simd::{Simd, dispatch};
 
     pub fn dot_f32(level: Simd, w: &[f32], x: &[f32]) -> f32 {
         dispatch!(

@@ -4,14 +4,15 @@
 //! group per head) and its output gate, so a layer's whole WKV is one parallel pass.
 //!
 //! The inner loops are over `n` contiguous floats with their sums kept in eight lanes, so
-//! they vectorise; the reference engines ([`super::finch`], [`super::v7`]) keep the plain
+//! they vectorise, and they are compiled once per SIMD path (the baseline x86-64 target has
+//! SSE2 only); the reference engines ([`super::finch`], [`super::v7`]) keep the plain
 //! loops the tests hold these to.
 
 use rayon::prelude::*;
 
 use super::ops;
 use super::reference::LN_X_EPS;
-use super::simd::{self, Simd};
+use super::simd::{self, Simd, dispatch};
 
 /// Lanes of the partial sums: one AVX2 register of f32.
 const LANES: usize = 8;
@@ -75,7 +76,7 @@ fn run_on(level: Simd, rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, ou
         .par_chunks_mut(t * n)
         .zip(state.par_chunks_mut(n * n))
         .enumerate()
-        .for_each(|(h, (head_out, s))| head_on(level, rows, kind, h, s, head_out));
+        .for_each(|(h, (head_out, s))| head_on(level, rows, kind, h, n, s, head_out));
     for (tok, row) in out.chunks_exact_mut(c).enumerate() {
         for (h, head) in row.chunks_exact_mut(n).enumerate() {
             head.copy_from_slice(&by_head[h * t * n + tok * n..][..n]);
@@ -83,45 +84,61 @@ fn run_on(level: Simd, rows: &Rows, kind: &Kind, state: &mut [f32], n: usize, ou
     }
 }
 
-/// [`head`] on `level`'s instructions where the CPU has them: the baseline x86-64 target
-/// has SSE2 only, and a head's loops are most of a World model's time outside the products.
-fn head_on(level: Simd, rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd::cpu_runs(level) {
-        match level {
-            // SAFETY: the CPU has just been checked for the features of the path, which
-            // these copies of `head` are compiled for.
-            Simd::Avx512 => return unsafe { x86::head_avx512(rows, kind, h, s, out) },
-            Simd::Avx2 => return unsafe { x86::head_avx2(rows, kind, h, s, out) },
-            Simd::Portable => {}
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = level;
-    head(rows, kind, h, s, out);
+/// [`head`] on `level`'s instructions where the CPU has them: a head's loops are most of a
+/// World model's time outside the products.
+#[allow(clippy::too_many_arguments)]
+fn head_on(
+    level: Simd,
+    rows: &Rows,
+    kind: &Kind,
+    h: usize,
+    n: usize,
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    dispatch!(
+        level,
+        x86::head_avx512,
+        x86::head_avx2,
+        head,
+        rows,
+        kind,
+        h,
+        n,
+        s,
+        out
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Kind, Rows, head};
 
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub(super) fn head_avx512(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
-        head(rows, kind, h, s, out);
+    /// A copy of [`head`] per path, compiled for that path's features.
+    macro_rules! copies {
+        ($($name:ident: $features:literal),*) => {$(
+            #[target_feature(enable = $features)]
+            pub(super) fn $name(
+                rows: &Rows,
+                kind: &Kind,
+                h: usize,
+                n: usize,
+                s: &mut [f32],
+                out: &mut [f32],
+            ) {
+                head(rows, kind, h, n, s, out);
+            }
+        )*};
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn head_avx2(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], out: &mut [f32]) {
-        head(rows, kind, h, s, out);
-    }
+    copies!(head_avx512: "avx512f,avx512bw,avx2,fma", head_avx2: "avx2,fma");
 }
 
-/// Every token of the chunk through head `h`, its state `s` (`[n, n]`), into its output
-/// `out` (`[T, n]`). Inlined into each path's copy, with everything it calls.
+/// Every token of the chunk through head `h` of size `n`, its state `s` (`[n, n]`), into its
+/// output `head_out` (`[T, n]`). Inlined into each path's copy, with everything it calls.
 #[inline(always)]
-fn head(rows: &Rows, kind: &Kind, h: usize, s: &mut [f32], head_out: &mut [f32]) {
+fn head(rows: &Rows, kind: &Kind, h: usize, n: usize, s: &mut [f32], head_out: &mut [f32]) {
     let c = rows.ln_weight.len();
-    let n = head_out.len() / (rows.r.len() / c);
     let (mut ka, mut normed) = (vec![0f32; n], vec![0f32; n]);
     for (tok, o) in head_out.chunks_exact_mut(n).enumerate() {
         let at = tok * c + h * n;
@@ -224,7 +241,7 @@ fn goose_step(
 mod tests {
     use super::*;
 
-    /// Values in (-1, 1) that differ from one call to the next.
+    /// Values in [-1, 1] that differ from one seed to the next.
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
             .map(|i| (((i + 1) * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)

@@ -110,6 +110,29 @@ pub fn cpu_runs(simd: Simd) -> bool {
     }
 }
 
+/// Runs `$portable($args)`, or where `$level` asks for AVX-512 or AVX2 and the CPU has it,
+/// the copy compiled for that path (`#[target_feature]` functions, which are unsafe to call
+/// on a CPU without the features: the check here is what makes the call sound). Returns from
+/// the function it is used in when a SIMD copy runs.
+macro_rules! dispatch {
+    ($level:expr, $avx512:path, $avx2:path, $portable:path, $($arg:expr),*) => {{
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = $level;
+        #[cfg(target_arch = "x86_64")]
+        if $crate::model::simd::cpu_runs($level) {
+            match $level {
+                // SAFETY: the CPU has just been checked for the features of the path, which
+                // its copies are compiled for.
+                $crate::model::simd::Simd::Avx512 => return unsafe { $avx512($($arg),*) },
+                $crate::model::simd::Simd::Avx2 => return unsafe { $avx2($($arg),*) },
+                $crate::model::simd::Simd::Portable => {}
+            }
+        }
+        $portable($($arg),*)
+    }};
+}
+pub(crate) use dispatch;
+
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     is_x86_feature_detected!("avx2")
