@@ -54,9 +54,9 @@ const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 /// as stored.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Most weight rows a [`matmul`] panel holds. Measured with 2048 columns and 128 inputs on
-/// this project's 2-core machines, `gemm` reaches 50 GFLOP/s on panels of 32 rows, 110 on 128
-/// and 122 on 256 (and 105 on the whole matrix with its own threads).
+/// Most weight rows a [`matmul`] panel holds: a panel of 2048 columns in f32 is 2 MB, about
+/// what a core's L2 keeps. Panels of 32 rows were much slower than 128 or 256 before gemm was
+/// given its weights in columns, and 64, 128 and 256 alike after (BENCHMARKS.md).
 const PANEL_ROWS: usize = 256;
 
 /// 8-bit weights: per row `ceil(cols / 32)` blocks of 32 `i8` (the last padded with zeros)
@@ -634,8 +634,9 @@ fn integer_panels(level: Simd, w: Rows<'_>, t: usize) -> bool {
     false
 }
 
-/// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, widens it to
-/// f32 unless it already is, and multiplies it with all inputs through single-threaded `gemm`,
+/// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, copies it to
+/// f32 columns (widened where it is not f32), and multiplies it with all inputs through
+/// single-threaded `gemm`,
 /// which writes the panel's columns of `out` in place. On AVX2 and AVX-512, q4 and q5 panels
 /// stay in integers instead (`int8`), and so do q8's on AVX-512.
 fn panels(
@@ -683,30 +684,60 @@ fn panels(
     (0..rows.div_ceil(panel)).into_par_iter().for_each(|task| {
         let first = task * panel;
         let n = panel.min(rows - first);
-        PANEL.with_borrow_mut(|buf| {
-            let weights: &[f32] = match w {
-                Rows::F32(w) => &w[first * cols..(first + n) * cols],
-                _ => {
-                    buf.resize(n * cols, 0.0);
-                    for (i, row) in buf.chunks_mut(cols).enumerate() {
-                        w.dequantize_row(level, first + i, cols, row);
-                    }
-                    buf
-                }
-            };
+        PANEL.with_borrow_mut(|(strip, panel)| {
+            panel.resize(n * cols, 0.0);
+            widen_columns(level, w, first, n, cols, strip, panel);
             // SAFETY: `out` is `[t, rows]` (asserted above) and borrowed mutably for this whole
             // function; this task alone writes its columns `first..first + n`, `n <= rows -
             // first`.
-            unsafe { product(t, n, cols, x, weights, scale, out.at(first)) };
+            unsafe { product(t, n, cols, x, panel, scale, out.at(first)) };
         });
     });
 }
 
 thread_local! {
-    /// Each thread's buffer for a panel of widened weights, kept between calls: allocating
-    /// it per call had the kernel zeroing fresh pages for a fifth of a prompt's time.
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's buffers for a strip of widened rows and a panel of weights in columns
+    /// (see [`widen_columns`]), kept between calls: allocating them per call had the kernel
+    /// zeroing fresh pages for a fifth of a prompt's time.
+    static PANEL: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
+
+/// Rows `first..first + n` of `w` in f32 into `panel` column-major (`panel[l * n + j]` is
+/// row `first + j`'s column `l`), [`STRIP`] rows at a time through `strip`. gemm multiplies
+/// this layout as it is; given the rows as stored, it transposed them itself, element by
+/// element, for a third of a 256-token prompt's product time.
+fn widen_columns(
+    level: Simd,
+    w: Rows<'_>,
+    first: usize,
+    n: usize,
+    cols: usize,
+    strip: &mut Vec<f32>,
+    panel: &mut [f32],
+) {
+    for start in (0..n).step_by(STRIP) {
+        let rows = STRIP.min(n - start);
+        let src: &[f32] = match w {
+            Rows::F32(w) => &w[(first + start) * cols..(first + start + rows) * cols],
+            _ => {
+                strip.resize(rows * cols, 0.0);
+                for (i, row) in strip.chunks_mut(cols).enumerate() {
+                    w.dequantize_row(level, first + start + i, cols, row);
+                }
+                strip
+            }
+        };
+        for (l, column) in panel.chunks_exact_mut(n).enumerate() {
+            for (j, p) in column[start..start + rows].iter_mut().enumerate() {
+                *p = src[j * cols + l];
+            }
+        }
+    }
+}
+
+/// Rows [`widen_columns`] turns into columns at a time: their columns' cache lines stay in L1
+/// from one column to the next.
+const STRIP: usize = 16;
 
 /// A row-major output matrix from some column on, shared by tasks of [`panels`] that each
 /// write only their own columns.
@@ -742,9 +773,9 @@ impl Columns {
     }
 }
 
-/// `out[i, j] = scale * (w[j] . x[i])` for `x` `[m, k]` and `w` `[n, k]`, row-major.
-/// The weights are gemm's left operand, the one it packs in its inner loop; the inputs are the
-/// smaller matrix.
+/// `out[i, j] = scale * (w[.., j] . x[i])` for `x` `[m, k]` row-major and `w` `[n, k]` held
+/// column-major (`w[l * n + j]`). The weights are gemm's left operand, the one it packs in its
+/// inner loop, and in columns that packing is a plain copy; the inputs are the smaller matrix.
 ///
 /// # Safety
 ///
@@ -753,7 +784,7 @@ impl Columns {
 unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32, out: Columns) {
     assert!(x.len() == m * k && w.len() == n * k && n <= out.stride);
     // SAFETY: the assert bounds every index gemm derives for its operands: lhs `(j, l)` is
-    // `w[j * k + l]`, rhs `(l, i)` is `x[i * k + l]`; the caller vouches for dst `(j, i)` at
+    // `w[l * n + j]`, rhs `(l, i)` is `x[i * k + l]`; the caller vouches for dst `(j, i)` at
     // `out.ptr[i * out.stride + j]`.
     unsafe {
         gemm::gemm(
@@ -765,8 +796,8 @@ unsafe fn product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], scale: f32
             1,
             false,
             w.as_ptr(),
+            n as isize,
             1,
-            k as isize,
             x.as_ptr(),
             k as isize,
             1,
