@@ -4,6 +4,7 @@
 //! ignore what the user wrote.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub struct Config {
     pub models: Vec<String>,
     /// The preset of new sessions.
     pub preset: Option<String>,
+    /// Replies are cut after this many tokens (the backend's default when unset).
+    pub max_reply_tokens: Option<NonZeroUsize>,
     /// A shipped theme (`dark`, `light`, `high-contrast`) or one in `<config dir>/themes`.
     pub theme: Option<String>,
     /// Action name = key or list of keys, replacing that action's default keys.
@@ -255,6 +258,7 @@ model = "~/models/raven"
 models = ["a.pth"]
 preset = "raven"
 theme = "light"
+max_reply_tokens = 2000
 
 [keys]
 regenerate = "f5"
@@ -264,6 +268,7 @@ quit = ["ctrl+q", "alt+x"]
         let home = std::env::var("HOME").unwrap();
         assert_eq!(c.model, Some(format!("{home}/models/raven")));
         assert_eq!(c.models, ["a.pth"]);
+        assert_eq!(c.max_reply_tokens.map(NonZeroUsize::get), Some(2000));
         assert_eq!(c.keys.len(), 2);
     }
 
@@ -292,6 +297,12 @@ quit = ["ctrl+q", "alt+x"]
             ("[keys]\n\nregenerate = \"hyper+r\"\n", 3, "hyper"),
             ("[keys]\nfly = \"f5\"\n", 2, "fly"),
             ("theme = \n", 1, ""),
+            ("max_reply_tokens = 0\n", 1, "nonzero"),
+            (
+                "theme = \"dark\"\nmax_reply_tokens = -5\n",
+                2,
+                "nonzero usize",
+            ),
         ] {
             let e = Config::parse(Path::new("/cfg/config.toml"), text).unwrap_err();
             let msg = e.to_string();

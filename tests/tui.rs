@@ -166,8 +166,12 @@ fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let data = dir.path().join("data");
-    // Greedy and without stop sequences, so a reply runs long enough to be stopped.
+    // Greedy and without stop sequences, and a reply this long only ends when it is stopped,
+    // however fast the machine (at the default 500 tokens the tiny model could finish first).
     long_preset(&config);
+    let mut settings = std::fs::read_to_string(config.join("config.toml")).unwrap();
+    settings.push_str("max_reply_tokens = 1000000\n");
+    std::fs::write(config.join("config.toml"), settings).unwrap();
     let command = format!(
         "RWKV_CHAT_CONFIG_DIR={} {} --model {} --data-dir {}; echo EXIT=$?; sleep 60",
         quoted(&config),
@@ -199,7 +203,8 @@ fn chat_stop_quit_and_resume_without_refeeding_in_tmux() {
     tmux.keys(&["Tab", "Enter"]);
     tmux.wait_for("Hello raven");
     tmux.keys(&["Tell me more", "Enter"]);
-    tmux.wait_for("Tell me more");
+    // The reply streams in fast enough to scroll the question away before a capture: the
+    // export below finds it.
     tmux.wait_for("Esc stops");
     tmux.keys(&["Escape"]);
     tmux.wait_for("Message (F1 help)");

@@ -111,6 +111,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         data_dir: options.data_dir.clone(),
         config_dir: config_dir.clone(),
         load: options.load,
+        max_reply_tokens: config.max_reply_tokens,
     };
     let worker = match default_backend(&backend_options) {
         Ok(backend) => Ok(Worker::spawn(backend).context("cannot start the model thread")?),

@@ -1295,6 +1295,7 @@ fn chat_worker(data: &Path, config: Option<&Path>) -> Worker {
         data_dir: Some(data.to_owned()),
         config_dir: config.map(Path::to_owned),
         load: crate::model::LoadOptions::default(),
+        max_reply_tokens: None,
     })
     .unwrap();
     Worker::spawn(backend).unwrap()

@@ -57,8 +57,9 @@ impl crate::hub::ProgressSink for DownloadProgress<'_> {
     }
 }
 
-/// Replies longer than this are cut (the user can ask the model to go on).
-const MAX_REPLY_TOKENS: usize = 500;
+/// Replies longer than this are cut unless `config.toml` says otherwise (the user can ask the
+/// model to go on).
+const DEFAULT_MAX_REPLY_TOKENS: usize = 500;
 
 pub struct ChatBackend {
     store: Store,
@@ -68,6 +69,7 @@ pub struct ChatBackend {
     load: LoadOptions,
     engine: Option<(Engine, String)>,
     session: Option<OpenSession>,
+    max_reply_tokens: usize,
 }
 
 impl ChatBackend {
@@ -97,7 +99,16 @@ impl ChatBackend {
             load,
             engine: None,
             session: None,
+            max_reply_tokens: DEFAULT_MAX_REPLY_TOKENS,
         })
+    }
+
+    /// Cuts replies after `n` tokens instead of the default.
+    pub fn max_reply_tokens(self, n: usize) -> Self {
+        Self {
+            max_reply_tokens: n,
+            ..self
+        }
     }
 
     fn engine(&self) -> anyhow::Result<&Engine> {
@@ -299,7 +310,7 @@ impl Backend for ChatBackend {
         let engine = loaded(&self.engine)?;
         let session = self.session.as_mut().context("no session is open")?;
         let opts = chat::ReplyOptions {
-            max_tokens: MAX_REPLY_TOKENS,
+            max_tokens: self.max_reply_tokens,
             seed: rand::random(),
         };
         let reply = session.turn(&self.store, engine, |c, e| {
@@ -412,6 +423,21 @@ mod tests {
         let reopened = b.open_session(&name).unwrap();
         assert_eq!(reopened.messages.len(), 2);
         assert!(reopened.replayed_tokens > 0, "a foreign state was used");
+    }
+
+    /// `config.toml`'s `max_reply_tokens` cuts a reply where it says.
+    #[test]
+    fn a_reply_is_cut_at_the_configured_length() {
+        let data = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        let mut b = backend(data.path()).max_reply_tokens(3);
+        b.new_session(Some("completion")).unwrap();
+        b.set_sampling(&SamplingParams::greedy()).unwrap();
+        let stats = b
+            .turn(&Turn::Send("The raven".into()), &never, &mut |_| {})
+            .unwrap();
+        assert_eq!(stats.generated_tokens, 3);
+        assert!(matches!(stats.stop, StopReason::MaxTokens), "{stats:?}");
     }
 
     #[test]

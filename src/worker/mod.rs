@@ -250,17 +250,19 @@ pub struct BackendOptions {
     /// Where user presets are (`presets/*.toml`).
     pub config_dir: Option<PathBuf>,
     pub load: crate::model::LoadOptions,
+    /// `config.toml`'s `max_reply_tokens`; `None` for the default.
+    pub max_reply_tokens: Option<std::num::NonZeroUsize>,
 }
 
 /// The backend the app runs with: the chat engine and the session store.
 pub fn default_backend(options: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
     let data_dir = crate::paths::data_dir(options.data_dir.clone())?;
     let presets = options.config_dir.as_ref().map(|d| d.join("presets"));
-    Ok(Box::new(chat_backend::ChatBackend::new(
-        &data_dir,
-        presets,
-        options.load.clone(),
-    )?))
+    let mut backend = chat_backend::ChatBackend::new(&data_dir, presets, options.load.clone())?;
+    if let Some(n) = options.max_reply_tokens {
+        backend = backend.max_reply_tokens(n.get());
+    }
+    Ok(Box::new(backend))
 }
 
 /// Which request may be cancelled; shared by the UI side and the thread under one lock, so a
