@@ -54,8 +54,8 @@ const _: () = assert!(ROWS_PER_TASK.is_multiple_of(GROUP));
 /// as stored.)
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Most weight rows a [`matmul`] panel holds: a panel of 2048 columns in f32 is 2 MB, about
-/// what a core's L2 keeps. Panels of 32 rows were much slower than 128 or 256 before gemm was
+/// Most weight rows a [`matmul`] panel holds: a panel of 2048 columns in f32 is 2 MB, of the
+/// order of a core's L2. Panels of 32 rows were much slower than 128 or 256 before gemm was
 /// given its weights in columns, and 64, 128 and 256 alike after (BENCHMARKS.md).
 const PANEL_ROWS: usize = 256;
 
@@ -652,9 +652,8 @@ fn integer_panels(level: Simd, w: Rows<'_>, t: usize) -> bool {
 
 /// [`matmul`] for many input rows: each rayon task takes a panel of weight rows, copies it to
 /// f32 columns (widened where it is not f32), and multiplies it with all inputs through
-/// single-threaded `gemm`,
-/// which writes the panel's columns of `out` in place. On AVX2 and AVX-512, q4 and q5 panels
-/// stay in integers instead (`int8`), and so do q8's on AVX-512.
+/// single-threaded `gemm`, which writes the panel's columns of `out` in place. On AVX2 and
+/// AVX-512, q4 and q5 panels stay in integers instead (`int8`), and so do q8's on AVX-512.
 fn panels(
     level: Simd,
     w: Rows<'_>,
