@@ -190,13 +190,17 @@ pub struct ReplyOptions {
 impl Default for ReplyOptions {
     fn default() -> Self {
         Self {
-            max_tokens: 500,
+            max_tokens: DEFAULT_MAX_REPLY_TOKENS,
             seed: 0,
         }
     }
 }
 
 pub const DEFAULT_KEPT_TURNS: usize = 8;
+
+/// Where a reply is cut unless the user says otherwise (`config.toml`'s `max_reply_tokens`,
+/// `chat --max-tokens`); they can ask the model to go on.
+pub const DEFAULT_MAX_REPLY_TOKENS: usize = 500;
 
 pub struct Conversation {
     pub preset: Preset,

@@ -38,7 +38,7 @@ pub struct ChatArgs {
     pub preset: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = crate::chat::conversation::DEFAULT_MAX_REPLY_TOKENS)]
     pub max_tokens: usize,
     /// Keep the states around this many recent turns, for instant regenerate, edit and fork.
     #[arg(long, default_value_t = crate::chat::conversation::DEFAULT_KEPT_TURNS)]

@@ -336,23 +336,16 @@ impl Int8Rows {
         self.scales.resize(rows * nb, 0.0);
         self.sums.clear();
         self.sums.resize(rows * nb, 0.0);
-        let (quants, scales, sums) = (&mut self.quants, &mut self.scales, &mut self.sums);
-        if rows <= GEMV_MAX_ROWS {
-            quants
-                .chunks_mut(nb * BLOCK)
-                .zip(scales.chunks_mut(nb).zip(sums.chunks_mut(nb)))
-                .zip(x.chunks(cols))
-                .for_each(|((q, (s, sums)), row)| round_row(q, s, sums, row));
-        } else {
-            // A prompt chunk's rows across the threads: on one, rounding a chunk's inputs for
-            // each product was a twentieth of a quantized prompt's time, the other thread idle.
-            quants
-                .par_chunks_mut(nb * BLOCK)
-                .zip(scales.par_chunks_mut(nb).zip(sums.par_chunks_mut(nb)))
-                .zip(x.par_chunks(cols))
-                .with_min_len(4)
-                .for_each(|((q, (s, sums)), row)| round_row(q, s, sums, row));
-        }
+        // A prompt chunk's rows across the threads (on one, rounding a chunk's inputs for each
+        // product was a twentieth of a quantized prompt's time, the other thread idle); the
+        // token step's few rows stay on the calling thread.
+        self.quants
+            .par_chunks_mut(nb * BLOCK)
+            .zip(self.scales.par_chunks_mut(nb))
+            .zip(self.sums.par_chunks_mut(nb))
+            .zip(x.par_chunks(cols))
+            .with_min_len(GEMV_MAX_ROWS)
+            .for_each(|(((q, s), sums), row)| round_row(q, s, sums, row));
     }
 
     /// The rows back in f32, `cols` wide: the values the integer kernels multiply.

@@ -1,6 +1,7 @@
 //! The real [`Backend`]: the chat engine and the session store behind the worker protocol.
 //! One session is open at a time (its lock held); switching saves and closes the old one.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,10 +58,6 @@ impl crate::hub::ProgressSink for DownloadProgress<'_> {
     }
 }
 
-/// Replies longer than this are cut unless `config.toml` says otherwise (the user can ask the
-/// model to go on).
-const DEFAULT_MAX_REPLY_TOKENS: usize = 500;
-
 pub struct ChatBackend {
     store: Store,
     presets: Vec<Preset>,
@@ -99,14 +96,14 @@ impl ChatBackend {
             load,
             engine: None,
             session: None,
-            max_reply_tokens: DEFAULT_MAX_REPLY_TOKENS,
+            max_reply_tokens: crate::chat::conversation::DEFAULT_MAX_REPLY_TOKENS,
         })
     }
 
     /// Cuts replies after `n` tokens instead of the default.
-    pub fn max_reply_tokens(self, n: usize) -> Self {
+    pub fn max_reply_tokens(self, n: NonZeroUsize) -> Self {
         Self {
-            max_reply_tokens: n,
+            max_reply_tokens: n.get(),
             ..self
         }
     }
@@ -430,7 +427,7 @@ mod tests {
     fn a_reply_is_cut_at_the_configured_length() {
         let data = tempfile::tempdir().unwrap();
         let never = AtomicBool::new(false);
-        let mut b = backend(data.path()).max_reply_tokens(3);
+        let mut b = backend(data.path()).max_reply_tokens(NonZeroUsize::new(3).unwrap());
         b.new_session(Some("completion")).unwrap();
         b.set_sampling(&SamplingParams::greedy()).unwrap();
         let stats = b

@@ -260,7 +260,7 @@ pub fn default_backend(options: &BackendOptions) -> anyhow::Result<Box<dyn Backe
     let presets = options.config_dir.as_ref().map(|d| d.join("presets"));
     let mut backend = chat_backend::ChatBackend::new(&data_dir, presets, options.load.clone())?;
     if let Some(n) = options.max_reply_tokens {
-        backend = backend.max_reply_tokens(n.get());
+        backend = backend.max_reply_tokens(n);
     }
     Ok(Box::new(backend))
 }
