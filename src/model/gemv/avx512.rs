@@ -22,11 +22,9 @@ use super::kernels::portable;
 use super::{BLOCK, GROUP, Int8Row, Q4_GROUP_BLOCK, Q5_GROUP_BLOCK};
 use crate::model::simd;
 
-/// How far ahead of the integer kernels' reads the weights are prefetched, in bytes: twice
-/// as far as the AVX2 kernels. On the Intel AVX-512 machine 2048 read faster than 1024 in
-/// f32, f16, q8 and q5 and about as fast in q4 (BENCHMARKS.md); the distances from 1536 to
-/// 3072 were close. (The float dots' distance depends on the CPU: `simd::float_prefetch`.)
-const PREFETCH: usize = simd::PREFETCH_DISTANCE;
+/// How far ahead of their reads the integer kernels prefetch the weights, in bytes. (The
+/// float dots' distance depends on the CPU: `simd::float_prefetch`.)
+const PREFETCH: usize = simd::INTEGER_PREFETCH;
 
 /// Loads 16 f32 from `x[i..i + 16]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -327,14 +325,15 @@ fn tile<const T: usize>(
     let index = X_DWORDS
         .map(|[lo, hi]| _mm512_inserti64x4::<1>(_mm512_set1_epi32(lo), _mm256_set1_epi32(hi)));
     let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); T];
+    // The minima's terms have accumulators of their own, as in the AVX2 tiles.
+    let (mut acc, mut low) = ([_mm512_setzero_ps(); T], [_mm512_setzero_ps(); T]);
     for b in 0..nb {
         let Block {
             runs,
             scales,
             minima,
         } = block(b);
-        for (acc, x) in acc.iter_mut().zip(&x) {
+        for ((acc, low), x) in acc.iter_mut().zip(&mut low).zip(&x) {
             let xq = _mm512_zextsi256_si512(bytes32(x.quants, b * BLOCK));
             let at = |i: usize| _mm512_permutexvar_epi32(index[i], xq);
             let first =
@@ -344,10 +343,11 @@ fn tile<const T: usize>(
             let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(first, second));
             let xs = _mm512_set1_ps(x.scales[b]);
             *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(scales, xs), *acc);
-            *acc = _mm512_fmadd_ps(minima, _mm512_set1_ps(x.sums[b]), *acc);
+            *low = _mm512_fmadd_ps(minima, _mm512_set1_ps(x.sums[b]), *low);
         }
     }
-    for (o, acc) in out.iter_mut().zip(acc) {
+    for ((o, acc), low) in out.iter_mut().zip(acc).zip(low) {
+        let acc = _mm512_add_ps(acc, low);
         let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
         let sum = _mm256_add_ps(_mm512_castps512_ps256(acc), high);
         // SAFETY: `o` is 8 floats; `storeu` writes 8 unaligned floats.
