@@ -25,11 +25,29 @@ pub struct Config {
     /// The preset of new sessions.
     pub preset: Option<String>,
     /// Replies are cut after this many tokens (the backend's default when unset).
+    #[serde(deserialize_with = "reply_tokens")]
     pub max_reply_tokens: Option<NonZeroUsize>,
     /// A shipped theme (`dark`, `light`, `high-contrast`) or one in `<config dir>/themes`.
     pub theme: Option<String>,
     /// Action name = key or list of keys, replacing that action's default keys.
     pub keys: BTreeMap<Action, KeyList>,
+}
+
+/// `max_reply_tokens`: a whole number above 0, said in those words (serde's own message for
+/// a `NonZeroUsize` is "expected a nonzero usize").
+fn reply_tokens<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<NonZeroUsize>, D::Error> {
+    let n = i64::deserialize(deserializer)?;
+    usize::try_from(n)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "max_reply_tokens must be a number of tokens above 0, not {n}"
+            ))
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,12 +315,17 @@ quit = ["ctrl+q", "alt+x"]
             ("[keys]\n\nregenerate = \"hyper+r\"\n", 3, "hyper"),
             ("[keys]\nfly = \"f5\"\n", 2, "fly"),
             ("theme = \n", 1, ""),
-            ("max_reply_tokens = 0\n", 1, "nonzero"),
+            (
+                "max_reply_tokens = 0\n",
+                1,
+                "max_reply_tokens must be a number of tokens above 0, not 0",
+            ),
             (
                 "theme = \"dark\"\nmax_reply_tokens = -5\n",
                 2,
-                "nonzero usize",
+                "above 0, not -5",
             ),
+            ("max_reply_tokens = \"many\"\n", 1, "expected i64"),
         ] {
             let e = Config::parse(Path::new("/cfg/config.toml"), text).unwrap_err();
             let msg = e.to_string();
